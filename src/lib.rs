@@ -1,0 +1,2 @@
+//! wsreactor
+pub mod proto;

@@ -1,0 +1,20 @@
+//! The sans-I/O protocol core: pure functions and state machines over byte slices.
+//!
+//! Nothing in here touches a socket, a clock or the reactor, so every rule of RFC 6455
+//! is tested (and fuzzed) by feeding bytes in and looking at what comes out.
+
+pub mod close;
+pub mod error;
+pub mod frame;
+pub mod handshake;
+pub mod http;
+pub mod mask;
+pub mod message;
+pub mod receiver;
+pub mod utf8;
+
+pub use close::{CloseCode, CloseFrame};
+pub use error::ProtocolError;
+pub use frame::{FrameHeader, Opcode};
+pub use message::{Event, Message};
+pub use receiver::Receiver;

@@ -1,0 +1,664 @@
+//! The incoming half of a connection: turns a stream of client frame bytes into
+//! [`Event`]s, without I/O.
+//!
+//! The receiver is *streaming*: it takes whatever bytes arrived, however they are split,
+//! and keeps only what it must between calls — at most 13 bytes of an unfinished header,
+//! the position inside the current frame, and the payload of a message that is not
+//! complete yet. It never buffers raw frame bytes, so a peer's declared length costs
+//! nothing until the bytes actually arrive, and invalid UTF-8 is caught as soon as it
+//! arrives (Autobahn 6.4.x "fail fast"), even in the middle of one frame.
+//!
+//! Zero copy: payloads are unmasked in place in the caller's buffer. A message that is
+//! a single frame wholly inside that buffer is handed out as a slice of it; only
+//! fragmented messages, and frames that straddle reads, are copied, into the
+//! per-connection assembly buffer.
+
+use super::close::parse_close_payload;
+use super::error::ProtocolError;
+use super::frame::{FrameHeader, Opcode, MAX_HEADER_LEN};
+use super::mask;
+use super::message::{Event, Message};
+use super::utf8::Utf8Validator;
+
+/// Assembly buffers larger than this are released after their message is delivered,
+/// so that one large message does not pin memory on a connection that goes quiet.
+const RETAINED_BUFFER_CAPACITY: usize = 64 * 1024;
+
+/// The kind of data message being received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DataKind {
+    Text,
+    Binary,
+}
+
+/// The frame whose payload is being received.
+#[derive(Debug, Clone, Copy)]
+struct FrameInProgress {
+    opcode: Opcode,
+    fin: bool,
+    mask: [u8; 4],
+    /// Payload bytes not received yet.
+    remaining: u64,
+    /// Payload bytes received so far: the mask phase for the next byte.
+    received: u64,
+}
+
+/// Streaming frame decoder and message assembler for a server-side connection.
+#[derive(Debug, Default)]
+pub struct Receiver {
+    max_message_size: u64,
+    /// The start of a header that has not fully arrived.
+    header: [u8; MAX_HEADER_LEN],
+    header_len: u8,
+    frame: Option<FrameInProgress>,
+    /// The data message in progress (between its first frame and its FIN frame).
+    message: Option<DataKind>,
+    /// Payload of the message in progress, unmasked.
+    assembled: Vec<u8>,
+    /// Payload of a control frame that straddles reads (at most 125 bytes).
+    control: Vec<u8>,
+    utf8: Utf8Validator,
+    /// The last event borrowed `assembled` or `control`; clear them on the next call.
+    delivered_from_buffers: bool,
+}
+
+/// What one call to [`Receiver::read`] did.
+#[derive(Debug)]
+pub struct Progress<'a> {
+    /// Bytes of the input the receiver is done with. When `event` is `None` this is the
+    /// whole input: everything that arrived is absorbed into the receiver's state.
+    pub consumed: usize,
+    /// An event completed by those bytes, if any.
+    pub event: Option<Event<'a>>,
+}
+
+impl Receiver {
+    /// A receiver that rejects messages longer than `max_message_size` bytes.
+    pub fn new(max_message_size: u64) -> Receiver {
+        Receiver {
+            max_message_size,
+            ..Receiver::default()
+        }
+    }
+
+    /// Whether a message, frame or header is partly received: at a clean boundary the
+    /// receiver holds no peer data at all.
+    pub fn is_mid_message(&self) -> bool {
+        self.header_len > 0 || self.frame.is_some() || self.message.is_some()
+    }
+
+    /// Reads frames from `input`, unmasking payloads in place, until one event completes
+    /// or the input runs out.
+    ///
+    /// Call it again with `&mut input[consumed..]` until the input is used up. After an
+    /// error the stream cannot be trusted: the caller must fail the connection.
+    pub fn read<'a>(&'a mut self, input: &'a mut [u8]) -> Result<Progress<'a>, ProtocolError> {
+        if self.delivered_from_buffers {
+            self.delivered_from_buffers = false;
+            self.control.clear();
+            if self.message.is_none() {
+                self.release_assembled();
+            }
+        }
+        let mut pos = 0;
+        loop {
+            let frame = match self.frame {
+                Some(frame) => frame,
+                None => match self.read_header(&input[pos..])? {
+                    (used, Some(frame)) => {
+                        pos += used;
+                        self.frame = Some(frame);
+                        frame
+                    }
+                    (used, None) => {
+                        return Ok(Progress {
+                            consumed: pos + used,
+                            event: None,
+                        })
+                    }
+                },
+            };
+            let available = input.len() - pos;
+            // Zero copy: the whole frame is here and nothing of it was buffered before.
+            let whole_frame_here = frame.received == 0 && frame.remaining <= available as u64;
+            if whole_frame_here && frame.fin && frame.opcode != Opcode::Continuation {
+                let end = pos + frame.remaining as usize;
+                self.frame = None;
+                if !frame.opcode.is_control() {
+                    // The message is this one frame: nothing to assemble.
+                    self.message = None;
+                }
+                let payload = &mut input[pos..end];
+                mask::apply(payload, frame.mask, 0);
+                let event = Self::event(frame.opcode, payload)?;
+                return Ok(Progress {
+                    consumed: end,
+                    event: Some(event),
+                });
+            }
+            // Otherwise take what is here and keep it.
+            let take = frame.remaining.min(available as u64) as usize;
+            let chunk = &mut input[pos..pos + take];
+            pos += take;
+            mask::apply(chunk, frame.mask, frame.received as usize);
+            if frame.opcode.is_control() {
+                self.control.extend_from_slice(chunk);
+            } else {
+                if self.message == Some(DataKind::Text) {
+                    self.utf8
+                        .feed(chunk)
+                        .map_err(|_| ProtocolError::InvalidUtf8)?;
+                }
+                self.assembled.extend_from_slice(chunk);
+            }
+            let frame = FrameInProgress {
+                remaining: frame.remaining - take as u64,
+                received: frame.received + take as u64,
+                ..frame
+            };
+            if frame.remaining > 0 {
+                self.frame = Some(frame);
+                return Ok(Progress {
+                    consumed: pos,
+                    event: None,
+                });
+            }
+            self.frame = None;
+            if frame.opcode.is_control() {
+                self.delivered_from_buffers = true;
+                let event = Self::event(frame.opcode, &self.control)?;
+                return Ok(Progress {
+                    consumed: pos,
+                    event: Some(event),
+                });
+            }
+            if frame.fin {
+                let kind = self.message.take();
+                self.delivered_from_buffers = true;
+                let message = match kind {
+                    Some(DataKind::Text) => {
+                        self.utf8.finish().map_err(|_| ProtocolError::InvalidUtf8)?;
+                        // Validated piece by piece above; re-checking the whole is cheap
+                        // next to the copy that assembled it, and keeps this code free
+                        // of `unsafe`.
+                        let text = std::str::from_utf8(&self.assembled)
+                            .map_err(|_| ProtocolError::InvalidUtf8)?;
+                        Message::Text(text)
+                    }
+                    _ => Message::Binary(&self.assembled),
+                };
+                return Ok(Progress {
+                    consumed: pos,
+                    event: Some(Event::Message(message)),
+                });
+            }
+        }
+    }
+
+    /// Decodes the next header from the stashed bytes plus `input`, validates it against
+    /// the connection's state, and returns the bytes of `input` it used.
+    fn read_header(
+        &mut self,
+        input: &[u8],
+    ) -> Result<(usize, Option<FrameInProgress>), ProtocolError> {
+        let stashed = usize::from(self.header_len);
+        let decoded = if stashed == 0 {
+            FrameHeader::decode(input)?
+        } else {
+            let take = (MAX_HEADER_LEN - stashed).min(input.len());
+            self.header[stashed..stashed + take].copy_from_slice(&input[..take]);
+            FrameHeader::decode(&self.header[..stashed + take])?
+        };
+        let Some((header, header_len)) = decoded else {
+            // Incomplete: keep what we have (fewer than MAX_HEADER_LEN bytes).
+            let total = (stashed + input.len()).min(MAX_HEADER_LEN);
+            if stashed == 0 {
+                self.header[..input.len()].copy_from_slice(input);
+            }
+            self.header_len = total as u8;
+            return Ok((input.len(), None));
+        };
+        self.header_len = 0;
+        let used = header_len - stashed;
+        Ok((used, Some(self.start_frame(header)?)))
+    }
+
+    /// Applies the rules that depend on the connection: masking, RSV bits, the order of
+    /// fragments, and the message size limit.
+    fn start_frame(&mut self, header: FrameHeader) -> Result<FrameInProgress, ProtocolError> {
+        let mask = header.mask.ok_or(ProtocolError::UnmaskedFrame)?;
+        if header.rsv != 0 {
+            return Err(ProtocolError::ReservedBits);
+        }
+        match header.opcode {
+            Opcode::Continuation if self.message.is_none() => {
+                return Err(ProtocolError::UnexpectedContinuation)
+            }
+            Opcode::Text | Opcode::Binary if self.message.is_some() => {
+                return Err(ProtocolError::ExpectedContinuation)
+            }
+            _ => {}
+        }
+        if !header.opcode.is_control() {
+            let total = self.assembled.len() as u64 + header.payload_len;
+            if total > self.max_message_size {
+                return Err(ProtocolError::MessageTooBig);
+            }
+        }
+        match header.opcode {
+            Opcode::Text | Opcode::Binary => {
+                self.utf8.reset();
+                let kind = if header.opcode == Opcode::Text {
+                    DataKind::Text
+                } else {
+                    DataKind::Binary
+                };
+                // Cleared again in `read` if the frame turns out to be a whole message
+                // that can be delivered without assembly.
+                self.message = Some(kind);
+            }
+            Opcode::Close | Opcode::Ping | Opcode::Pong => self.control.clear(),
+            Opcode::Continuation => {}
+        }
+        Ok(FrameInProgress {
+            opcode: header.opcode,
+            fin: header.fin,
+            mask,
+            remaining: header.payload_len,
+            received: 0,
+        })
+    }
+
+    fn release_assembled(&mut self) {
+        if self.assembled.capacity() > RETAINED_BUFFER_CAPACITY {
+            self.assembled = Vec::new();
+        } else {
+            self.assembled.clear();
+        }
+    }
+
+    /// Builds the event for a complete single frame's unmasked payload.
+    fn event(opcode: Opcode, payload: &[u8]) -> Result<Event<'_>, ProtocolError> {
+        Ok(match opcode {
+            Opcode::Text => Event::Message(Message::Text(
+                std::str::from_utf8(payload).map_err(|_| ProtocolError::InvalidUtf8)?,
+            )),
+            Opcode::Binary | Opcode::Continuation => Event::Message(Message::Binary(payload)),
+            Opcode::Ping => Event::Ping(payload),
+            Opcode::Pong => Event::Pong(payload),
+            Opcode::Close => Event::Close(parse_close_payload(payload)?),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::close::{CloseCode, CloseFrame};
+    use proptest::prelude::*;
+
+    /// An event with its payload copied out, to compare across feeds.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Owned {
+        Text(String),
+        Binary(Vec<u8>),
+        Ping(Vec<u8>),
+        Pong(Vec<u8>),
+        Close(Option<(u16, String)>),
+    }
+
+    impl From<Event<'_>> for Owned {
+        fn from(event: Event<'_>) -> Owned {
+            match event {
+                Event::Message(Message::Text(t)) => Owned::Text(t.to_owned()),
+                Event::Message(Message::Binary(b)) => Owned::Binary(b.to_vec()),
+                Event::Ping(p) => Owned::Ping(p.to_vec()),
+                Event::Pong(p) => Owned::Pong(p.to_vec()),
+                Event::Close(c) => {
+                    Owned::Close(c.map(|CloseFrame { code, reason }| (code.0, reason.to_owned())))
+                }
+            }
+        }
+    }
+
+    /// A client frame: masked with a key derived from the payload length.
+    fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let key = [0x12, 0x34, (payload.len() % 251) as u8, 0x78];
+        let mut out = vec![(u8::from(fin) << 7) | opcode];
+        match payload.len() {
+            n if n < 126 => out.push(0x80 | n as u8),
+            n if n <= 0xFFFF => {
+                out.push(0x80 | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(0x80 | 127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(&key);
+        let start = out.len();
+        out.extend_from_slice(payload);
+        mask::apply(&mut out[start..], key, 0);
+        out
+    }
+
+    /// Feeds `stream` in pieces cut at `cuts`, collecting events until the first error.
+    fn feed(
+        rx: &mut Receiver,
+        stream: &[u8],
+        cuts: &[usize],
+    ) -> (Vec<Owned>, Option<ProtocolError>) {
+        let mut bytes = stream.to_vec();
+        let mut events = Vec::new();
+        let mut bounds: Vec<usize> = cuts.iter().map(|&c| c.min(bytes.len())).collect();
+        bounds.sort_unstable();
+        bounds.push(bytes.len());
+        let mut start = 0;
+        for end in bounds {
+            let mut piece = &mut bytes[start..end.max(start)];
+            start = end.max(start);
+            while !piece.is_empty() {
+                match rx.read(piece) {
+                    Ok(Progress { consumed, event }) => {
+                        if let Some(event) = event {
+                            events.push(Owned::from(event));
+                        } else {
+                            assert_eq!(consumed, piece.len(), "no event means all consumed");
+                        }
+                        piece = &mut piece[consumed..];
+                    }
+                    Err(e) => return (events, Some(e)),
+                }
+            }
+        }
+        (events, None)
+    }
+
+    fn feed_whole(stream: &[u8]) -> (Vec<Owned>, Option<ProtocolError>) {
+        feed(&mut Receiver::new(1 << 20), stream, &[])
+    }
+
+    #[test]
+    fn single_frames_of_every_kind() {
+        let stream = [
+            frame(true, 0x1, b"Hello"),
+            frame(true, 0x2, &[0, 1, 2]),
+            frame(true, 0x9, b"ping"),
+            frame(true, 0xA, b""),
+            frame(true, 0x8, b"\x03\xe8done"),
+        ]
+        .concat();
+        let (events, error) = feed_whole(&stream);
+        assert_eq!(error, None);
+        assert_eq!(
+            events,
+            [
+                Owned::Text("Hello".into()),
+                Owned::Binary(vec![0, 1, 2]),
+                Owned::Ping(b"ping".to_vec()),
+                Owned::Pong(vec![]),
+                Owned::Close(Some((1000, "done".into()))),
+            ]
+        );
+    }
+
+    #[test]
+    fn rfc_5_7_masked_hello_is_delivered_in_place() {
+        let mut bytes = [
+            0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58,
+        ];
+        let base = bytes.as_ptr() as usize;
+        let mut rx = Receiver::new(1024);
+        let progress = rx.read(&mut bytes).unwrap();
+        assert_eq!(progress.consumed, 11);
+        let Some(Event::Message(Message::Text(text))) = progress.event else {
+            panic!("expected text")
+        };
+        assert_eq!(text, "Hello");
+        // Zero copy: the message is the unmasked bytes of the input buffer itself.
+        assert_eq!(text.as_ptr() as usize, base + 6);
+    }
+
+    #[test]
+    fn fragments_with_interleaved_control_frames() {
+        let stream = [
+            frame(false, 0x1, "Hel".as_bytes()),
+            frame(true, 0x9, b"p"),
+            frame(false, 0x0, "lo ".as_bytes()),
+            frame(true, 0x0, "wörld".as_bytes()),
+        ]
+        .concat();
+        let (events, error) = feed_whole(&stream);
+        assert_eq!(error, None);
+        assert_eq!(
+            events,
+            [
+                Owned::Ping(b"p".to_vec()),
+                Owned::Text("Hello wörld".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn code_point_split_across_fragments_is_valid() {
+        let euro = "€".as_bytes();
+        let stream = [
+            frame(false, 0x1, &euro[..1]),
+            frame(false, 0x0, &euro[1..2]),
+            frame(true, 0x0, &euro[2..]),
+        ]
+        .concat();
+        assert_eq!(feed_whole(&stream), (vec![Owned::Text("€".into())], None));
+    }
+
+    #[test]
+    fn violations_and_their_errors() {
+        let unmasked = [0x81, 0x02, b'h', b'i'];
+        let cases: Vec<(Vec<u8>, ProtocolError)> = vec![
+            (unmasked.to_vec(), ProtocolError::UnmaskedFrame),
+            (
+                {
+                    let mut f = frame(true, 0x1, b"x");
+                    f[0] |= 0x40;
+                    f
+                },
+                ProtocolError::ReservedBits,
+            ),
+            (
+                {
+                    let mut f = frame(true, 0x1, b"x");
+                    f[0] |= 0x10;
+                    f
+                },
+                ProtocolError::ReservedBits,
+            ),
+            (frame(true, 0x3, b""), ProtocolError::ReservedOpcode(3)),
+            (frame(true, 0xB, b""), ProtocolError::ReservedOpcode(0xB)),
+            (
+                frame(true, 0x9, &[0; 126]),
+                ProtocolError::ControlFrameTooLong,
+            ),
+            (
+                frame(false, 0x9, b""),
+                ProtocolError::FragmentedControlFrame,
+            ),
+            (
+                frame(true, 0x0, b"x"),
+                ProtocolError::UnexpectedContinuation,
+            ),
+            (
+                [frame(false, 0x1, b"a"), frame(true, 0x1, b"b")].concat(),
+                ProtocolError::ExpectedContinuation,
+            ),
+            (frame(true, 0x1, &[0xC3, 0x28]), ProtocolError::InvalidUtf8),
+            (frame(true, 0x8, b"\x03"), ProtocolError::CloseFrameTooShort),
+            (
+                frame(true, 0x8, b"\x03\xed"),
+                ProtocolError::InvalidCloseCode(1005),
+            ),
+            (
+                frame(true, 0x8, b"\x03\xe8\xff"),
+                ProtocolError::InvalidUtf8,
+            ),
+        ];
+        for (stream, expected) in cases {
+            assert_eq!(feed_whole(&stream).1, Some(expected), "{stream:x?}");
+        }
+    }
+
+    #[test]
+    fn length_with_top_bit_set_is_rejected() {
+        let header = [0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4];
+        assert_eq!(feed_whole(&header).1, Some(ProtocolError::LengthOverflow));
+    }
+
+    #[test]
+    fn oversized_message_is_refused_from_the_header_alone() {
+        let mut rx = Receiver::new(1000);
+        // Header only: 1001 bytes declared, none sent. No allocation, immediate error.
+        let header = &frame(true, 0x2, &[0; 1001])[..8];
+        assert_eq!(
+            feed(&mut rx, header, &[]).1,
+            Some(ProtocolError::MessageTooBig)
+        );
+        // Fragments count together.
+        let mut rx = Receiver::new(1000);
+        let stream = [frame(false, 0x2, &[0; 600]), frame(true, 0x0, &[0; 401])].concat();
+        assert_eq!(
+            feed(&mut rx, &stream, &[]).1,
+            Some(ProtocolError::MessageTooBig)
+        );
+        let mut rx = Receiver::new(1000);
+        let stream = [frame(false, 0x2, &[0; 600]), frame(true, 0x0, &[0; 400])].concat();
+        assert_eq!(feed(&mut rx, &stream, &[]).1, None);
+    }
+
+    #[test]
+    fn invalid_utf8_fails_fast_inside_one_frame() {
+        // Autobahn 6.4.3: one text frame whose second chunk holds F4 90; the error must
+        // come when that chunk arrives, long before the frame is complete.
+        let mut payload = "κόσμε".as_bytes().to_vec();
+        payload.extend_from_slice(&[0xF4, 0x90, 0x80, 0x80]);
+        payload.extend_from_slice(&[b'x'; 100]);
+        let stream = frame(true, 0x1, &payload);
+        let mut rx = Receiver::new(1 << 20);
+        let bad_at = 2 + 4 + "κόσμε".len() + 2;
+        assert_eq!(feed(&mut rx, &stream[..bad_at - 1], &[]), (vec![], None));
+        assert_eq!(
+            feed(&mut rx, &stream[bad_at - 1..bad_at], &[]).1,
+            Some(ProtocolError::InvalidUtf8)
+        );
+    }
+
+    #[test]
+    fn messages_before_a_bad_frame_are_delivered() {
+        let stream = [
+            frame(true, 0x1, b"one"),
+            frame(true, 0x1, b"two"),
+            frame(true, 0x3, b""),
+        ]
+        .concat();
+        let (events, error) = feed_whole(&stream);
+        assert_eq!(
+            events,
+            [Owned::Text("one".into()), Owned::Text("two".into())]
+        );
+        assert_eq!(error, Some(ProtocolError::ReservedOpcode(3)));
+    }
+
+    #[test]
+    fn large_buffer_is_released_after_delivery() {
+        let mut rx = Receiver::new(1 << 20);
+        let big = frame(true, 0x2, &[7; 200_000]);
+        let (events, _) = feed(&mut rx, &big, &[1000]);
+        assert_eq!(events.len(), 1);
+        assert!(rx.assembled.capacity() >= 200_000);
+        let small = frame(true, 0x2, b"x");
+        feed(&mut rx, &small, &[]);
+        assert_eq!(rx.assembled.capacity(), 0);
+        assert!(!rx.is_mid_message());
+    }
+
+    /// One message of a generated stream: how it is fragmented and what is interleaved.
+    #[derive(Debug, Clone)]
+    struct Script {
+        text: bool,
+        fragments: Vec<Vec<u8>>,
+        pings_after: Vec<bool>,
+    }
+
+    fn script() -> impl Strategy<Value = Script> {
+        (
+            any::<bool>(),
+            "\\PC{0,40}",
+            proptest::collection::vec(any::<u8>(), 0..300),
+            proptest::collection::vec(0usize..300, 0..4),
+            proptest::collection::vec(any::<bool>(), 4),
+        )
+            .prop_map(|(text, string, bytes, mut cuts, pings_after)| {
+                let payload = if text { string.into_bytes() } else { bytes };
+                cuts.iter_mut().for_each(|c| *c = (*c).min(payload.len()));
+                cuts.sort_unstable();
+                let mut fragments = Vec::new();
+                let mut start = 0;
+                for cut in cuts.into_iter().chain([payload.len()]) {
+                    fragments.push(payload[start..cut].to_vec());
+                    start = cut;
+                }
+                Script {
+                    text,
+                    fragments,
+                    pings_after,
+                }
+            })
+    }
+
+    fn render(scripts: &[Script]) -> (Vec<u8>, Vec<Owned>) {
+        let mut stream = Vec::new();
+        let mut expected = Vec::new();
+        for (n, s) in scripts.iter().enumerate() {
+            let last = s.fragments.len() - 1;
+            for (i, fragment) in s.fragments.iter().enumerate() {
+                let opcode = match (i, s.text) {
+                    (0, true) => 0x1,
+                    (0, false) => 0x2,
+                    _ => 0x0,
+                };
+                stream.extend(frame(i == last, opcode, fragment));
+                if i < last && s.pings_after[i % 4] {
+                    let ping = format!("ping {n}.{i}").into_bytes();
+                    stream.extend(frame(true, 0x9, &ping));
+                    expected.push(Owned::Ping(ping));
+                }
+            }
+            let payload = s.fragments.concat();
+            expected.push(if s.text {
+                Owned::Text(String::from_utf8(payload).unwrap())
+            } else {
+                Owned::Binary(payload)
+            });
+        }
+        stream.extend(frame(true, 0x8, b"\x03\xe8"));
+        expected.push(Owned::Close(Some((CloseCode::NORMAL.0, String::new()))));
+        (stream, expected)
+    }
+
+    proptest! {
+        #[test]
+        fn any_split_yields_the_same_events(
+            scripts in proptest::collection::vec(script(), 1..6),
+            cuts in proptest::collection::vec(0usize..4000, 0..20),
+        ) {
+            let (stream, expected) = render(&scripts);
+            prop_assert_eq!(feed(&mut Receiver::new(1 << 20), &stream, &[]), (expected.clone(), None));
+            prop_assert_eq!(feed(&mut Receiver::new(1 << 20), &stream, &cuts), (expected, None));
+        }
+
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512),
+                                    cuts in proptest::collection::vec(0usize..512, 0..8)) {
+            let _ = feed(&mut Receiver::new(4096), &bytes, &cuts);
+        }
+    }
+}

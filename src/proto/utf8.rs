@@ -1,0 +1,151 @@
+//! Incremental UTF-8 validation (RFC 6455 §8.1).
+//!
+//! A text message may arrive as many fragments, and one frame may arrive in many reads,
+//! so a code point can be split anywhere. The RFC says an endpoint that sees invalid
+//! UTF-8 must fail the connection; Autobahn's 6.4.x cases check that we do so *as soon
+//! as* the bad byte arrives ("fail fast"), not after the whole message is in. The
+//! validator keeps at most three bytes of an unfinished code point between calls.
+
+use std::str;
+
+/// The bytes fed so far are not a prefix of any valid UTF-8 string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Utf8Error;
+
+/// Validates a byte stream fed in pieces, rejecting at the first byte that cannot be
+/// part of valid UTF-8.
+#[derive(Debug, Default, Clone)]
+pub struct Utf8Validator {
+    partial: [u8; 4],
+    partial_len: u8,
+}
+
+/// How many bytes a code point that starts with `lead` has. Only called for bytes the
+/// standard library already accepted as the start of an unfinished sequence.
+fn sequence_width(lead: u8) -> usize {
+    match lead {
+        0xC0..=0xDF => 2,
+        0xE0..=0xEF => 3,
+        _ => 4,
+    }
+}
+
+impl Utf8Validator {
+    /// Feeds the next piece of the stream.
+    pub fn feed(&mut self, mut bytes: &[u8]) -> Result<(), Utf8Error> {
+        if self.partial_len > 0 {
+            let have = usize::from(self.partial_len);
+            let want = sequence_width(self.partial[0]);
+            let take = (want - have).min(bytes.len());
+            self.partial[have..have + take].copy_from_slice(&bytes[..take]);
+            self.partial_len += take as u8;
+            bytes = &bytes[take..];
+            match str::from_utf8(&self.partial[..usize::from(self.partial_len)]) {
+                Ok(_) => self.partial_len = 0,
+                // Still unfinished: the piece was too short to complete it.
+                Err(e) if e.error_len().is_none() => return Ok(()),
+                Err(_) => return Err(Utf8Error),
+            }
+        }
+        match str::from_utf8(bytes) {
+            Ok(_) => Ok(()),
+            // `error_len() == None` means the input ends inside a sequence that is valid
+            // so far; the standard library checks each continuation byte's range (no
+            // surrogates, no overlongs, nothing above U+10FFFF), so this is fail-fast.
+            Err(e) if e.error_len().is_none() => {
+                let rest = &bytes[e.valid_up_to()..];
+                self.partial[..rest.len()].copy_from_slice(rest);
+                self.partial_len = rest.len() as u8;
+                Ok(())
+            }
+            Err(_) => Err(Utf8Error),
+        }
+    }
+
+    /// Declares the end of the stream: an unfinished code point is an error.
+    pub fn finish(&mut self) -> Result<(), Utf8Error> {
+        let complete = self.partial_len == 0;
+        self.partial_len = 0;
+        if complete {
+            Ok(())
+        } else {
+            Err(Utf8Error)
+        }
+    }
+
+    /// Forgets any unfinished code point, ready for a new message.
+    pub fn reset(&mut self) {
+        self.partial_len = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn validate_in_pieces(bytes: &[u8], cuts: &[usize]) -> Result<(), Utf8Error> {
+        let mut v = Utf8Validator::default();
+        let mut start = 0;
+        for &cut in cuts {
+            let cut = cut.min(bytes.len()).max(start);
+            v.feed(&bytes[start..cut])?;
+            start = cut;
+        }
+        v.feed(&bytes[start..])?;
+        v.finish()
+    }
+
+    #[test]
+    fn accepts_code_point_split_at_every_position() {
+        let text = "κόσμε 𝄞 €".as_bytes();
+        for cut in 0..=text.len() {
+            assert_eq!(validate_in_pieces(text, &[cut]), Ok(()), "cut at {cut}");
+        }
+        // One byte at a time.
+        let cuts: Vec<usize> = (0..text.len()).collect();
+        assert_eq!(validate_in_pieces(text, &cuts), Ok(()));
+    }
+
+    #[test]
+    fn fails_fast_on_the_first_impossible_byte() {
+        // Autobahn 6.4.1: "κόσμε" followed by F4 90 (above U+10FFFF); the error must be
+        // seen when F4 90 arrives, not when the message ends.
+        let mut v = Utf8Validator::default();
+        assert_eq!(v.feed("κόσμε".as_bytes()), Ok(()));
+        assert_eq!(v.feed(&[0xF4]), Ok(()));
+        assert_eq!(v.feed(&[0x90]), Err(Utf8Error));
+    }
+
+    #[test]
+    fn rejects_surrogates_overlongs_and_truncation() {
+        for bad in [
+            &[0xED, 0xA0, 0x80][..],
+            &[0xC0, 0xAF],
+            &[0xE0, 0x80, 0xAF],
+            &[0xF8, 0x88, 0x80, 0x80, 0x80],
+            &[0xFF],
+        ] {
+            assert_eq!(validate_in_pieces(bad, &[1]), Err(Utf8Error), "{bad:x?}");
+        }
+        assert_eq!(validate_in_pieces(&[0xE2, 0x82], &[]), Err(Utf8Error));
+    }
+
+    proptest! {
+        #[test]
+        fn agrees_with_std_for_any_split(bytes in proptest::collection::vec(any::<u8>(), 0..64),
+                                         cuts in proptest::collection::vec(0usize..64, 0..6)) {
+            let mut cuts = cuts;
+            cuts.sort_unstable();
+            let expected = std::str::from_utf8(&bytes).is_ok();
+            prop_assert_eq!(validate_in_pieces(&bytes, &cuts).is_ok(), expected);
+        }
+
+        #[test]
+        fn valid_strings_pass_for_any_split(s in "\\PC*", cuts in proptest::collection::vec(0usize..200, 0..6)) {
+            let mut cuts = cuts;
+            cuts.sort_unstable();
+            prop_assert_eq!(validate_in_pieces(s.as_bytes(), &cuts), Ok(()));
+        }
+    }
+}
