@@ -1,0 +1,283 @@
+//! One connection: its socket, where it is in its life, and its outgoing bytes.
+//!
+//! ```text
+//!  Handshake ──101──► Open ──close sent──► CloseSent ──peer's close──┐
+//!      │               │                                             ▼
+//!      └─HTTP answer─► └─peer's close / protocol error──────────► Finishing ──► (dropped)
+//! ```
+//!
+//! `Finishing` flushes what is queued (a close frame or an HTTP response), then
+//! half-closes the socket and reads until the peer's EOF, so the peer reads our last
+//! bytes instead of a reset.
+
+use crate::handler::{CloseReason, SendStatus};
+use crate::proto::frame::{FrameHeader, Opcode, MAX_HEADER_LEN};
+use crate::proto::handshake::HeadReader;
+use crate::proto::{CloseCode, Receiver};
+use mio::net::TcpStream;
+use mio::{Interest, Registry, Token};
+use std::io::{self, IoSlice, Write};
+use std::net::{Shutdown, SocketAddr};
+
+/// A send queue that drained this far is released rather than kept for reuse.
+const RETAINED_QUEUE_CAPACITY: usize = 64 * 1024;
+
+/// Where a connection is in its life.
+#[derive(Debug)]
+pub(crate) enum Phase {
+    /// Reading the HTTP upgrade request; the bytes live here until the head is complete.
+    Handshake { head: Vec<u8>, reader: HeadReader },
+    /// Exchanging messages.
+    Open,
+    /// We sent a close frame and read on until the peer's close arrives.
+    CloseSent,
+    /// Nothing more will be parsed: flush the queue, then shut down.
+    Finishing,
+    /// Our side is shut down; discard input until the peer's EOF.
+    Draining,
+    /// The socket is done with; the reactor removes the connection.
+    Closed,
+}
+
+/// Bytes accepted for sending that the socket has not taken yet.
+#[derive(Debug, Default)]
+pub(crate) struct Outbox {
+    bytes: Vec<u8>,
+    /// How much of `bytes` has been written already.
+    sent: usize,
+}
+
+impl Outbox {
+    pub fn pending(&self) -> usize {
+        self.bytes.len() - self.sent
+    }
+
+    fn push(&mut self, parts: &[&[u8]]) {
+        if self.sent > 0 && self.sent >= self.bytes.len() / 2 {
+            // Compact instead of growing without end while the front drains.
+            self.bytes.drain(..self.sent);
+            self.sent = 0;
+        }
+        for part in parts {
+            self.bytes.extend_from_slice(part);
+        }
+    }
+
+    /// Writes as much as the socket takes; `Ok(true)` once the queue is empty.
+    fn write_to(&mut self, mut socket: &TcpStream) -> io::Result<bool> {
+        while self.sent < self.bytes.len() {
+            match socket.write(&self.bytes[self.sent..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.sent = 0;
+        if self.bytes.capacity() > RETAINED_QUEUE_CAPACITY {
+            self.bytes = Vec::new();
+        } else {
+            self.bytes.clear();
+        }
+        Ok(true)
+    }
+}
+
+/// One client connection.
+pub(crate) struct Conn {
+    pub socket: TcpStream,
+    pub peer: SocketAddr,
+    pub generation: u32,
+    pub phase: Phase,
+    pub rx: Receiver,
+    pub out: Outbox,
+    /// Whether WRITABLE interest is registered (only while `out` holds bytes).
+    writable_interest: bool,
+    /// Reading stopped because the send queue is over the high-water mark.
+    pub read_paused: bool,
+    /// The subprotocol agreed at the upgrade.
+    pub protocol: Option<Box<str>>,
+    /// How the WebSocket ended, once it has; reported to the handler when set.
+    pub close_reason: Option<CloseReason>,
+    /// Whether the handler saw `on_open` (and so is owed an `on_close`).
+    pub opened: bool,
+}
+
+impl Conn {
+    pub fn new(
+        socket: TcpStream,
+        peer: SocketAddr,
+        generation: u32,
+        max_header_bytes: usize,
+        max_message_size: usize,
+    ) -> Conn {
+        Conn {
+            socket,
+            peer,
+            generation,
+            phase: Phase::Handshake {
+                head: Vec::new(),
+                reader: HeadReader::new(max_header_bytes),
+            },
+            rx: Receiver::new(max_message_size as u64),
+            out: Outbox::default(),
+            writable_interest: false,
+            read_paused: false,
+            protocol: None,
+            close_reason: None,
+            opened: false,
+        }
+    }
+
+    /// Whether frames and messages may still be sent by the application.
+    pub fn is_open(&self) -> bool {
+        matches!(self.phase, Phase::Open)
+    }
+
+    /// Sends one unfragmented frame, writing through to the socket when nothing is
+    /// queued and queueing only what the socket did not take.
+    pub fn send_frame(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        opcode: Opcode,
+        payload: &[u8],
+        max_queue: usize,
+    ) -> SendStatus {
+        let mut header = [0u8; MAX_HEADER_LEN];
+        let header_len = FrameHeader::server(opcode, payload.len()).encode(&mut header);
+        let total = header_len + payload.len();
+        if self.out.pending() + total > max_queue {
+            return SendStatus::Refused;
+        }
+        self.send_parts(registry, token, &header[..header_len], payload)
+    }
+
+    /// Sends raw bytes (an HTTP response), bypassing the queue cap.
+    pub fn send_bytes(&mut self, registry: &Registry, token: Token, bytes: &[u8]) -> SendStatus {
+        self.send_parts(registry, token, bytes, &[])
+    }
+
+    fn send_parts(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        first: &[u8],
+        second: &[u8],
+    ) -> SendStatus {
+        if matches!(self.phase, Phase::Closed | Phase::Draining) {
+            return SendStatus::Refused;
+        }
+        let total = first.len() + second.len();
+        let mut written = 0;
+        if self.out.pending() == 0 {
+            // Write-through: header and payload in one syscall, no copy.
+            while written < total {
+                let result = if written < first.len() {
+                    (&self.socket)
+                        .write_vectored(&[IoSlice::new(&first[written..]), IoSlice::new(second)])
+                } else {
+                    (&self.socket).write(&second[written - first.len()..])
+                };
+                match result {
+                    Ok(0) => {
+                        self.fail_io(io::ErrorKind::WriteZero.into());
+                        return SendStatus::Refused;
+                    }
+                    Ok(n) => written += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        self.fail_io(e);
+                        return SendStatus::Refused;
+                    }
+                }
+            }
+        }
+        if written == total {
+            return SendStatus::Written;
+        }
+        if written < first.len() {
+            self.out.push(&[&first[written..], second]);
+        } else {
+            self.out.push(&[&second[written - first.len()..]]);
+        }
+        self.want_writable(registry, token, true);
+        SendStatus::Queued(self.out.pending())
+    }
+
+    /// Sends a close frame with `code` and `reason` (truncated to fit 125 bytes).
+    pub fn send_close(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        code: Option<CloseCode>,
+        reason: &str,
+    ) {
+        let mut payload = [0u8; 125];
+        let len = match code {
+            None => 0,
+            Some(code) => {
+                payload[..2].copy_from_slice(&code.0.to_be_bytes());
+                let mut cut = reason.len().min(123);
+                while !reason.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                payload[2..2 + cut].copy_from_slice(&reason.as_bytes()[..cut]);
+                2 + cut
+            }
+        };
+        // A close frame is never refused for the queue cap: it ends the queue's growth.
+        let _ = self.send_frame(registry, token, Opcode::Close, &payload[..len], usize::MAX);
+    }
+
+    /// Writes queued bytes after a WRITABLE event; moves `Finishing` on once empty.
+    pub fn flush(&mut self, registry: &Registry, token: Token) {
+        if self.out.pending() > 0 {
+            match self.out.write_to(&self.socket) {
+                Ok(true) => self.want_writable(registry, token, false),
+                Ok(false) => return,
+                Err(e) => return self.fail_io(e),
+            }
+        }
+        if matches!(self.phase, Phase::Finishing) {
+            // Half-close: the peer sees EOF after our last bytes, and we read (and drop)
+            // whatever it still sends until it closes too, so it never gets a reset.
+            match self.socket.shutdown(Shutdown::Write) {
+                Ok(()) => self.phase = Phase::Draining,
+                Err(_) => self.phase = Phase::Closed,
+            }
+        }
+    }
+
+    /// Stops parsing input; once the queue is flushed the connection shuts down.
+    pub fn finish(&mut self, registry: &Registry, token: Token) {
+        self.phase = Phase::Finishing;
+        self.flush(registry, token);
+    }
+
+    /// The socket failed: nothing more can be sent or received.
+    pub fn fail_io(&mut self, error: io::Error) {
+        log::debug!("{}: I/O error: {}", self.peer, error);
+        self.phase = Phase::Closed;
+        if self.opened && self.close_reason.is_none() {
+            self.close_reason = Some(CloseReason::Abnormal);
+        }
+    }
+
+    fn want_writable(&mut self, registry: &Registry, token: Token, writable: bool) {
+        if self.writable_interest == writable {
+            return;
+        }
+        let interest = if writable {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        match registry.reregister(&mut self.socket, token, interest) {
+            Ok(()) => self.writable_interest = writable,
+            Err(e) => self.fail_io(e),
+        }
+    }
+}
