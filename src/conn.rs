@@ -10,10 +10,12 @@
 //! half-closes the socket and reads until the peer's EOF, so the peer reads our last
 //! bytes instead of a reset.
 
+use crate::config::{Config, Timeouts};
 use crate::handler::{CloseReason, SendStatus};
 use crate::proto::frame::{FrameHeader, Opcode, MAX_HEADER_LEN};
 use crate::proto::handshake::HeadReader;
 use crate::proto::{CloseCode, Receiver};
+use crate::timer::Millis;
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 use std::io::{self, IoSlice, Write};
@@ -85,7 +87,7 @@ impl Outbox {
 }
 
 /// One client connection.
-pub(crate) struct Conn {
+pub(crate) struct Conn<S> {
     pub socket: TcpStream,
     pub peer: SocketAddr,
     pub generation: u32,
@@ -96,37 +98,92 @@ pub(crate) struct Conn {
     writable_interest: bool,
     /// Reading stopped because the send queue is over the high-water mark.
     pub read_paused: bool,
+    /// Whether the handler saw `on_open` (and so is owed an `on_close`).
+    pub opened: bool,
     /// The subprotocol agreed at the upgrade.
     pub protocol: Option<Box<str>>,
     /// How the WebSocket ended, once it has; reported to the handler when set.
     pub close_reason: Option<CloseReason>,
-    /// Whether the handler saw `on_open` (and so is owed an `on_close`).
-    pub opened: bool,
+    /// The handler's own per-connection state.
+    pub session: S,
+    /// Topics this connection is subscribed to (so closing it can leave them).
+    pub topics: Vec<Box<str>>,
+    /// When the current timed phase began: accept time during the handshake, the start
+    /// of the close otherwise (`None` while open).
+    pub since: Option<Millis>,
+    /// When the peer last sent anything (for keepalive).
+    pub last_seen: Millis,
+    /// When our keepalive ping went out, while its answer is awaited.
+    pub pinged_at: Option<Millis>,
+    /// Since when sends have been refused for a full queue.
+    pub stalled_since: Option<Millis>,
+    /// The deadline this connection is scheduled for in the timer queue.
+    pub deadline: Option<Millis>,
 }
 
-impl Conn {
+impl<S: Default> Conn<S> {
     pub fn new(
         socket: TcpStream,
         peer: SocketAddr,
         generation: u32,
-        max_header_bytes: usize,
-        max_message_size: usize,
-    ) -> Conn {
+        config: &Config,
+        now: Millis,
+    ) -> Conn<S> {
         Conn {
             socket,
             peer,
             generation,
             phase: Phase::Handshake {
                 head: Vec::new(),
-                reader: HeadReader::new(max_header_bytes),
+                reader: HeadReader::new(config.max_header_bytes),
             },
-            rx: Receiver::new(max_message_size as u64),
+            rx: Receiver::new(config.max_message_size as u64),
             out: Outbox::default(),
             writable_interest: false,
             read_paused: false,
+            opened: false,
             protocol: None,
             close_reason: None,
-            opened: false,
+            session: S::default(),
+            topics: Vec::new(),
+            since: Some(now),
+            last_seen: now,
+            pinged_at: None,
+            stalled_since: None,
+            deadline: None,
+        }
+    }
+}
+
+impl<S> Conn<S> {
+    /// Whether the close handshake (or a failure) has begun.
+    pub fn is_closing(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::CloseSent | Phase::Finishing | Phase::Draining
+        )
+    }
+
+    /// The next moment something must happen on this connection if nothing else does.
+    pub fn next_deadline(&self, timeouts: &Timeouts) -> Option<Millis> {
+        let after = |start: Option<Millis>, timeout: Option<Millis>| Some(start? + timeout?);
+        match self.phase {
+            Phase::Handshake { .. } => after(self.since, timeouts.handshake),
+            Phase::Open => {
+                let keepalive = match self.pinged_at {
+                    Some(pinged) => after(Some(pinged), timeouts.pong),
+                    None => after(Some(self.last_seen), timeouts.idle),
+                };
+                let stall = after(self.stalled_since, timeouts.send_stall);
+                match (keepalive, stall) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            }
+            Phase::CloseSent | Phase::Finishing | Phase::Draining => {
+                after(self.since, timeouts.close)
+            }
+            Phase::Closed => None,
         }
     }
 
@@ -152,6 +209,20 @@ impl Conn {
             return SendStatus::Refused;
         }
         self.send_parts(registry, token, &header[..header_len], payload)
+    }
+
+    /// Sends an already encoded frame (a broadcast encodes once for every receiver).
+    pub fn send_encoded(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        frame: &[u8],
+        max_queue: usize,
+    ) -> SendStatus {
+        if self.out.pending() + frame.len() > max_queue {
+            return SendStatus::Refused;
+        }
+        self.send_parts(registry, token, frame, &[])
     }
 
     /// Sends raw bytes (an HTTP response), bypassing the queue cap.
@@ -261,7 +332,7 @@ impl Conn {
     pub fn fail_io(&mut self, error: io::Error) {
         log::debug!("{}: I/O error: {}", self.peer, error);
         self.phase = Phase::Closed;
-        if self.opened && self.close_reason.is_none() {
+        if self.close_reason.is_none() {
             self.close_reason = Some(CloseReason::Abnormal);
         }
     }

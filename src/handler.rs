@@ -25,18 +25,47 @@ impl std::fmt::Display for ConnId {
 
 /// What to do with an upgrade request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
-    /// Open the WebSocket, optionally naming the subprotocol chosen from the client's
-    /// offer (it must be one the client offered, or the upgrade fails with 500).
-    Accept { protocol: Option<String> },
+pub enum Decision<S> {
+    /// Open the WebSocket with this per-connection state, optionally naming the
+    /// subprotocol chosen from the client's offer (it must be one the client offered,
+    /// or the upgrade fails with 500).
+    Accept {
+        protocol: Option<String>,
+        session: S,
+    },
     /// Answer with this HTTP response (e.g. 403 for a foreign Origin) and close.
     Reject(HttpResponse),
 }
 
-impl Decision {
-    /// Accept without a subprotocol.
-    pub fn accept() -> Decision {
-        Decision::Accept { protocol: None }
+impl<S: Default> Decision<S> {
+    /// Accept with a default session and no subprotocol.
+    pub fn accept() -> Decision<S> {
+        Decision::Accept {
+            protocol: None,
+            session: S::default(),
+        }
+    }
+}
+
+impl<S> Decision<S> {
+    /// Accept with `session` as the connection's state (built from the request: its
+    /// path, a header, an authenticated user...).
+    pub fn accept_with(session: S) -> Decision<S> {
+        Decision::Accept {
+            protocol: None,
+            session,
+        }
+    }
+
+    /// Names the subprotocol of an `Accept` (no effect on a `Reject`).
+    pub fn with_protocol(self, chosen: &str) -> Decision<S> {
+        match self {
+            Decision::Accept { session, .. } => Decision::Accept {
+                protocol: Some(chosen.to_owned()),
+                session,
+            },
+            reject => reject,
+        }
     }
 }
 
@@ -63,6 +92,14 @@ pub enum CloseReason {
     Local { code: CloseCode },
     /// The peer broke the protocol; the connection was failed with the error's code.
     Protocol(ProtocolError),
+    /// The handler panicked while handling this connection; it was closed with 1011.
+    HandlerPanic,
+    /// The peer did not answer a keepalive ping in time; closed with 1011.
+    KeepaliveTimeout,
+    /// The peer left its send queue full past the stall timeout; closed with 1008.
+    SendStalled,
+    /// The server shut down; closed with 1001.
+    Shutdown,
     /// The TCP connection ended without a close handshake (reported as 1006).
     Abnormal,
 }
@@ -73,6 +110,9 @@ impl CloseReason {
         match self {
             CloseReason::Peer { code, .. } | CloseReason::Local { code } => *code,
             CloseReason::Protocol(error) => error.close_code(),
+            CloseReason::HandlerPanic | CloseReason::KeepaliveTimeout => CloseCode::INTERNAL_ERROR,
+            CloseReason::SendStalled => CloseCode::POLICY_VIOLATION,
+            CloseReason::Shutdown => CloseCode::GOING_AWAY,
             CloseReason::Abnormal => CloseCode::ABNORMAL,
         }
     }
@@ -81,11 +121,17 @@ impl CloseReason {
 /// The application: decides on upgrades and reacts to each connection's events.
 ///
 /// All methods run on the reactor's thread, one at a time; a slow method delays every
-/// connection, so hand long work to another thread.
+/// connection, so hand long work to another thread (and come back through a
+/// [`Handle`](crate::Handle)). A panic in a method closes only the connection it was
+/// handling (1011), and the loop goes on.
 pub trait Handler {
-    /// Accept or reject an upgrade request (path, Origin, subprotocols, any header).
-    /// The default accepts every request without a subprotocol.
-    fn on_request(&mut self, request: &Request<'_>, peer: SocketAddr) -> Decision {
+    /// Per-connection state, kept by the reactor beside the connection and lent to
+    /// every callback through [`Ctx::session`]: no lookup per message. Use `()` for none.
+    type Session: Default;
+
+    /// Accept or reject an upgrade request (path, Origin, subprotocols, any header),
+    /// building the connection's session from it. The default accepts every request.
+    fn on_request(&mut self, request: &Request<'_>, peer: SocketAddr) -> Decision<Self::Session> {
         let _ = (request, peer);
         Decision::accept()
     }
@@ -97,16 +143,17 @@ pub trait Handler {
     }
 
     /// The connection is open: the 101 response has been sent.
-    fn on_open(&mut self, cx: &mut Ctx<'_>) {
+    fn on_open(&mut self, cx: &mut Ctx<'_, Self::Session>) {
         let _ = cx;
     }
 
     /// A complete message arrived. It borrows the reactor's buffers: copy what must
     /// outlive the call.
-    fn on_message(&mut self, cx: &mut Ctx<'_>, message: Message<'_>);
+    fn on_message(&mut self, cx: &mut Ctx<'_, Self::Session>, message: Message<'_>);
 
-    /// The connection is closed (called once for every connection that was opened).
-    fn on_close(&mut self, id: ConnId, reason: &CloseReason) {
-        let _ = (id, reason);
+    /// The WebSocket is closed (called once for every connection that was opened),
+    /// with its session handed back.
+    fn on_close(&mut self, id: ConnId, session: Self::Session, reason: &CloseReason) {
+        let _ = (id, session, reason);
     }
 }

@@ -30,8 +30,11 @@
 //! struct Shout;
 //!
 //! impl Handler for Shout {
+//!     // Per-connection state; this example keeps none.
+//!     type Session = ();
+//!
 //!     // Accept or refuse the upgrade by path, Origin, subprotocol or any header.
-//!     fn on_request(&mut self, request: &Request<'_>, _peer: SocketAddr) -> Decision {
+//!     fn on_request(&mut self, request: &Request<'_>, _peer: SocketAddr) -> Decision<()> {
 //!         match request.path() {
 //!             "/shout" => Decision::accept(),
 //!             _ => Decision::Reject(HttpResponse::not_found()),
@@ -47,24 +50,38 @@
 //! }
 //!
 //! let mut server = Server::bind("127.0.0.1:0".parse()?, Config::default(), Shout)?;
-//! let addr = server.local_addr()?;
-//! std::thread::spawn(move || server.run());
+//! let addr = server.local_addr();
+//! let handle = server.handle(); // for other threads: send, broadcast, shutdown
+//! let loop_thread = std::thread::spawn(move || server.run());
 //!
 //! let (mut client, _) = tungstenite::connect(format!("ws://{addr}/shout"))?;
 //! client.send(tungstenite::Message::text("hello"))?;
 //! assert_eq!(client.read()?, tungstenite::Message::text("HELLO"));
+//!
+//! // Graceful shutdown: every client gets a 1001 close, then `run` returns.
+//! handle.shutdown()?;
+//! assert!(matches!(client.read()?, tungstenite::Message::Close(Some(frame)) if frame.code == 1001.into()));
+//! drop(client);
+//! loop_thread.join().unwrap()?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 pub mod config;
 mod conn;
+mod handle;
 pub mod handler;
 pub mod proto;
 mod reactor;
+mod stats;
+mod timer;
+mod topics;
 
 pub use config::Config;
+pub use handle::{Handle, HandleError};
 pub use handler::{CloseReason, ConnId, Ctx, Decision, Handler, SendStatus};
 pub use proto::handshake::Request;
 pub use proto::http::{HttpResponse, StatusCode};
 pub use proto::{CloseCode, Message};
+pub use reactor::Fanout;
 pub use reactor::{serve, Server};
+pub use stats::Stats;

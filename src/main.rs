@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 use wsreactor::{Config, Ctx, Decision, Handler, HttpResponse, Message, Request, StatusCode};
 
 const DEMO_PAGE: &str = include_str!("demo.html");
@@ -21,10 +22,16 @@ OPTIONS:
   --read-buffer-size BYTES   the loop's shared read buffer   [default: 65536]
   --write-high-water BYTES   stop reading a peer whose send queue is over this
                                                              [default: 1048576]
-  --max-send-queue BYTES     refuse sends past this queue    [default: 41943040]
+  --max-send-queue BYTES     refuse sends past this queue    [default: 20971520]
+  --max-connections N        503 past this many connections  [default: open-file limit - 64]
+  --handshake-timeout SECS   drop clients that take longer to upgrade        [default: 10]
+  --close-timeout SECS       drop peers that do not finish the close         [default: 5]
+  --idle-timeout SECS        ping after this much silence, 0 = no keepalive  [default: 30]
+  --stats-interval SECS      log a one-line summary this often, 0 = never    [default: 60]
   -h, --help                 print this help
 
 Open http://ADDR/ for a demo page. RUST_LOG=debug logs every connection.
+Ctrl-C or SIGTERM shuts down gracefully (every client gets close 1001); twice, at once.
 ";
 
 /// Echoes every message on one path; serves the demo page on `/`.
@@ -34,7 +41,9 @@ struct Echo {
 }
 
 impl Handler for Echo {
-    fn on_request(&mut self, request: &Request<'_>, _peer: SocketAddr) -> Decision {
+    type Session = ();
+
+    fn on_request(&mut self, request: &Request<'_>, _peer: SocketAddr) -> Decision<()> {
         if request.path() == self.path {
             Decision::accept()
         } else {
@@ -65,6 +74,7 @@ struct Options {
     listen: SocketAddr,
     path: String,
     config: Config,
+    stats_interval: Duration,
 }
 
 fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Options>, String> {
@@ -72,6 +82,7 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Options>, Str
         listen: "127.0.0.1:9998".parse().expect("valid default address"),
         path: "/echo".to_owned(),
         config: Config::default(),
+        stats_interval: Duration::from_secs(60),
     };
     let mut args = args;
     while let Some(flag) = args.next() {
@@ -79,11 +90,12 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Options>, Str
             return Ok(None);
         }
         let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        let bytes = || -> Result<usize, String> {
+        let number = || -> Result<usize, String> {
             value
                 .parse()
-                .map_err(|_| format!("{flag}: not a byte count: {value}"))
+                .map_err(|_| format!("{flag}: not a number: {value}"))
         };
+        let seconds = || number().map(|n| Duration::from_secs(n as u64));
         match flag.as_str() {
             "--listen" => {
                 options.listen = value
@@ -92,11 +104,16 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Options>, Str
             }
             "--path" if value.starts_with('/') => options.path = value,
             "--path" => return Err(format!("--path must start with '/': {value}")),
-            "--max-message-size" => options.config.max_message_size = bytes()?,
-            "--max-header-bytes" => options.config.max_header_bytes = bytes()?,
-            "--read-buffer-size" => options.config.read_buffer_size = bytes()?,
-            "--write-high-water" => options.config.write_high_water = bytes()?,
-            "--max-send-queue" => options.config.max_send_queue = bytes()?,
+            "--max-message-size" => options.config.max_message_size = number()?,
+            "--max-header-bytes" => options.config.max_header_bytes = number()?,
+            "--read-buffer-size" => options.config.read_buffer_size = number()?,
+            "--write-high-water" => options.config.write_high_water = number()?,
+            "--max-send-queue" => options.config.max_send_queue = number()?,
+            "--max-connections" => options.config.max_connections = number()?,
+            "--handshake-timeout" => options.config.handshake_timeout = seconds()?,
+            "--close-timeout" => options.config.close_timeout = seconds()?,
+            "--idle-timeout" => options.config.idle_timeout = seconds()?,
+            "--stats-interval" => options.stats_interval = seconds()?,
             _ => return Err(format!("unknown option: {flag}")),
         }
     }
@@ -105,6 +122,11 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Options>, Str
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    // Before the Config is made: its default connection limit follows the fd limit.
+    match wsreactor::config::raise_open_file_limit() {
+        Ok(limit) => log::debug!("open file limit: {limit}"),
+        Err(e) => log::warn!("cannot raise the open file limit: {e}"),
+    }
     let options = match parse_args(std::env::args().skip(1)) {
         Ok(Some(options)) => options,
         Ok(None) => {
@@ -128,16 +150,46 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let addr = server.local_addr().unwrap_or(options.listen);
+    let addr = server.local_addr();
+    if let Err(e) = shut_down_on_signals(server.handle()) {
+        log::warn!("cannot install signal handlers: {e}");
+    }
     log::info!(
         "echo on ws://{addr}{}, demo page on http://{addr}/",
         options.path
     );
-    match server.run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+    let mut next_stats = Instant::now() + options.stats_interval;
+    while !server.is_finished() {
+        let wait = (!options.stats_interval.is_zero())
+            .then(|| next_stats.saturating_duration_since(Instant::now()));
+        if let Err(e) = server.turn(wait) {
             eprintln!("wsreactor: event loop failed: {e}");
-            ExitCode::FAILURE
+            return ExitCode::FAILURE;
+        }
+        if !options.stats_interval.is_zero() && Instant::now() >= next_stats {
+            log::info!("{}", server.stats());
+            next_stats = Instant::now() + options.stats_interval;
         }
     }
+    log::info!("{}", server.stats());
+    ExitCode::SUCCESS
+}
+
+/// SIGINT/SIGTERM start a graceful shutdown through the server's handle; a second
+/// signal exits at once (130), for when a peer never finishes closing.
+fn shut_down_on_signals(handle: wsreactor::Handle) -> std::io::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    std::thread::spawn(move || {
+        let mut received = 0;
+        for signal in signals.forever() {
+            received += 1;
+            if received > 1 {
+                std::process::exit(130);
+            }
+            log::info!("signal {signal}: shutting down (again to force)");
+            let _ = handle.shutdown();
+        }
+    });
+    Ok(())
 }

@@ -4,28 +4,65 @@
 //! accepted until `WouldBlock`, sockets are read until `WouldBlock` (or a per-turn cap,
 //! for fairness), and every read goes into one loop-wide buffer, where frames are
 //! unmasked in place and handed to the [`Handler`] as slices. WRITABLE interest is
-//! registered only while a connection has queued output.
+//! registered only while a connection has queued output. Deadlines (handshake, close,
+//! keepalive, send stall) live in a heap the loop consults for its poll timeout, and a
+//! `mio::Waker` is the only door in from other threads ([`Handle`]).
 
-use crate::config::Config;
+use crate::config::{Config, Timeouts};
 use crate::conn::{Conn, Phase};
+use crate::handle::{Command, Handle, Inbox, Payload};
 use crate::handler::{CloseReason, ConnId, Decision, Handler, SendStatus};
-use crate::proto::frame::{Opcode, MAX_CONTROL_PAYLOAD};
+use crate::proto::frame::{FrameHeader, Opcode, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN};
 use crate::proto::handshake::{accept_response, HandshakeError, Request};
 use crate::proto::http::{HttpResponse, StatusCode};
 use crate::proto::receiver::Progress;
 use crate::proto::{CloseCode, Event, Message, ProtocolError};
-use mio::net::TcpListener;
-use mio::{Events, Interest, Poll, Registry, Token};
+use crate::stats::Stats;
+use crate::timer::{Clock, DeadlineQueue, Millis};
+use crate::topics::Topics;
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use slab::Slab;
-use std::io::{self, Read};
-use std::net::SocketAddr;
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
 use std::time::Duration;
 
 const LISTENER: Token = Token(usize::MAX);
+const WAKER: Token = Token(usize::MAX - 1);
 
 /// Reads per connection per loop turn before the others get their turn; a connection
 /// with more input waiting is picked up again on the next turn.
 const MAX_READS_PER_TURN: usize = 16;
+
+/// How long accepting pauses after the process ran out of file descriptors. Pending
+/// clients wait in the kernel's backlog meanwhile; retrying sooner would only spin.
+const ACCEPT_BACKOFF: Millis = 100;
+
+/// Everything the loop owns except the poller, the listener and the handler: the part
+/// a [`Ctx`] lends to the handler.
+struct Core<S> {
+    conns: Slab<Conn<S>>,
+    registry: Registry,
+    config: Config,
+    timeouts: Timeouts,
+    timers: DeadlineQueue,
+    topics: Topics,
+    stats: Stats,
+    clock: Clock,
+    /// The loop's time, read once per turn.
+    now: Millis,
+    /// Connections whose state changed outside their own event (a handler closed
+    /// them, a broadcast failed on them): settled at the end of the turn.
+    touched: Vec<usize>,
+    /// Connections that may have unread input left when their turn ended.
+    backlog: Vec<usize>,
+    /// Connections still in the handshake phase.
+    handshaking: usize,
+    shutdown_requested: bool,
+}
 
 /// A WebSocket server: a listener, its connections, and the [`Handler`] they serve.
 ///
@@ -34,6 +71,7 @@ const MAX_READS_PER_TURN: usize = 16;
 ///
 /// struct Echo;
 /// impl Handler for Echo {
+///     type Session = ();
 ///     fn on_message(&mut self, cx: &mut Ctx<'_>, message: Message<'_>) {
 ///         let _ = cx.send(message);
 ///     }
@@ -43,18 +81,22 @@ const MAX_READS_PER_TURN: usize = 16;
 /// server.run()?;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-pub struct Server<H> {
+pub struct Server<H: Handler> {
     poll: Poll,
     events: Events,
-    listener: TcpListener,
-    conns: Slab<Conn>,
+    listener: Option<TcpListener>,
+    local_addr: SocketAddr,
+    core: Core<H::Session>,
     handler: H,
-    config: Config,
     /// The one read buffer the whole loop shares.
     read_buf: Vec<u8>,
-    /// Connections that may have unread input left when their turn ended.
-    backlog: Vec<usize>,
-    next_generation: u32,
+    inbox: Arc<Inbox>,
+    commands: VecDeque<Command>,
+    /// Accepting is paused until then (the process ran out of file descriptors).
+    accept_paused_until: Option<Millis>,
+    /// Set once shutdown began: connections get until then to finish closing.
+    shutdown_deadline: Option<Millis>,
+    finished: bool,
 }
 
 impl<H: Handler> Server<H> {
@@ -62,26 +104,68 @@ impl<H: Handler> Server<H> {
     ///
     /// [`local_addr`]: Server::local_addr
     pub fn bind(addr: SocketAddr, config: Config, handler: H) -> io::Result<Server<H>> {
+        Server::from_listener(std::net::TcpListener::bind(addr)?, config, handler)
+    }
+
+    /// Serves on a listener the caller set up (bound, listening).
+    pub fn from_listener(
+        listener: std::net::TcpListener,
+        config: Config,
+        handler: H,
+    ) -> io::Result<Server<H>> {
+        listener.set_nonblocking(true)?;
+        let mut listener = TcpListener::from_std(listener);
+        let local_addr = listener.local_addr()?;
         let poll = Poll::new()?;
-        let mut listener = TcpListener::bind(addr)?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let waker = Waker::new(poll.registry(), WAKER)?;
+        let clock = Clock::new();
         Ok(Server {
-            poll,
             events: Events::with_capacity(1024),
-            listener,
-            conns: Slab::new(),
+            listener: Some(listener),
+            local_addr,
+            core: Core {
+                conns: Slab::new(),
+                registry: poll.registry().try_clone()?,
+                timeouts: config.timeouts(),
+                timers: DeadlineQueue::default(),
+                topics: Topics::default(),
+                stats: Stats::default(),
+                clock,
+                now: clock.now(),
+                touched: Vec::new(),
+                backlog: Vec::new(),
+                handshaking: 0,
+                shutdown_requested: false,
+                config: config.clone(),
+            },
+            poll,
             handler,
-            read_buf: vec![0; config.read_buffer_size.max(MAX_CONTROL_PAYLOAD + 14)],
-            config,
-            backlog: Vec::new(),
-            next_generation: 0,
+            read_buf: vec![
+                0;
+                config
+                    .read_buffer_size
+                    .max(MAX_CONTROL_PAYLOAD + MAX_HEADER_LEN)
+            ],
+            inbox: Arc::new(Inbox::new(waker, config.handle_queue_capacity.max(1))),
+            commands: VecDeque::new(),
+            accept_paused_until: None,
+            shutdown_deadline: None,
+            finished: false,
         })
     }
 
     /// The address the listener is bound to.
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.local_addr()
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// A handle for other threads: send, broadcast, publish, close, shut down.
+    pub fn handle(&self) -> Handle {
+        Handle {
+            inbox: Arc::clone(&self.inbox),
+        }
     }
 
     /// The handler, e.g. to inspect its state between turns.
@@ -89,39 +173,60 @@ impl<H: Handler> Server<H> {
         &mut self.handler
     }
 
-    /// How many connections are in the table (in any phase).
-    pub fn connection_count(&self) -> usize {
-        self.conns.len()
+    /// Counters since start.
+    pub fn stats(&self) -> &Stats {
+        &self.core.stats
     }
 
-    /// Runs the loop until an unrecoverable error of the poller itself.
+    /// How many connections are in the table (in any phase).
+    pub fn connection_count(&self) -> usize {
+        self.core.conns.len()
+    }
+
+    /// Whether a shutdown has completed (then `run` has returned).
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    /// Runs the loop until a graceful shutdown completes ([`Handle::shutdown`]), or an
+    /// unrecoverable error of the poller itself.
     pub fn run(&mut self) -> io::Result<()> {
-        loop {
+        while !self.finished {
             self.turn(None)?;
         }
+        Ok(())
+    }
+
+    /// Starts a graceful shutdown: stop accepting, send close 1001 to every open
+    /// connection, and finish once they are closed or the close timeout has passed.
+    pub fn shutdown(&mut self) {
+        self.core.shutdown_requested = true;
+        self.settle();
     }
 
     /// Waits up to `timeout` for readiness and handles what is ready: one turn of the
     /// loop, for callers that interleave the server with their own work.
     pub fn turn(&mut self, timeout: Option<Duration>) -> io::Result<()> {
-        let timeout = if self.backlog.is_empty() {
-            timeout
-        } else {
-            Some(Duration::ZERO)
-        };
+        if self.finished {
+            return Ok(());
+        }
+        let timeout = self.poll_timeout(timeout);
         match self.poll.poll(&mut self.events, timeout) {
             Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
-        for slot in std::mem::take(&mut self.backlog) {
+        self.core.now = self.core.clock.now();
+        for slot in std::mem::take(&mut self.core.backlog) {
             self.read(slot);
+            self.settle_conn(slot);
         }
         // Move the events out so handling them can borrow `self` mutably.
         let events = std::mem::replace(&mut self.events, Events::with_capacity(0));
         for event in events.iter() {
             match event.token() {
                 LISTENER => self.accept(),
+                WAKER => self.run_commands(),
                 Token(slot) => {
                     if event.is_writable() {
                         self.writable(slot);
@@ -129,134 +234,146 @@ impl<H: Handler> Server<H> {
                     if event.is_readable() || event.is_read_closed() || event.is_error() {
                         self.read(slot);
                     }
-                    self.reap(slot);
+                    self.settle_conn(slot);
                 }
             }
+            self.settle();
         }
         self.events = events;
+        if self
+            .accept_paused_until
+            .is_some_and(|until| until <= self.core.now)
+        {
+            self.accept_paused_until = None;
+            self.accept();
+        }
+        self.expire_deadlines();
+        self.settle();
         Ok(())
     }
 
+    fn poll_timeout(&self, requested: Option<Duration>) -> Option<Duration> {
+        if !self.core.backlog.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let now = self.core.clock.now();
+        let wakeups = [
+            self.core.timers.next(),
+            self.accept_paused_until,
+            self.shutdown_deadline,
+        ];
+        let due = wakeups
+            .into_iter()
+            .flatten()
+            .min()
+            // +1: wake just after the deadline, not a hair before it.
+            .map(|at| Duration::from_millis(at.saturating_sub(now) + 1));
+        match (requested, due) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     fn accept(&mut self) {
+        if self.accept_paused_until.is_some() {
+            return;
+        }
         loop {
-            let (mut socket, peer) = match self.listener.accept() {
+            let Some(listener) = &self.listener else {
+                return;
+            };
+            let (socket, peer) = match listener.accept() {
                 Ok(accepted) => accepted,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if is_resource_exhaustion(&e) => {
+                    // EMFILE/ENFILE: pending clients stay in the kernel's backlog; pause
+                    // instead of spinning on an accept that cannot succeed, and log once
+                    // per burst.
+                    log::warn!("accept paused for {ACCEPT_BACKOFF} ms: {e}");
+                    self.accept_paused_until = Some(self.core.now + ACCEPT_BACKOFF);
+                    return;
+                }
                 Err(e) => {
-                    // EMFILE and friends: leave the rest in the backlog for later.
                     log::warn!("accept failed: {e}");
                     return;
                 }
             };
-            // Small frames go out at once; we batch on our side where it matters.
-            let _ = socket.set_nodelay(true);
-            let entry = self.conns.vacant_entry();
-            let slot = entry.key();
-            if let Err(e) =
-                self.poll
-                    .registry()
-                    .register(&mut socket, Token(slot), Interest::READABLE)
+            self.core.stats.accepted += 1;
+            if self.core.conns.len() >= self.core.config.max_connections
+                || self.core.handshaking >= self.core.config.max_handshakes
             {
-                log::warn!("{peer}: cannot register: {e}");
+                self.core.stats.refused += 1;
+                log::debug!("{peer}: refused with 503 (connection limits)");
+                refuse_busy(socket);
                 continue;
             }
-            self.next_generation = self.next_generation.wrapping_add(1);
-            log::debug!("{peer}: connected");
-            entry.insert(Conn::new(
-                socket,
-                peer,
-                self.next_generation,
-                self.config.max_header_bytes,
-                self.config.max_message_size,
-            ));
+            self.core.add(socket, peer);
         }
     }
 
     fn writable(&mut self, slot: usize) {
-        let Some(conn) = self.conns.get_mut(slot) else {
+        let core = &mut self.core;
+        let Some(conn) = core.conns.get_mut(slot) else {
             return;
         };
-        conn.flush(self.poll.registry(), Token(slot));
-        if conn.read_paused && conn.out.pending() <= self.config.write_high_water / 2 {
+        conn.flush(&core.registry, Token(slot));
+        if conn.stalled_since.is_some() && conn.out.pending() <= core.config.max_send_queue / 2 {
+            conn.stalled_since = None;
+        }
+        if conn.read_paused && conn.out.pending() <= core.config.write_high_water / 2 {
             conn.read_paused = false;
             // Edge-triggered: input that waited meanwhile raises no new event.
-            self.backlog.push(slot);
+            core.backlog.push(slot);
         }
     }
 
     /// Reads until `WouldBlock`, the per-turn cap, or backpressure.
     fn read(&mut self, slot: usize) {
         for _ in 0..MAX_READS_PER_TURN {
-            let Some(conn) = self.conns.get_mut(slot) else {
+            let Some(conn) = self.core.conns.get_mut(slot) else {
                 return;
             };
             if conn.read_paused || matches!(conn.phase, Phase::Closed) {
                 return;
             }
             let n = match (&conn.socket).read(&mut self.read_buf) {
-                Ok(0) => return self.eof(slot),
+                Ok(0) => return self.core.eof(slot),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return conn.fail_io(e),
             };
+            conn.last_seen = self.core.now;
+            conn.pinged_at = None;
             match conn.phase {
                 Phase::Handshake { .. } => self.handshake(slot, n),
                 Phase::Open | Phase::CloseSent => {
-                    let Server {
-                        conns,
-                        handler,
-                        config,
-                        poll,
-                        read_buf,
-                        ..
-                    } = self;
                     frames(
-                        conns,
-                        poll.registry(),
-                        config,
-                        handler,
+                        &mut self.core,
+                        &mut self.handler,
                         slot,
-                        &mut read_buf[..n],
+                        &mut self.read_buf[..n],
                     );
                 }
                 // Discarding: the stream is over as far as we are concerned.
                 Phase::Finishing | Phase::Draining | Phase::Closed => {}
             }
-            self.report_close(slot);
-            let Some(conn) = self.conns.get_mut(slot) else {
+            let Some(conn) = self.core.conns.get_mut(slot) else {
                 return;
             };
-            if conn.out.pending() > self.config.write_high_water {
+            if conn.out.pending() > self.core.config.write_high_water {
                 conn.read_paused = true;
                 return;
             }
         }
-        self.backlog.push(slot);
-    }
-
-    fn eof(&mut self, slot: usize) {
-        let Some(conn) = self.conns.get_mut(slot) else {
-            return;
-        };
-        match conn.phase {
-            Phase::Open | Phase::CloseSent => {
-                log::debug!("{}: peer closed TCP without a close handshake", conn.peer);
-                if conn.close_reason.is_none() {
-                    conn.close_reason = Some(CloseReason::Abnormal);
-                }
-                conn.phase = Phase::Closed;
-            }
-            // Nothing worth keeping the socket for once the peer has gone.
-            _ => conn.phase = Phase::Closed,
-        }
+        self.core.backlog.push(slot);
     }
 
     /// Feeds bytes to the HTTP head reader; once the head is complete, answers it.
     fn handshake(&mut self, slot: usize, n: usize) {
-        let registry = self.poll.registry();
-        let conn = &mut self.conns[slot];
+        let core = &mut self.core;
+        let conn = &mut core.conns[slot];
         let Phase::Handshake { head, reader } = &mut conn.phase else {
             return;
         };
@@ -266,83 +383,248 @@ impl<H: Handler> Server<H> {
             Ok(Some(end)) => end,
             Err(e) => {
                 log::debug!("{}: {e}", conn.peer);
-                let _ = conn.send_bytes(registry, Token(slot), &e.response().to_bytes());
-                return conn.finish(registry, Token(slot));
+                core.handshaking -= 1;
+                core.stats.http_responses += 1;
+                let _ = conn.send_bytes(&core.registry, Token(slot), &e.response().to_bytes());
+                return conn.finish(&core.registry, Token(slot));
             }
         };
         let mut head = std::mem::take(head);
-        let (response, protocol) = answer(&mut self.handler, &head[..end], conn.peer);
-        let _ = conn.send_bytes(registry, Token(slot), &response.to_bytes());
-        if !response.is_upgrade() {
-            log::debug!("{}: answered HTTP {}", conn.peer, response.status.0);
-            return conn.finish(registry, Token(slot));
-        }
+        let peer = conn.peer;
+        core.handshaking -= 1;
+        let (response, accepted) = answer(&mut self.handler, &core.config, &head[..end], peer);
+        let conn = &mut core.conns[slot];
+        let _ = conn.send_bytes(&core.registry, Token(slot), &response.to_bytes());
+        let Some((protocol, session)) = accepted else {
+            log::debug!("{peer}: answered HTTP {}", response.status.0);
+            core.stats.http_responses += 1;
+            return conn.finish(&core.registry, Token(slot));
+        };
         conn.phase = Phase::Open;
+        conn.since = None;
         conn.protocol = protocol.map(String::into_boxed_str);
+        conn.session = session;
         conn.opened = true;
-        log::debug!("{}: WebSocket open as {}", conn.peer, id_of(conn, slot));
-        let Server {
-            conns,
-            handler,
-            config,
-            read_buf: _,
-            ..
-        } = self;
-        handler.on_open(&mut Ctx {
-            conns,
-            registry,
-            config,
-            slot,
-        });
+        core.stats.handshakes += 1;
+        core.stats.open_connections += 1;
+        log::debug!("{peer}: WebSocket open as {}", core.id(slot));
+        let handler = &mut self.handler;
+        guard(core, slot, |cx| handler.on_open(cx));
         // A client may send its first frames right behind the request.
         if end < head.len() {
-            frames(conns, registry, config, handler, slot, &mut head[end..]);
+            frames(core, handler, slot, &mut head[end..]);
         }
     }
 
-    /// Calls `on_close` once the WebSocket is over, and removes a finished connection.
-    fn reap(&mut self, slot: usize) {
-        self.report_close(slot);
-        if matches!(self.conns.get(slot), Some(conn) if matches!(conn.phase, Phase::Closed)) {
-            let mut conn = self.conns.remove(slot);
-            let _ = self.poll.registry().deregister(&mut conn.socket);
-            log::debug!("{}: disconnected", conn.peer);
+    fn run_commands(&mut self) {
+        self.inbox.drain_into(&mut self.commands);
+        while let Some(command) = self.commands.pop_front() {
+            let core = &mut self.core;
+            match command {
+                Command::Send(id, payload) => {
+                    if let Some(slot) = core.slot_of(id) {
+                        let (opcode, bytes) = payload.parts();
+                        let _ = core.send(slot, opcode, bytes);
+                        core.touched.push(slot);
+                    }
+                }
+                Command::Broadcast(payload) => {
+                    let frame = encode(payload.parts());
+                    let slots: Vec<usize> = core.conns.iter().map(|(slot, _)| slot).collect();
+                    core.fanout(&slots, &frame, payload.len());
+                }
+                Command::Publish(topic, payload) => {
+                    let frame = encode(payload.parts());
+                    let slots = core.topics.members(&topic).to_vec();
+                    core.fanout(&slots, &frame, payload.len());
+                }
+                Command::Close(id, code, reason) => {
+                    if let Some(slot) = core.slot_of(id) {
+                        core.close(slot, code, &reason, CloseReason::Local { code });
+                    }
+                }
+                Command::Shutdown => core.shutdown_requested = true,
+            }
+            self.settle();
         }
     }
 
-    fn report_close(&mut self, slot: usize) {
-        let Some(conn) = self.conns.get_mut(slot) else {
+    /// Acts on every deadline that has passed.
+    fn expire_deadlines(&mut self) {
+        let now = self.core.now;
+        while let Some((when, slot, generation)) = self.core.timers.pop_due(now) {
+            let Some(conn) = self.core.conns.get_mut(slot) else {
+                continue;
+            };
+            if conn.generation != generation {
+                continue;
+            }
+            match conn.deadline {
+                Some(deadline) if deadline <= now => {
+                    conn.deadline = None;
+                    self.core.on_deadline(slot);
+                    self.settle_conn(slot);
+                }
+                // The deadline moved later since this entry was queued: queue it anew.
+                Some(deadline) if deadline > when => {
+                    self.core.timers.push(deadline, slot, generation)
+                }
+                _ => {}
+            }
+        }
+        if let Some(deadline) = self.shutdown_deadline {
+            if deadline <= now {
+                for (_, conn) in self.core.conns.iter_mut() {
+                    conn.phase = Phase::Closed;
+                }
+                let slots: Vec<usize> = self.core.conns.iter().map(|(slot, _)| slot).collect();
+                for slot in slots {
+                    self.settle_conn(slot);
+                }
+            }
+        }
+    }
+
+    /// Settles every touched connection and a requested shutdown.
+    fn settle(&mut self) {
+        while let Some(slot) = self.core.touched.pop() {
+            self.settle_conn(slot);
+        }
+        if self.core.shutdown_requested && self.shutdown_deadline.is_none() {
+            self.begin_shutdown();
+        }
+        if self.shutdown_deadline.is_some() && self.core.conns.is_empty() && !self.finished {
+            log::info!("shutdown complete");
+            self.finished = true;
+            self.inbox.close();
+        }
+    }
+
+    fn begin_shutdown(&mut self) {
+        log::info!(
+            "shutting down: closing {} connections",
+            self.core.conns.len()
+        );
+        if let Some(mut listener) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+        self.shutdown_deadline = Some(self.core.now + self.core.timeouts.close.unwrap_or(0));
+        let slots: Vec<usize> = self.core.conns.iter().map(|(slot, _)| slot).collect();
+        for slot in slots {
+            let conn = &mut self.core.conns[slot];
+            match conn.phase {
+                Phase::Handshake { .. } => conn.phase = Phase::Closed,
+                Phase::Open => {
+                    let reason = CloseReason::Shutdown;
+                    self.core
+                        .close(slot, CloseCode::GOING_AWAY, "server shutting down", reason);
+                }
+                _ => {}
+            }
+            self.settle_conn(slot);
+        }
+    }
+
+    /// After anything happened on a connection: report a finished WebSocket to the
+    /// handler, remove a closed connection, or reschedule its deadline.
+    fn settle_conn(&mut self, slot: usize) {
+        let core = &mut self.core;
+        let Some(conn) = core.conns.get_mut(slot) else {
             return;
         };
-        if !conn.opened || matches!(conn.phase, Phase::Open | Phase::CloseSent) {
+        if conn.is_closing() && conn.since.is_none() {
+            conn.since = Some(core.now);
+        }
+        if conn.opened && !matches!(conn.phase, Phase::Open | Phase::CloseSent) {
+            conn.opened = false;
+            let reason = conn.close_reason.clone().unwrap_or(CloseReason::Abnormal);
+            let session = std::mem::take(&mut conn.session);
+            let id = ConnId {
+                slot: slot as u32,
+                generation: conn.generation,
+            };
+            log::debug!(
+                "{}: WebSocket {id} closed: {reason:?} (code {})",
+                conn.peer,
+                reason.code()
+            );
+            for topic in std::mem::take(&mut conn.topics) {
+                core.topics.unsubscribe(&topic, slot);
+            }
+            core.stats.open_connections -= 1;
+            core.stats.count_close(reason.code().0);
+            if matches!(reason, CloseReason::Protocol(_)) {
+                core.stats.protocol_errors += 1;
+            }
+            let handler = &mut self.handler;
+            if catch_unwind(AssertUnwindSafe(|| handler.on_close(id, session, &reason))).is_err() {
+                log::error!("handler panicked in on_close for {id}");
+                core.stats.handler_panics += 1;
+            }
+        }
+        let Some(conn) = core.conns.get_mut(slot) else {
+            return;
+        };
+        if matches!(conn.phase, Phase::Closed) {
+            if matches!(conn.phase, Phase::Handshake { .. }) {
+                core.handshaking -= 1;
+            }
+            let mut conn = core.conns.remove(slot);
+            let _ = core.registry.deregister(&mut conn.socket);
+            log::debug!("{}: disconnected", conn.peer);
             return;
         }
-        conn.opened = false;
-        let reason = conn.close_reason.clone().unwrap_or(CloseReason::Abnormal);
-        let id = id_of(conn, slot);
-        log::debug!(
-            "{}: WebSocket {id} closed: {reason:?} (code {})",
-            conn.peer,
-            reason.code()
-        );
-        self.handler.on_close(id, &reason);
+        let next = conn.next_deadline(&core.timeouts);
+        if next != conn.deadline {
+            if let Some(at) = next {
+                if conn.deadline.is_none_or(|current| at < current) {
+                    core.timers.push(at, slot, conn.generation);
+                }
+            }
+            conn.deadline = next;
+        }
     }
 }
 
-fn id_of(conn: &Conn, slot: usize) -> ConnId {
-    ConnId {
-        slot: slot as u32,
-        generation: conn.generation,
+impl<H: Handler> Drop for Server<H> {
+    fn drop(&mut self) {
+        // Handles outlive the server: tell them it is gone.
+        self.inbox.close();
     }
 }
+
+fn is_resource_exhaustion(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+/// Answers a connection over our limits with 503 and closes it, without giving it a
+/// slot: a refusal must cost less than a connection.
+fn refuse_busy(mut socket: TcpStream) {
+    let response = HttpResponse::text(StatusCode::SERVICE_UNAVAILABLE, "server busy\n")
+        .with_header("Retry-After", "1")
+        .to_bytes();
+    // Drain what the client already sent, so closing does not reset the connection
+    // and destroy the answer before the client reads it.
+    let mut sink = [0u8; 1024];
+    let _ = socket.read(&mut sink);
+    let _ = socket.write(&response);
+    let _ = socket.shutdown(Shutdown::Both);
+}
+
+/// What an accepted upgrade carries into the open connection: subprotocol and session.
+type Accepted<S> = (Option<String>, S);
 
 /// Decides the HTTP answer to a complete request head: a 101 (with the subprotocol
-/// chosen), a refusal, or whatever the handler serves for a plain GET.
+/// and session), a refusal, or whatever the handler serves for a plain GET.
 fn answer<H: Handler>(
     handler: &mut H,
+    config: &Config,
     head: &[u8],
     peer: SocketAddr,
-) -> (HttpResponse, Option<String>) {
+) -> (HttpResponse, Option<Accepted<H::Session>>) {
     let request = match Request::parse(head) {
         Ok(request) => request,
         Err(e) => return (e.response(), None),
@@ -351,28 +633,40 @@ fn answer<H: Handler>(
         return (HandshakeError::MethodNotAllowed.response(), None);
     }
     if !request.wants_websocket() {
-        let response = handler.on_http(&request);
-        if response.is_upgrade() {
-            return (internal_error("on_http returned 101"), None);
-        }
-        return (response, None);
+        return match catch_unwind(AssertUnwindSafe(|| handler.on_http(&request))) {
+            Ok(response) if !response.is_upgrade() => (response, None),
+            Ok(_) => (internal_error("on_http answered 101"), None),
+            Err(_) => (internal_error("on_http panicked"), None),
+        };
     }
     let key = match request.validate_upgrade() {
         Ok(key) => key,
         Err(e) => return (e.response(), None),
     };
-    match handler.on_request(&request, peer) {
-        Decision::Accept {
+    if !config.origin_allowed(request.origin()) {
+        log::debug!("{peer}: Origin {:?} not allowed", request.origin());
+        return (
+            HttpResponse::text(StatusCode::FORBIDDEN, "origin not allowed\n"),
+            None,
+        );
+    }
+    match catch_unwind(AssertUnwindSafe(|| handler.on_request(&request, peer))) {
+        Ok(Decision::Accept {
             protocol: Some(chosen),
-        } if !request.protocols().any(|p| p == chosen) => (
+            ..
+        }) if !request.protocols().any(|p| p == chosen) => (
             internal_error("handler chose a subprotocol the client did not offer"),
             None,
         ),
-        Decision::Accept { protocol } => (accept_response(key, protocol.as_deref()), protocol),
-        Decision::Reject(response) if response.is_upgrade() => {
+        Ok(Decision::Accept { protocol, session }) => (
+            accept_response(key, protocol.as_deref()),
+            Some((protocol, session)),
+        ),
+        Ok(Decision::Reject(response)) if response.is_upgrade() => {
             (internal_error("on_request rejected with 101"), None)
         }
-        Decision::Reject(response) => (response, None),
+        Ok(Decision::Reject(response)) => (response, None),
+        Err(_) => (internal_error("on_request panicked"), None),
     }
 }
 
@@ -381,66 +675,107 @@ fn internal_error(why: &str) -> HttpResponse {
     HttpResponse::text(StatusCode::INTERNAL_SERVER_ERROR, "internal server error\n")
 }
 
+/// A whole unfragmented server frame, header and payload, ready to send to many.
+fn encode((opcode, payload): (Opcode, &[u8])) -> Vec<u8> {
+    let mut header = [0u8; MAX_HEADER_LEN];
+    let header_len = FrameHeader::server(opcode, payload.len()).encode(&mut header);
+    let mut frame = Vec::with_capacity(header_len + payload.len());
+    frame.extend_from_slice(&header[..header_len]);
+    frame.extend_from_slice(payload);
+    frame
+}
+
+impl Payload {
+    fn parts(&self) -> (Opcode, &[u8]) {
+        match self {
+            Payload::Text(text) => (Opcode::Text, text.as_bytes()),
+            Payload::Binary(bytes) => (Opcode::Binary, bytes),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.parts().1.len()
+    }
+}
+
+fn opcode_of(message: &Message<'_>) -> Opcode {
+    match message {
+        Message::Text(_) => Opcode::Text,
+        Message::Binary(_) => Opcode::Binary,
+    }
+}
+
+/// Runs a handler callback for `slot`, turning a panic into a 1011 close of that
+/// connection alone.
+fn guard<S>(core: &mut Core<S>, slot: usize, callback: impl FnOnce(&mut Ctx<'_, S>)) {
+    let result = catch_unwind(AssertUnwindSafe(|| callback(&mut Ctx { core, slot })));
+    if result.is_err() {
+        let conn = &core.conns[slot];
+        log::error!(
+            "{}: handler panicked; closing {} with 1011",
+            conn.peer,
+            core.id(slot)
+        );
+        core.stats.handler_panics += 1;
+        core.close(
+            slot,
+            CloseCode::INTERNAL_ERROR,
+            "internal error",
+            CloseReason::HandlerPanic,
+        );
+        // Stop parsing: whatever the peer sends next, the handler is not trusted with it.
+        let conn = &mut core.conns[slot];
+        if matches!(conn.phase, Phase::CloseSent) {
+            conn.finish(&core.registry, Token(slot));
+        }
+    }
+}
+
 /// Runs `input` through the connection's receiver and acts on each event in order.
 ///
 /// The receiver is moved out of the table for the duration, so the events it lends
 /// (which borrow it and `input`) can be handled with the whole table available to the
 /// handler's [`Ctx`].
-fn frames<H: Handler>(
-    conns: &mut Slab<Conn>,
-    registry: &Registry,
-    config: &Config,
-    handler: &mut H,
-    slot: usize,
-    input: &mut [u8],
-) {
-    let mut rx = std::mem::take(&mut conns[slot].rx);
+fn frames<H: Handler>(core: &mut Core<H::Session>, handler: &mut H, slot: usize, input: &mut [u8]) {
+    let mut rx = std::mem::take(&mut core.conns[slot].rx);
     let mut pos = 0;
-    while pos < input.len() && matches!(conns[slot].phase, Phase::Open | Phase::CloseSent) {
+    while pos < input.len() && matches!(core.conns[slot].phase, Phase::Open | Phase::CloseSent) {
         match rx.read(&mut input[pos..]) {
             Ok(Progress { consumed, event }) => {
                 pos += consumed;
                 if let Some(event) = event {
-                    on_event(conns, registry, config, handler, slot, event);
+                    on_event(core, handler, slot, event);
                 }
             }
-            Err(error) => fail(&mut conns[slot], registry, slot, error),
+            Err(error) => core.fail(slot, error),
         }
     }
-    conns[slot].rx = rx;
+    core.conns[slot].rx = rx;
 }
 
 fn on_event<H: Handler>(
-    conns: &mut Slab<Conn>,
-    registry: &Registry,
-    config: &Config,
+    core: &mut Core<H::Session>,
     handler: &mut H,
     slot: usize,
     event: Event<'_>,
 ) {
-    let conn = &mut conns[slot];
+    let conn = &mut core.conns[slot];
     let open = conn.is_open();
     match event {
         Event::Message(message) if open => {
-            handler.on_message(
-                &mut Ctx {
-                    conns,
-                    registry,
-                    config,
-                    slot,
-                },
-                message,
-            );
+            core.stats.messages_in += 1;
+            core.stats.bytes_in += message.len() as u64;
+            guard(core, slot, |cx| handler.on_message(cx, message));
         }
         // After our close, data is read and dropped until the peer's close arrives.
         Event::Message(_) => {}
         Event::Ping(payload) if open => {
             let _ = conn.send_frame(
-                registry,
+                &core.registry,
                 Token(slot),
                 Opcode::Pong,
                 payload,
-                config.max_send_queue,
+                core.config.max_send_queue,
             );
         }
         Event::Ping(_) | Event::Pong(_) => {}
@@ -448,7 +783,7 @@ fn on_event<H: Handler>(
             if open {
                 // §5.5.1: answer with a close, echoing the peer's code.
                 let code = frame.map(|f| f.code);
-                conn.send_close(registry, Token(slot), code, "");
+                conn.send_close(&core.registry, Token(slot), code, "");
                 conn.close_reason = Some(CloseReason::Peer {
                     code: code.unwrap_or(CloseCode::NO_STATUS),
                     reason: frame.map(|f| f.reason.to_owned()).unwrap_or_default(),
@@ -456,43 +791,230 @@ fn on_event<H: Handler>(
                 log::debug!("{}: peer sent close {:?}", conn.peer, code);
             }
             // Either way the close handshake is complete: the server closes TCP first.
-            conn.finish(registry, Token(slot));
+            conn.finish(&core.registry, Token(slot));
         }
     }
 }
 
-/// Fails the connection (§7.1.7): a close frame with the error's code, then shut down.
-fn fail(conn: &mut Conn, registry: &Registry, slot: usize, error: ProtocolError) {
-    log::debug!("{}: protocol error: {error}", conn.peer);
-    if conn.is_open() {
-        conn.send_close(
-            registry,
-            Token(slot),
-            Some(error.close_code()),
-            &error.to_string(),
-        );
-        conn.close_reason = Some(CloseReason::Protocol(error));
+impl<S: Default> Core<S> {
+    fn add(&mut self, mut socket: TcpStream, peer: SocketAddr) {
+        // Small frames go out at once; batching is ours to do, not Nagle's.
+        let _ = socket.set_nodelay(true);
+        let entry = self.conns.vacant_entry();
+        let slot = entry.key();
+        if let Err(e) = self
+            .registry
+            .register(&mut socket, Token(slot), Interest::READABLE)
+        {
+            log::warn!("{peer}: cannot register: {e}");
+            return;
+        }
+        let generation = self.stats.accepted as u32;
+        log::debug!("{peer}: connected");
+        entry.insert(Conn::new(socket, peer, generation, &self.config, self.now));
+        self.handshaking += 1;
+        self.touched.push(slot);
     }
-    conn.finish(registry, Token(slot));
 }
 
-/// What a handler acts through: the current connection, and (through the reactor) the
-/// rest of the loop.
-pub struct Ctx<'a> {
-    conns: &'a mut Slab<Conn>,
-    registry: &'a Registry,
-    config: &'a Config,
+impl<S> Core<S> {
+    fn id(&self, slot: usize) -> ConnId {
+        ConnId {
+            slot: slot as u32,
+            generation: self.conns[slot].generation,
+        }
+    }
+
+    /// The slot of a live connection, if `id` still names one.
+    fn slot_of(&self, id: ConnId) -> Option<usize> {
+        let slot = id.slot as usize;
+        match self.conns.get(slot) {
+            Some(conn) if conn.generation == id.generation => Some(slot),
+            _ => None,
+        }
+    }
+
+    fn eof(&mut self, slot: usize) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        if matches!(conn.phase, Phase::Open | Phase::CloseSent) {
+            log::debug!("{}: peer closed TCP without a close handshake", conn.peer);
+            if conn.close_reason.is_none() {
+                conn.close_reason = Some(CloseReason::Abnormal);
+            }
+        }
+        // Nothing worth keeping the socket for once the peer has gone.
+        conn.phase = Phase::Closed;
+    }
+
+    /// Sends one frame to an open connection, counting it and noting a stall.
+    fn send(&mut self, slot: usize, opcode: Opcode, payload: &[u8]) -> SendStatus {
+        let conn = &mut self.conns[slot];
+        if !conn.is_open() {
+            return SendStatus::Refused;
+        }
+        let status = conn.send_frame(
+            &self.registry,
+            Token(slot),
+            opcode,
+            payload,
+            self.config.max_send_queue,
+        );
+        self.count_send(slot, status, payload.len());
+        status
+    }
+
+    fn count_send(&mut self, slot: usize, status: SendStatus, len: usize) {
+        match status {
+            SendStatus::Written | SendStatus::Queued(_) => {
+                self.stats.messages_out += 1;
+                self.stats.bytes_out += len as u64;
+            }
+            SendStatus::Refused => {
+                let conn = &mut self.conns[slot];
+                if conn.is_open() && conn.stalled_since.is_none() {
+                    conn.stalled_since = Some(self.now);
+                    self.touched.push(slot);
+                }
+            }
+        }
+    }
+
+    /// Sends one encoded frame to each open connection in `slots`.
+    fn fanout(&mut self, slots: &[usize], frame: &[u8], payload_len: usize) -> Fanout {
+        let mut fanout = Fanout::default();
+        for &slot in slots {
+            let Some(conn) = self.conns.get_mut(slot) else {
+                continue;
+            };
+            if !conn.is_open() {
+                continue;
+            }
+            let status = conn.send_encoded(
+                &self.registry,
+                Token(slot),
+                frame,
+                self.config.max_send_queue,
+            );
+            match status {
+                SendStatus::Refused => fanout.refused += 1,
+                _ => fanout.sent += 1,
+            }
+            self.count_send(slot, status, payload_len);
+            self.touched.push(slot);
+        }
+        fanout
+    }
+
+    /// Starts the close handshake on an open connection.
+    fn close(&mut self, slot: usize, code: CloseCode, reason: &str, why: CloseReason) {
+        let conn = &mut self.conns[slot];
+        if !conn.is_open() {
+            return;
+        }
+        conn.send_close(&self.registry, Token(slot), Some(code), reason);
+        conn.close_reason = Some(why);
+        if conn.is_open() {
+            conn.phase = Phase::CloseSent;
+        }
+        self.touched.push(slot);
+    }
+
+    /// Fails the connection (§7.1.7): a close frame with the error's code, then shut down.
+    fn fail(&mut self, slot: usize, error: ProtocolError) {
+        let conn = &mut self.conns[slot];
+        log::debug!("{}: protocol error: {error}", conn.peer);
+        if conn.is_open() {
+            conn.send_close(
+                &self.registry,
+                Token(slot),
+                Some(error.close_code()),
+                &error.to_string(),
+            );
+            conn.close_reason = Some(CloseReason::Protocol(error));
+        }
+        conn.finish(&self.registry, Token(slot));
+    }
+
+    /// A connection's deadline passed: whatever it was waiting for did not happen.
+    fn on_deadline(&mut self, slot: usize) {
+        let now = self.now;
+        let timeouts = self.timeouts;
+        let conn = &mut self.conns[slot];
+        let expired = |start: Option<Millis>, timeout: Option<Millis>| match (start, timeout) {
+            (Some(start), Some(timeout)) => start + timeout <= now,
+            _ => false,
+        };
+        match conn.phase {
+            Phase::Handshake { .. } => {
+                if expired(conn.since, timeouts.handshake) {
+                    log::debug!("{}: handshake timed out", conn.peer);
+                    conn.phase = Phase::Closed;
+                }
+            }
+            Phase::Open => {
+                if expired(conn.stalled_since, timeouts.send_stall) {
+                    log::debug!("{}: send queue full for too long", conn.peer);
+                    let why = CloseReason::SendStalled;
+                    self.close(slot, CloseCode::POLICY_VIOLATION, "send queue full", why);
+                } else if expired(conn.pinged_at, timeouts.pong) {
+                    log::debug!("{}: no answer to keepalive ping", conn.peer);
+                    conn.send_close(
+                        &self.registry,
+                        Token(slot),
+                        Some(CloseCode::INTERNAL_ERROR),
+                        "keepalive timeout",
+                    );
+                    conn.close_reason = Some(CloseReason::KeepaliveTimeout);
+                    // A peer that does not answer pings will not answer a close either.
+                    conn.phase = Phase::Closed;
+                } else if conn.pinged_at.is_none() && expired(Some(conn.last_seen), timeouts.idle) {
+                    let _ = conn.send_frame(
+                        &self.registry,
+                        Token(slot),
+                        Opcode::Ping,
+                        b"keepalive",
+                        usize::MAX,
+                    );
+                    conn.pinged_at = Some(now);
+                }
+            }
+            Phase::CloseSent | Phase::Finishing | Phase::Draining => {
+                if expired(conn.since, timeouts.close) {
+                    log::debug!("{}: close timed out", conn.peer);
+                    conn.phase = Phase::Closed;
+                }
+            }
+            Phase::Closed => {}
+        }
+    }
+}
+
+/// How a broadcast or publish went.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Fanout {
+    /// Receivers whose socket took the frame or who queued it.
+    pub sent: usize,
+    /// Receivers that refused it (queue over the cap); they miss this message.
+    pub refused: usize,
+}
+
+/// What a handler acts through: the current connection, and through it the rest of
+/// the loop (other connections, broadcast, topics, stats, shutdown).
+pub struct Ctx<'a, S = ()> {
+    core: &'a mut Core<S>,
     slot: usize,
 }
 
-impl Ctx<'_> {
-    fn conn(&self) -> &Conn {
-        &self.conns[self.slot]
+impl<S> Ctx<'_, S> {
+    fn conn(&self) -> &Conn<S> {
+        &self.core.conns[self.slot]
     }
 
-    /// This connection's id.
+    /// This connection's id (valid in [`Handle`] calls from other threads too).
     pub fn id(&self) -> ConnId {
-        id_of(self.conn(), self.slot)
+        self.core.id(self.slot)
     }
 
     /// The peer's address.
@@ -505,29 +1027,36 @@ impl Ctx<'_> {
         self.conn().protocol.as_deref()
     }
 
+    /// This connection's session: the handler's own state for it.
+    pub fn session(&mut self) -> &mut S {
+        &mut self.core.conns[self.slot].session
+    }
+
     /// Bytes waiting in this connection's send queue.
     pub fn queued_bytes(&self) -> usize {
         self.conn().out.pending()
     }
 
+    /// The server's counters.
+    pub fn stats(&self) -> &Stats {
+        &self.core.stats
+    }
+
     /// Sends a message as one frame: written through to the socket if it takes it,
     /// queued otherwise, refused if the connection is closing or its queue is full.
     pub fn send(&mut self, message: Message<'_>) -> SendStatus {
-        let opcode = match message {
-            Message::Text(_) => Opcode::Text,
-            Message::Binary(_) => Opcode::Binary,
-        };
-        self.send_frame(opcode, message.as_bytes())
+        self.core
+            .send(self.slot, opcode_of(&message), message.as_bytes())
     }
 
     /// Sends a text message.
     pub fn send_text(&mut self, text: &str) -> SendStatus {
-        self.send_frame(Opcode::Text, text.as_bytes())
+        self.core.send(self.slot, Opcode::Text, text.as_bytes())
     }
 
     /// Sends a binary message.
     pub fn send_binary(&mut self, bytes: &[u8]) -> SendStatus {
-        self.send_frame(Opcode::Binary, bytes)
+        self.core.send(self.slot, Opcode::Binary, bytes)
     }
 
     /// Sends a ping (at most 125 bytes of payload, else refused).
@@ -535,40 +1064,78 @@ impl Ctx<'_> {
         if payload.len() > MAX_CONTROL_PAYLOAD {
             return SendStatus::Refused;
         }
-        self.send_frame(Opcode::Ping, payload)
+        self.core.send(self.slot, Opcode::Ping, payload)
     }
 
     /// Starts the close handshake with `code` and `reason` (cut to fit 123 bytes).
     /// Messages that arrive until the peer's close are dropped.
     pub fn close(&mut self, code: CloseCode, reason: &str) {
-        let (registry, slot) = (self.registry, self.slot);
-        let conn = &mut self.conns[slot];
-        if !conn.is_open() {
-            return;
-        }
-        conn.send_close(registry, Token(slot), Some(code), reason);
-        conn.close_reason = Some(CloseReason::Local { code });
-        if conn.is_open() {
-            conn.phase = Phase::CloseSent;
+        self.core
+            .close(self.slot, code, reason, CloseReason::Local { code });
+    }
+
+    /// Sends a message to another connection; refused if it is gone or closing.
+    pub fn send_to(&mut self, to: ConnId, message: Message<'_>) -> SendStatus {
+        match self.core.slot_of(to) {
+            Some(slot) => {
+                let status = self
+                    .core
+                    .send(slot, opcode_of(&message), message.as_bytes());
+                self.core.touched.push(slot);
+                status
+            }
+            None => SendStatus::Refused,
         }
     }
 
-    fn send_frame(&mut self, opcode: Opcode, payload: &[u8]) -> SendStatus {
-        let conn = &mut self.conns[self.slot];
-        if !conn.is_open() {
-            return SendStatus::Refused;
+    /// Starts the close handshake on another connection.
+    pub fn close_connection(&mut self, id: ConnId, code: CloseCode, reason: &str) {
+        if let Some(slot) = self.core.slot_of(id) {
+            self.core
+                .close(slot, code, reason, CloseReason::Local { code });
         }
-        conn.send_frame(
-            self.registry,
-            Token(self.slot),
-            opcode,
-            payload,
-            self.config.max_send_queue,
-        )
+    }
+
+    /// Sends a message to every open connection, this one included. The frame is
+    /// encoded once; each receiver's queue cap applies to it separately.
+    pub fn broadcast(&mut self, message: Message<'_>) -> Fanout {
+        let frame = encode((opcode_of(&message), message.as_bytes()));
+        let slots: Vec<usize> = self.core.conns.iter().map(|(slot, _)| slot).collect();
+        self.core.fanout(&slots, &frame, message.len())
+    }
+
+    /// Subscribes this connection to `topic`; false if it already was.
+    pub fn subscribe(&mut self, topic: &str) -> bool {
+        let added = self.core.topics.subscribe(topic, self.slot);
+        if added {
+            self.core.conns[self.slot].topics.push(topic.into());
+        }
+        added
+    }
+
+    /// Unsubscribes this connection from `topic`; false if it was not subscribed.
+    pub fn unsubscribe(&mut self, topic: &str) -> bool {
+        let removed = self.core.topics.unsubscribe(topic, self.slot);
+        if removed {
+            self.core.conns[self.slot].topics.retain(|t| &**t != topic);
+        }
+        removed
+    }
+
+    /// Sends a message to every subscriber of `topic` (encoded once).
+    pub fn publish(&mut self, topic: &str, message: Message<'_>) -> Fanout {
+        let frame = encode((opcode_of(&message), message.as_bytes()));
+        let slots = self.core.topics.members(topic).to_vec();
+        self.core.fanout(&slots, &frame, message.len())
+    }
+
+    /// Starts a graceful shutdown of the whole server after this callback.
+    pub fn shutdown(&mut self) {
+        self.core.shutdown_requested = true;
     }
 }
 
-/// Accepts connections on `addr` and serves them with `handler`, forever.
+/// Accepts connections on `addr` and serves them with `handler` until shut down.
 pub fn serve<H: Handler>(addr: SocketAddr, config: Config, handler: H) -> io::Result<()> {
     Server::bind(addr, config, handler)?.run()
 }

@@ -1,0 +1,71 @@
+//! Counters the loop keeps as it works: cheap enough to be always on.
+
+use std::fmt;
+
+/// What the server has done since it started. Read it with
+/// [`Server::stats`](crate::Server::stats) or [`Ctx::stats`](crate::Ctx::stats).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// WebSocket connections open right now.
+    pub open_connections: u64,
+    /// TCP connections accepted.
+    pub accepted: u64,
+    /// TCP connections refused with 503 (over `max_connections` or `max_handshakes`).
+    pub refused: u64,
+    /// Upgrades completed (101 sent).
+    pub handshakes: u64,
+    /// Requests answered with an HTTP error or a page instead of a 101.
+    pub http_responses: u64,
+    /// Data messages received / sent.
+    pub messages_in: u64,
+    pub messages_out: u64,
+    /// Payload bytes of data messages received / sent.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Connections failed because the peer broke the protocol.
+    pub protocol_errors: u64,
+    /// Handler panics caught (each closed its connection with 1011).
+    pub handler_panics: u64,
+    /// Closed WebSocket connections, by close code (1006 for a lost TCP connection).
+    pub closes: Vec<(u16, u64)>,
+}
+
+impl Stats {
+    pub(crate) fn count_close(&mut self, code: u16) {
+        match self.closes.iter_mut().find(|(c, _)| *c == code) {
+            Some((_, n)) => *n += 1,
+            None => {
+                self.closes.push((code, 1));
+                self.closes.sort_unstable();
+            }
+        }
+    }
+}
+
+impl fmt::Display for Stats {
+    /// A one-line summary for logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "open {} accepted {} refused {} handshakes {} http {} msgs in/out {}/{} bytes in/out {}/{} protocol errors {} panics {} closes",
+            self.open_connections,
+            self.accepted,
+            self.refused,
+            self.handshakes,
+            self.http_responses,
+            self.messages_in,
+            self.messages_out,
+            self.bytes_in,
+            self.bytes_out,
+            self.protocol_errors,
+            self.handler_panics,
+        )?;
+        if self.closes.is_empty() {
+            f.write_str(" none")?;
+        }
+        for (code, n) in &self.closes {
+            write!(f, " {code}:{n}")?;
+        }
+        Ok(())
+    }
+}

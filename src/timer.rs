@@ -1,0 +1,100 @@
+//! Deadlines for the loop: mio has no timers, so the reactor keeps its own.
+//!
+//! A min-heap of `(when, slot, generation)` with lazy deletion: a connection records
+//! the one deadline it currently cares about; the heap may hold older entries for it,
+//! which are recognised as stale when they come out (the connection is gone, or its
+//! recorded deadline differs) and dropped. Insertion and removal are O(log n), and
+//! nothing scans every connection per tick. A deadline that moves *later* (the usual
+//! case: activity pushes the idle deadline back) costs nothing until the old entry
+//! surfaces, when it is re-inserted once at the new time.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::time::{Duration, Instant};
+
+/// Milliseconds since the server started: 8 bytes per timestamp instead of `Instant`'s 16,
+/// and plain integer arithmetic.
+pub(crate) type Millis = u64;
+
+/// The loop's clock, read once per turn.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Clock {
+    epoch: Instant,
+}
+
+impl Clock {
+    pub fn new() -> Clock {
+        Clock {
+            epoch: Instant::now(),
+        }
+    }
+
+    pub fn now(&self) -> Millis {
+        self.epoch.elapsed().as_millis() as Millis
+    }
+}
+
+/// Converts a configured duration; zero means "never" and maps to `None`.
+pub(crate) fn millis(duration: Duration) -> Option<Millis> {
+    if duration.is_zero() {
+        None
+    } else {
+        Some(duration.as_millis().max(1) as Millis)
+    }
+}
+
+/// Pending deadlines of connections, earliest first.
+#[derive(Debug, Default)]
+pub(crate) struct DeadlineQueue {
+    heap: BinaryHeap<Reverse<(Millis, usize, u32)>>,
+}
+
+impl DeadlineQueue {
+    pub fn push(&mut self, when: Millis, slot: usize, generation: u32) {
+        self.heap.push(Reverse((when, slot, generation)));
+    }
+
+    /// The earliest deadline, stale or not (a stale one only causes an early wake-up).
+    pub fn next(&self) -> Option<Millis> {
+        self.heap.peek().map(|Reverse((when, _, _))| *when)
+    }
+
+    /// Removes and returns an entry that is due at `now`.
+    pub fn pop_due(&mut self, now: Millis) -> Option<(Millis, usize, u32)> {
+        match self.heap.peek() {
+            Some(Reverse((when, _, _))) if *when <= now => self.heap.pop().map(|Reverse(e)| e),
+            _ => None,
+        }
+    }
+
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.heap.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pops_in_deadline_order_and_only_when_due() {
+        let mut queue = DeadlineQueue::default();
+        queue.push(30, 3, 0);
+        queue.push(10, 1, 0);
+        queue.push(20, 2, 0);
+        assert_eq!(queue.next(), Some(10));
+        assert_eq!(queue.pop_due(5), None);
+        assert_eq!(queue.pop_due(25), Some((10, 1, 0)));
+        assert_eq!(queue.pop_due(25), Some((20, 2, 0)));
+        assert_eq!(queue.pop_due(25), None);
+        assert_eq!(queue.len(), 1);
+    }
+
+    #[test]
+    fn zero_duration_means_never() {
+        assert_eq!(millis(Duration::ZERO), None);
+        assert_eq!(millis(Duration::from_micros(10)), Some(1));
+        assert_eq!(millis(Duration::from_secs(2)), Some(2000));
+    }
+}
