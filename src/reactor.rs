@@ -218,7 +218,7 @@ impl<H: Handler> Server<H> {
         }
         self.core.now = self.core.clock.now();
         for slot in std::mem::take(&mut self.core.backlog) {
-            self.read(slot);
+            self.read(slot, true);
             self.settle_conn(slot);
         }
         // Move the events out so handling them can borrow `self` mutably.
@@ -231,8 +231,10 @@ impl<H: Handler> Server<H> {
                     if event.is_writable() {
                         self.writable(slot);
                     }
-                    if event.is_readable() || event.is_read_closed() || event.is_error() {
-                        self.read(slot);
+                    if event.is_read_closed() || event.is_error() {
+                        self.read(slot, true);
+                    } else if event.is_readable() {
+                        self.read(slot, false);
                     }
                     self.settle_conn(slot);
                 }
@@ -328,8 +330,14 @@ impl<H: Handler> Server<H> {
         }
     }
 
-    /// Reads until `WouldBlock`, the per-turn cap, or backpressure.
-    fn read(&mut self, slot: usize) {
+    /// Reads until the socket is drained, the per-turn cap, or backpressure.
+    ///
+    /// A read that returns less than the buffer size has emptied the socket, so unless
+    /// `until_would_block` is set we stop there instead of paying one more syscall
+    /// for the `WouldBlock` (as nginx does): with edge-triggered readiness, bytes that
+    /// arrive after that read raise a new event. A FIN that came with the data has
+    /// already been reported (`is_read_closed`), and then we do read to the end.
+    fn read(&mut self, slot: usize, until_would_block: bool) {
         for _ in 0..MAX_READS_PER_TURN {
             let Some(conn) = self.core.conns.get_mut(slot) else {
                 return;
@@ -364,6 +372,9 @@ impl<H: Handler> Server<H> {
             };
             if conn.out.pending() > self.core.config.write_high_water {
                 conn.read_paused = true;
+                return;
+            }
+            if n < self.read_buf.len() && !until_would_block {
                 return;
             }
         }

@@ -1,0 +1,83 @@
+//! A chat room: every message goes to everyone, with the sender's name.
+//!
+//! `cargo run --example chat [ADDR]`, then open http://127.0.0.1:9998/ in two tabs.
+//! Names come from the upgrade request (`/chat?name=ada`), kept in the session.
+
+use std::net::SocketAddr;
+use wsreactor::{
+    CloseReason, Config, ConnId, Ctx, Decision, Handler, HttpResponse, Message, Request, Server,
+};
+
+const PAGE: &str = include_str!("chat.html");
+
+#[derive(Default)]
+struct Member {
+    name: String,
+}
+
+struct Chat {
+    guests: u64,
+}
+
+impl Handler for Chat {
+    type Session = Member;
+
+    fn on_request(&mut self, request: &Request<'_>, _peer: SocketAddr) -> Decision<Member> {
+        if request.path() != "/chat" {
+            return Decision::Reject(HttpResponse::not_found());
+        }
+        let asked = request
+            .query()
+            .into_iter()
+            .flat_map(|query| query.split('&'))
+            .find_map(|pair| pair.strip_prefix("name="))
+            .filter(|name| !name.is_empty() && name.len() <= 32)
+            .filter(|name| {
+                name.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            });
+        let name = match asked {
+            Some(name) => name.to_owned(),
+            None => {
+                self.guests += 1;
+                format!("guest-{}", self.guests)
+            }
+        };
+        Decision::accept_with(Member { name })
+    }
+
+    fn on_http(&mut self, request: &Request<'_>) -> HttpResponse {
+        match request.path() {
+            "/" => HttpResponse::html(PAGE),
+            _ => HttpResponse::not_found(),
+        }
+    }
+
+    fn on_open(&mut self, cx: &mut Ctx<'_, Member>) {
+        let line = format!("* {} joined", cx.session().name);
+        cx.broadcast(Message::Text(&line));
+    }
+
+    fn on_message(&mut self, cx: &mut Ctx<'_, Member>, message: Message<'_>) {
+        if let Message::Text(text) = message {
+            let line = format!("{}: {}", cx.session().name, text);
+            // Encoded once for everyone; a member whose queue is full misses it.
+            cx.broadcast(Message::Text(&line));
+        }
+    }
+
+    fn on_close(&mut self, id: ConnId, member: Member, reason: &CloseReason) {
+        log::info!("{} ({id}) left: {reason:?}", member.name);
+    }
+}
+
+fn main() -> std::io::Result<()> {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:9998".into());
+    let addr = addr.parse().expect("an address like 127.0.0.1:9998");
+    let mut server = Server::bind(addr, Config::default(), Chat { guests: 0 })?;
+    println!("listening on http://{}/", server.local_addr());
+    server.run()
+}

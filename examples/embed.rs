@@ -1,0 +1,53 @@
+//! Embedding: a service thread pushes ticks to subscribers through a `Handle` while the
+//! loop echoes whatever clients send.
+//!
+//! `cargo run --example embed [ADDR]`, then `websocat ws://127.0.0.1:9998/`: you get a
+//! tick every millisecond, and your own lines back.
+
+use std::time::{Duration, Instant};
+use wsreactor::{Config, Ctx, Handle, HandleError, Handler, Message, Server};
+
+struct TickerEcho;
+
+impl Handler for TickerEcho {
+    type Session = ();
+
+    fn on_open(&mut self, cx: &mut Ctx<'_>) {
+        cx.subscribe("ticks");
+    }
+
+    fn on_message(&mut self, cx: &mut Ctx<'_>, message: Message<'_>) {
+        let _ = cx.send(message);
+    }
+}
+
+/// The "market data" thread: 1,000 ticks a second, published to the `ticks` topic.
+fn publish_ticks(handle: Handle) {
+    let start = Instant::now();
+    for n in 0u64.. {
+        // Sleep to the next millisecond boundary, so the rate holds whatever a publish costs.
+        let due = start + Duration::from_millis(n);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        match handle.publish_text("ticks", format!("tick {n}")) {
+            Ok(()) => {}
+            // The loop is behind: drop this tick rather than block the service thread.
+            Err(HandleError::Full) => log::warn!("tick {n} dropped: loop busy"),
+            Err(HandleError::Closed) => return,
+        }
+    }
+}
+
+fn main() -> std::io::Result<()> {
+    env_logger::init();
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:9998".into());
+    let addr = addr.parse().expect("an address like 127.0.0.1:9998");
+    let mut server = Server::bind(addr, Config::default(), TickerEcho)?;
+    let handle = server.handle();
+    std::thread::spawn(move || publish_ticks(handle));
+    println!("listening on ws://{}/", server.local_addr());
+    server.run()
+}
