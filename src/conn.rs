@@ -21,6 +21,10 @@ use mio::{Interest, Registry, Token};
 use std::io::{self, IoSlice, Write};
 use std::net::{Shutdown, SocketAddr};
 
+/// Frames up to this size are corked (copied into the queue and written once per
+/// event); larger ones are written straight from the caller's buffer.
+const CORK_LIMIT: usize = 16 * 1024;
+
 /// A send queue that drained this far is released rather than kept for reuse.
 const RETAINED_QUEUE_CAPACITY: usize = 64 * 1024;
 
@@ -94,10 +98,16 @@ pub(crate) struct Conn<S> {
     pub phase: Phase,
     pub rx: Receiver,
     pub out: Outbox,
-    /// Whether WRITABLE interest is registered (only while `out` holds bytes).
+    /// Whether WRITABLE interest is registered: the socket refused bytes that still
+    /// wait in `out`.
     writable_interest: bool,
+    /// Corked bytes wait in `out` for [`flush`](Conn::flush), which the reactor calls
+    /// when it settles the connection at the end of the event.
+    pub unflushed: bool,
     /// Reading stopped because the send queue is over the high-water mark.
     pub read_paused: bool,
+    /// Whether this connection is counted in the loop's handshakes in progress.
+    pub counted_as_handshake: bool,
     /// Whether the handler saw `on_open` (and so is owed an `on_close`).
     pub opened: bool,
     /// The subprotocol agreed at the upgrade.
@@ -140,7 +150,9 @@ impl<S: Default> Conn<S> {
             rx: Receiver::new(config.max_message_size as u64),
             out: Outbox::default(),
             writable_interest: false,
+            unflushed: false,
             read_paused: false,
+            counted_as_handshake: true,
             opened: false,
             protocol: None,
             close_reason: None,
@@ -241,6 +253,17 @@ impl<S> Conn<S> {
             return SendStatus::Refused;
         }
         let total = first.len() + second.len();
+        if total <= CORK_LIMIT && !self.writable_interest {
+            // Cork: small frames wait in the queue until the loop settles this
+            // connection, so the replies to many frames of one read leave in one write.
+            self.out.push(&[first, second]);
+            self.unflushed = true;
+            return SendStatus::Written;
+        }
+        if self.unflushed {
+            // Keep the order: what was corked goes before this larger frame.
+            self.flush(registry, token);
+        }
         let mut written = 0;
         if self.out.pending() == 0 {
             // Write-through: header and payload in one syscall, no copy.
@@ -303,12 +326,14 @@ impl<S> Conn<S> {
         let _ = self.send_frame(registry, token, Opcode::Close, &payload[..len], usize::MAX);
     }
 
-    /// Writes queued bytes after a WRITABLE event; moves `Finishing` on once empty.
+    /// Writes queued bytes (after a WRITABLE event, or corked ones when the loop settles
+    /// the connection); moves `Finishing` on once empty.
     pub fn flush(&mut self, registry: &Registry, token: Token) {
+        self.unflushed = false;
         if self.out.pending() > 0 {
             match self.out.write_to(&self.socket) {
                 Ok(true) => self.want_writable(registry, token, false),
-                Ok(false) => return,
+                Ok(false) => return self.want_writable(registry, token, true),
                 Err(e) => return self.fail_io(e),
             }
         }

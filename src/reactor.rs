@@ -394,7 +394,6 @@ impl<H: Handler> Server<H> {
             Ok(Some(end)) => end,
             Err(e) => {
                 log::debug!("{}: {e}", conn.peer);
-                core.handshaking -= 1;
                 core.stats.http_responses += 1;
                 let _ = conn.send_bytes(&core.registry, Token(slot), &e.response().to_bytes());
                 return conn.finish(&core.registry, Token(slot));
@@ -402,7 +401,6 @@ impl<H: Handler> Server<H> {
         };
         let mut head = std::mem::take(head);
         let peer = conn.peer;
-        core.handshaking -= 1;
         let (response, accepted) = answer(&mut self.handler, &core.config, &head[..end], peer);
         let conn = &mut core.conns[slot];
         let _ = conn.send_bytes(&core.registry, Token(slot), &response.to_bytes());
@@ -576,10 +574,14 @@ impl<H: Handler> Server<H> {
         let Some(conn) = core.conns.get_mut(slot) else {
             return;
         };
+        if conn.unflushed {
+            conn.flush(&core.registry, Token(slot));
+        }
+        if conn.counted_as_handshake && !matches!(conn.phase, Phase::Handshake { .. }) {
+            conn.counted_as_handshake = false;
+            core.handshaking -= 1;
+        }
         if matches!(conn.phase, Phase::Closed) {
-            if matches!(conn.phase, Phase::Handshake { .. }) {
-                core.handshaking -= 1;
-            }
             let mut conn = core.conns.remove(slot);
             let _ = core.registry.deregister(&mut conn.socket);
             log::debug!("{}: disconnected", conn.peer);
@@ -894,6 +896,7 @@ impl<S> Core<S> {
 
     /// Sends one encoded frame to each open connection in `slots`.
     fn fanout(&mut self, slots: &[usize], frame: &[u8], payload_len: usize) -> Fanout {
+        self.stats.fanout_frames_encoded += 1;
         let mut fanout = Fanout::default();
         for &slot in slots {
             let Some(conn) = self.conns.get_mut(slot) else {
@@ -910,7 +913,10 @@ impl<S> Core<S> {
             );
             match status {
                 SendStatus::Refused => fanout.refused += 1,
-                _ => fanout.sent += 1,
+                _ => {
+                    fanout.sent += 1;
+                    self.stats.fanout_deliveries += 1;
+                }
             }
             self.count_send(slot, status, payload_len);
             self.touched.push(slot);

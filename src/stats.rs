@@ -22,6 +22,10 @@ pub struct Stats {
     /// Payload bytes of data messages received / sent.
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// Frames encoded for broadcast or publish: one per call, however many receive it.
+    pub fanout_frames_encoded: u64,
+    /// Receivers a broadcast or published frame was handed to (sent or queued).
+    pub fanout_deliveries: u64,
     /// Connections failed because the peer broke the protocol.
     pub protocol_errors: u64,
     /// Handler panics caught (each closed its connection with 1011).
