@@ -168,6 +168,16 @@ impl<S: Default> Conn<S> {
 }
 
 impl<S> Conn<S> {
+    /// Bytes the socket has not taken yet: the backlog a slow reader causes. Small
+    /// frames corked for the write at the end of the event are not a backlog.
+    pub fn backlog(&self) -> usize {
+        if self.writable_interest {
+            self.out.pending()
+        } else {
+            0
+        }
+    }
+
     /// Whether the close handshake (or a failure) has begun.
     pub fn is_closing(&self) -> bool {
         matches!(

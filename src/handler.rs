@@ -73,9 +73,11 @@ impl<S> Decision<S> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[must_use = "a refused send means the message was dropped"]
 pub enum SendStatus {
-    /// The whole frame went to the socket.
+    /// Sent, with no backlog: the frame went to the socket, or (a frame of up to
+    /// 16 KiB) joins the one write the loop makes for this connection at the end of
+    /// the current event, so the replies to many frames leave together.
     Written,
-    /// The socket took part or none of it; this many bytes now wait in the connection's
+    /// The socket is not keeping up: this many bytes now wait in the connection's
     /// queue and go out as the peer reads.
     Queued(usize),
     /// Nothing was sent: the connection is closing or its queue is over

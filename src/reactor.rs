@@ -1049,9 +1049,10 @@ impl<S> Ctx<'_, S> {
         &mut self.core.conns[self.slot].session
     }
 
-    /// Bytes waiting in this connection's send queue.
+    /// Bytes waiting for the socket to take them: the backlog a peer that reads
+    /// slower than we send builds up (see [`SendStatus::Queued`]).
     pub fn queued_bytes(&self) -> usize {
-        self.conn().out.pending()
+        self.conn().backlog()
     }
 
     /// The server's counters.

@@ -1,0 +1,410 @@
+//! Abuse and faults, from outside, with real sockets: timeouts, keepalive, limits,
+//! send-queue caps, handler panics, EMFILE and graceful shutdown.
+
+mod common;
+
+use common::*;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use wsreactor::{
+    CloseCode, CloseReason, Config, ConnId, Ctx, Handler, Message, SendStatus, Server,
+};
+
+/// Runs `handler` on an ephemeral port in a thread of its own (leaked at test end).
+fn serve<H>(config: Config, handler: H) -> SocketAddr
+where
+    H: Handler + Send + 'static,
+    H::Session: Send,
+{
+    let server = Server::bind("127.0.0.1:0".parse().unwrap(), config, handler).expect("bind");
+    let addr = server.local_addr();
+    std::thread::spawn(move || {
+        let mut server = server;
+        server.run()
+    });
+    addr
+}
+
+/// Echoes, but some text messages are commands that misbehave on purpose.
+#[derive(Default)]
+struct Scripted {
+    log: Arc<Mutex<Vec<String>>>,
+    closes: Arc<Mutex<Vec<CloseReason>>>,
+}
+
+impl Handler for Scripted {
+    type Session = ();
+
+    fn on_message(&mut self, cx: &mut Ctx<'_>, message: Message<'_>) {
+        match message {
+            Message::Text("panic") => panic!("a handler bug, on purpose"),
+            Message::Text("close-me") => cx.close(CloseCode::NORMAL, "as asked"),
+            Message::Text("flood") => {
+                // Send 256 KiB messages until the queue cap refuses one.
+                let chunk = vec![7u8; 256 * 1024];
+                let mut sent = 0;
+                let status = loop {
+                    match cx.send_binary(&chunk) {
+                        SendStatus::Refused => break SendStatus::Refused,
+                        _ if sent > 1000 => break SendStatus::Written,
+                        _ => sent += 1,
+                    }
+                };
+                let line = format!("sent {sent} then {status:?}, queued {}", cx.queued_bytes());
+                self.log.lock().unwrap().push(line);
+            }
+            other => {
+                let _ = cx.send(other);
+            }
+        }
+    }
+
+    fn on_close(&mut self, _id: ConnId, _session: (), reason: &CloseReason) {
+        self.closes.lock().unwrap().push(reason.clone());
+    }
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn slowloris_is_dropped_by_the_handshake_timeout() {
+    let config = Config {
+        handshake_timeout: Duration::from_millis(300),
+        ..Config::default()
+    };
+    let (addr, _) = start(config);
+    let mut raw = Raw::connect(addr);
+    raw.write(b"GET /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n");
+    let started = Instant::now();
+    raw.expect_eof();
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(3),
+        "closed after {took:?}"
+    );
+    // The server is still serving.
+    Raw::open(addr).close_cleanly();
+}
+
+#[test]
+fn silent_peer_is_pinged_and_then_closed_by_keepalive() {
+    let config = Config {
+        idle_timeout: Duration::from_millis(200),
+        pong_timeout: Duration::from_millis(200),
+        ..Config::default()
+    };
+    let (addr, seen) = start(config);
+    let mut raw = Raw::open(addr);
+    let started = Instant::now();
+    let ping = raw.read_frame();
+    assert_eq!(ping.opcode, PING, "{ping:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(150),
+        "pinged too early"
+    );
+    // Play dead: no pong. The server gives up with 1011 and drops the connection.
+    raw.expect_close(1011);
+    raw.expect_eof();
+    assert_eq!(seen.wait_for_closes(1), [CloseReason::KeepaliveTimeout]);
+}
+
+#[test]
+fn peer_that_answers_pings_stays_connected() {
+    let config = Config {
+        idle_timeout: Duration::from_millis(100),
+        pong_timeout: Duration::from_millis(100),
+        ..Config::default()
+    };
+    let (addr, _) = start(config);
+    let mut raw = Raw::open(addr);
+    for _ in 0..4 {
+        let ping = raw.read_frame();
+        assert_eq!(ping.opcode, PING);
+        raw.send(true, PONG, &ping.payload);
+    }
+    // Well past idle + pong timeouts, and still open.
+    raw.send(true, TEXT, b"still here");
+    raw.expect_echo(TEXT, b"still here");
+    raw.close_cleanly();
+}
+
+#[test]
+fn peer_that_never_answers_our_close_is_dropped_after_the_close_timeout() {
+    let config = Config {
+        close_timeout: Duration::from_millis(300),
+        ..Config::default()
+    };
+    let handler = Scripted::default();
+    let closes = handler.closes.clone();
+    let addr = serve(config, handler);
+    let mut raw = Raw::open(addr);
+    raw.send(true, TEXT, b"close-me");
+    raw.expect_close(1000);
+    let started = Instant::now();
+    // We never answer; the server waits out the close timeout, then drops TCP.
+    raw.expect_eof();
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(3),
+        "dropped after {took:?}"
+    );
+    wait_until("on_close", || !closes.lock().unwrap().is_empty());
+    assert_eq!(
+        closes.lock().unwrap()[0],
+        CloseReason::Local {
+            code: CloseCode::NORMAL
+        }
+    );
+}
+
+#[test]
+fn send_to_a_full_queue_is_refused_and_a_stalled_peer_is_closed() {
+    let config = Config {
+        max_send_queue: 4 << 20,
+        send_stall_timeout: Duration::from_millis(300),
+        ..Config::default()
+    };
+    let handler = Scripted::default();
+    let (log, closes) = (handler.log.clone(), handler.closes.clone());
+    let addr = serve(config, handler);
+    let mut raw = Raw::open(addr);
+    raw.send(true, TEXT, b"flood");
+    wait_until("the flood to stop", || !log.lock().unwrap().is_empty());
+    let line = log.lock().unwrap()[0].clone();
+    assert!(line.contains("then Refused"), "{line}");
+    let queued: usize = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(queued <= 4 << 20, "queue over its cap: {line}");
+    // We read nothing: past the stall timeout the server gives up on us with 1008,
+    // queued behind what it could not send.
+    std::thread::sleep(Duration::from_millis(600));
+    loop {
+        let frame = raw.read_frame();
+        if frame.opcode == CLOSE {
+            assert_eq!(&frame.payload[..2], &1008u16.to_be_bytes());
+            break;
+        }
+        assert_eq!(frame.opcode, BINARY);
+    }
+    raw.send(true, CLOSE, &close_payload(1008, b""));
+    raw.expect_eof();
+    wait_until("on_close", || !closes.lock().unwrap().is_empty());
+    assert_eq!(closes.lock().unwrap()[0], CloseReason::SendStalled);
+}
+
+#[test]
+fn connections_over_max_connections_get_503() {
+    let config = Config {
+        max_connections: 2,
+        ..Config::default()
+    };
+    let (addr, _) = start(config);
+    let mut first = Raw::open(addr);
+    let mut second = Raw::open(addr);
+    let mut third = Raw::connect(addr);
+    let head = third.read_http();
+    assert_eq!(head.status, 503, "{head:?}");
+    assert_eq!(head.header("Server"), Some("wsreactor"));
+    // The two admitted connections are untouched, and a slot that frees up is reusable.
+    first.send(true, TEXT, b"one");
+    first.expect_echo(TEXT, b"one");
+    second.close_cleanly();
+    drop(second);
+    let mut fourth = None;
+    wait_until("a freed slot", || {
+        let mut raw = Raw::connect(addr);
+        raw.write(upgrade_request("/echo", RFC_KEY, "").as_bytes());
+        let ok = raw.read_http().status == 101;
+        if ok {
+            fourth = Some(raw);
+        }
+        ok
+    });
+    let mut fourth = fourth.unwrap();
+    fourth.send(true, TEXT, b"four");
+    fourth.expect_echo(TEXT, b"four");
+}
+
+#[test]
+fn handshakes_in_progress_are_capped_with_503() {
+    let config = Config {
+        max_handshakes: 2,
+        ..Config::default()
+    };
+    let (addr, _) = start(config);
+    // Two clients that connect and say nothing hold the two handshake places.
+    let _idle = [Raw::connect(addr), Raw::connect(addr)];
+    std::thread::sleep(Duration::from_millis(50));
+    let mut third = Raw::connect(addr);
+    assert_eq!(third.read_http().status, 503);
+}
+
+#[test]
+fn foreign_origin_gets_403_and_allowed_or_absent_origin_opens() {
+    let config = Config {
+        allowed_origins: vec!["https://good.example".into()],
+        ..Config::default()
+    };
+    let (addr, _) = start(config);
+    for (origin, status) in [
+        ("Origin: https://evil.example\r\n", 403),
+        ("Origin: https://GOOD.example\r\n", 101),
+        ("", 101),
+    ] {
+        let mut raw = Raw::connect(addr);
+        raw.write(upgrade_request("/echo", RFC_KEY, origin).as_bytes());
+        assert_eq!(raw.read_http().status, status, "{origin:?}");
+    }
+}
+
+#[test]
+fn a_panicking_handler_closes_only_its_own_connection() {
+    let handler = Scripted::default();
+    let closes = handler.closes.clone();
+    let addr = serve(Config::default(), handler);
+    let mut bystander = Raw::open(addr);
+    let mut victim = Raw::open(addr);
+    victim.send(true, TEXT, b"panic");
+    victim.expect_close(1011);
+    wait_until("on_close", || !closes.lock().unwrap().is_empty());
+    assert_eq!(closes.lock().unwrap()[0], CloseReason::HandlerPanic);
+    for i in 0..3 {
+        let text = format!("still echoing {i}");
+        bystander.send(true, TEXT, text.as_bytes());
+        bystander.expect_echo(TEXT, text.as_bytes());
+    }
+    // And new connections are served.
+    Raw::open(addr).close_cleanly();
+}
+
+/// The release binary, started as a child with `args`; prints its address on stderr.
+fn spawn_binary(args: &[&str], nofile: Option<u64>) -> (Child, SocketAddr) {
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let listen = format!("127.0.0.1:{port}");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_wsreactor"));
+    command
+        .args(["--listen", &listen])
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if let Some(limit) = nofile {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: setrlimit is async-signal-safe and touches only the child's limits.
+        unsafe {
+            command.pre_exec(move || {
+                let rl = libc::rlimit {
+                    rlim_cur: limit,
+                    rlim_max: limit,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &rl) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let child = command.spawn().expect("spawn wsreactor");
+    let addr: SocketAddr = listen.parse().unwrap();
+    wait_until("the child to listen", || {
+        std::net::TcpStream::connect(addr).is_ok()
+    });
+    (child, addr)
+}
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after_name.split(' ').collect();
+    // Fields 14 and 15 of stat(5), counted from the state field (3).
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn running_out_of_file_descriptors_is_survived_without_spinning() {
+    let (mut child, addr) = spawn_binary(&["--max-connections", "100000"], Some(48));
+    // Far more connections than descriptors: the rest wait in the listen backlog.
+    let mut open = Vec::new();
+    let mut waiting = Vec::new();
+    let clients: Vec<Raw> = (0..60)
+        .map(|_| {
+            let mut raw = Raw::connect(addr);
+            raw.write(upgrade_request("/echo", RFC_KEY, "").as_bytes());
+            raw
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    for raw in clients {
+        // Answered (101) or still waiting in the backlog?
+        raw.stream.set_nonblocking(true).unwrap();
+        let answered = raw.stream.peek(&mut [0u8; 1]).is_ok();
+        raw.stream.set_nonblocking(false).unwrap();
+        if answered {
+            open.push(raw);
+        } else {
+            waiting.push(raw);
+        }
+    }
+    assert!(
+        !waiting.is_empty(),
+        "the descriptor limit was never reached"
+    );
+    // While it cannot accept, the loop must not spin.
+    let before = cpu_ticks(child.id());
+    std::thread::sleep(Duration::from_millis(1000));
+    let spent = cpu_ticks(child.id()) - before;
+    assert!(
+        spent < 30,
+        "{spent} ticks of CPU in one second while out of descriptors"
+    );
+    // Free descriptors: the waiting clients are served.
+    drop(open);
+    for raw in &mut waiting {
+        raw.stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        assert_eq!(raw.read_http().status, 101);
+        raw.send(true, TEXT, b"back");
+        raw.expect_echo(TEXT, b"back");
+    }
+    child.kill().unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    child.wait().unwrap();
+    assert!(stderr.contains("accept paused"), "nothing logged: {stderr}");
+}
+
+#[test]
+fn sigterm_closes_every_client_with_1001_and_exits_cleanly() {
+    let (mut child, addr) = spawn_binary(&[], None);
+    let mut clients: Vec<Raw> = (0..3).map(|_| Raw::open(addr)).collect();
+    clients[0].send(true, TEXT, b"hi");
+    clients[0].expect_echo(TEXT, b"hi");
+    // SAFETY: kill only signals the child we spawned.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    for mut raw in clients.drain(..) {
+        raw.expect_close(1001);
+        raw.send(true, CLOSE, &close_payload(1001, b""));
+        raw.expect_eof();
+    }
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait()));
+    let status = rx.recv_timeout(IO_TIMEOUT).expect("exit").unwrap();
+    assert!(status.success(), "{status:?}");
+}

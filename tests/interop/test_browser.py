@@ -1,0 +1,162 @@
+"""Pages in Debian's headless Chromium, driven by Playwright (`make test-browser`).
+
+Playwright's own browser download (`playwright install`) is never used: the browser is
+/usr/bin/chromium (apt package `chromium`; override with CHROMIUM=...). The flags keep
+it from reaching for the network on its own, which this machine refuses.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from conftest import TARGET, port_in_use
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-default-apps",
+    "--disable-extensions",
+]
+ARTICLE = Path(__file__).resolve().parent / "article.html"
+ARTICLE_PORT = 9998  # the article's page hard-codes ws://localhost:9998/echo
+SCREENSHOTS = TARGET / "interop"
+TIMEOUT_MS = 10_000
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(f"{CHROMIUM} not found: `apt-get install chromium` (make test-browser does)")
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=TIMEOUT_MS)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS, timeout=30_000
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def new_page(browser):
+    """Opens pages, each in its own context (like separate browser profiles)."""
+    contexts = []
+
+    def open_page():
+        context = browser.new_context(viewport={"width": 900, "height": 600})
+        contexts.append(context)
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.set_default_navigation_timeout(TIMEOUT_MS)
+        return page
+
+    yield open_page
+    for context in contexts:
+        context.close()
+
+
+def test_demo_page_echoes_and_closes_with_1000(servers, new_page):
+    from playwright.sync_api import expect
+
+    server = servers("wsreactor")
+    page = new_page()
+    page.goto(server.http("/"))
+    expect(page.locator("#state")).to_have_text("open")
+    expect(page.locator("#url")).to_have_text(server.ws("/echo"))
+
+    message = f"hello from chromium {uuid.uuid4().hex[:8]}"
+    page.fill("#text", message)
+    page.click("#form button[type=submit]")
+    expect(page.locator("#log li.sent", has_text=f"sent: {message}")).to_have_count(1)
+    expect(page.locator("#log li.echo")).to_have_text([f"echo: {message}"])
+
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "demo-page.png"), full_page=True)
+
+    page.click("#close")
+    expect(page.locator("#state")).to_have_text("closed")
+    close_line = page.locator("#log li.event", has_text="close:")
+    expect(close_line).to_have_count(1)
+    expect(close_line).to_contain_text("close: code 1000")
+    expect(close_line).to_contain_text("clean true")
+    expect(page.locator("#log li.error")).to_have_count(0)
+    page.screenshot(path=str(SCREENSHOTS / "demo-page-closed.png"), full_page=True)
+
+
+def test_article_page_unchanged(servers, new_page):
+    """The reference article's page: alerts around ws://localhost:9998/echo."""
+    if port_in_use(ARTICLE_PORT):
+        pytest.skip(f"port {ARTICLE_PORT} is busy (the article's page hard-codes "
+                    f"ws://localhost:{ARTICLE_PORT}/echo); stop whatever listens there")
+    server = servers("wsreactor", ARTICLE_PORT)
+    page = new_page()
+    alerts: list[str] = []
+
+    def on_dialog(dialog):
+        alerts.append(dialog.message)
+        dialog.accept()
+
+    page.on("dialog", on_dialog)
+
+    def wait_for_alert(text: str) -> None:
+        deadline = time.monotonic() + TIMEOUT_MS / 1000
+        while text not in alerts:
+            assert time.monotonic() < deadline, f"no {text!r} alert; alerts so far: {alerts}"
+            page.wait_for_timeout(50)  # lets Playwright deliver dialog events
+
+    page.goto(ARTICLE.as_uri())
+    page.click("text=Run WebSocket")
+    wait_for_alert("Message is received...")
+    assert alerts == [
+        "WebSocket is supported by your Browser!",
+        "Message is sent...",
+        "Message is received...",
+    ]
+
+    # Graceful shutdown reaches the browser as a close: the page's onclose alert.
+    server.expect_exit = True
+    server.proc.send_signal(signal.SIGTERM)
+    wait_for_alert("Connection is closed...")
+    code = server.proc.wait(timeout=10)
+    assert code == 0, f"exit status {code}; log tail:\n{server.log_tail()}"
+
+
+def test_chat_message_typed_in_one_page_appears_in_the_other(servers, new_page):
+    from playwright.sync_api import expect
+
+    chat = servers("chat")
+    ada, bob = new_page(), new_page()
+    ada.goto(chat.http("/?name=ada"))
+    expect(ada.locator("#state")).to_have_text("open")
+    bob.goto(chat.http("/?name=bob"))
+    expect(bob.locator("#state")).to_have_text("open")
+    expect(ada.locator("#log li", has_text="* bob joined")).to_have_count(1)
+
+    ada.fill("#text", "hello bob")
+    ada.click("#form button[type=submit]")
+    expect(bob.locator("#log li", has_text="ada: hello bob")).to_have_count(1)
+    expect(ada.locator("#log li", has_text="ada: hello bob")).to_have_count(1)
+    expect(ada.locator("#text")).to_have_value("")
+
+    bob.fill("#text", "hi ada")
+    bob.press("#text", "Enter")
+    expect(ada.locator("#log li").last).to_have_text("bob: hi ada")
+    expect(bob.locator("#log li").last).to_have_text("bob: hi ada")
