@@ -1,6 +1,7 @@
 //! Every limit and timeout the server enforces, in one place, each with its default
 //! and the reason for it.
 
+use crate::proto::deflate::DeflatePolicy;
 use crate::timer::{millis, Millis};
 use std::time::Duration;
 
@@ -61,6 +62,24 @@ pub struct Config {
     /// an `Origin` come from non-browser clients and are let through: browsers always
     /// send it, and it is browsers that cross-site requests abuse. Default: empty.
     pub allowed_origins: Vec<String>,
+    /// Negotiate permessage-deflate (RFC 7692) with clients that offer it. Text-heavy
+    /// traffic shrinks several times, for CPU on both ends. Default: off, so that
+    /// CPU and memory per connection stay what the rest of this table says unless
+    /// asked for.
+    pub deflate: bool,
+    /// Keep compression context between messages when the client allows it: better
+    /// ratios, but each connection then holds its own compressor (~256 KiB at a 15-bit
+    /// window) and inflater (~48 KiB) for as long as it lives. Off (the default), the
+    /// server asks for no context takeover both ways, and connections share one
+    /// compressor and a small pool of inflaters: no compression memory per connection.
+    pub deflate_context_takeover: bool,
+    /// The largest LZ77 window our compressor uses, 9–15 bits. Default: 15.
+    pub deflate_window_bits: u8,
+    /// zlib compression level, 0–9. Default: 6, zlib's own default balance.
+    pub deflate_level: u32,
+    /// Messages shorter than this are sent uncompressed: the savings would not pay for
+    /// the CPU. Default: 128 bytes.
+    pub deflate_threshold: usize,
     /// Commands a [`Handle`](crate::Handle) may queue before calls fail with
     /// [`HandleError::Full`](crate::HandleError::Full). Default: 65,536.
     pub handle_queue_capacity: usize,
@@ -83,11 +102,23 @@ impl Default for Config {
             max_handshakes: 1024,
             allowed_origins: Vec::new(),
             handle_queue_capacity: 1 << 16,
+            deflate: false,
+            deflate_context_takeover: false,
+            deflate_window_bits: 15,
+            deflate_level: 6,
+            deflate_threshold: 128,
         }
     }
 }
 
 impl Config {
+    pub(crate) fn deflate_policy(&self) -> DeflatePolicy {
+        DeflatePolicy {
+            context_takeover: self.deflate_context_takeover,
+            max_window_bits: self.deflate_window_bits,
+        }
+    }
+
     pub(crate) fn timeouts(&self) -> Timeouts {
         Timeouts {
             handshake: millis(self.handshake_timeout),

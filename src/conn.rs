@@ -12,6 +12,7 @@
 
 use crate::config::{Config, Timeouts};
 use crate::handler::{CloseReason, SendStatus};
+use crate::proto::deflate::{DeflateParams, Deflater};
 use crate::proto::frame::{FrameHeader, Opcode, MAX_HEADER_LEN};
 use crate::proto::handshake::HeadReader;
 use crate::proto::{CloseCode, Receiver};
@@ -27,6 +28,15 @@ const CORK_LIMIT: usize = 16 * 1024;
 
 /// A send queue that drained this far is released rather than kept for reuse.
 const RETAINED_QUEUE_CAPACITY: usize = 64 * 1024;
+
+/// permessage-deflate state of one connection.
+#[derive(Debug)]
+pub(crate) struct ConnDeflate {
+    pub params: DeflateParams,
+    /// Our compressor, kept between messages only with server context takeover;
+    /// otherwise the loop's shared one is used.
+    pub deflater: Option<Box<Deflater>>,
+}
 
 /// Where a connection is in its life.
 #[derive(Debug)]
@@ -112,6 +122,8 @@ pub(crate) struct Conn<S> {
     pub opened: bool,
     /// The subprotocol agreed at the upgrade.
     pub protocol: Option<Box<str>>,
+    /// permessage-deflate, if negotiated.
+    pub deflate: Option<Box<ConnDeflate>>,
     /// How the WebSocket ended, once it has; reported to the handler when set.
     pub close_reason: Option<CloseReason>,
     /// The handler's own per-connection state.
@@ -155,6 +167,7 @@ impl<S: Default> Conn<S> {
             counted_as_handshake: true,
             opened: false,
             protocol: None,
+            deflate: None,
             close_reason: None,
             session: S::default(),
             topics: Vec::new(),
@@ -224,8 +237,22 @@ impl<S> Conn<S> {
         payload: &[u8],
         max_queue: usize,
     ) -> SendStatus {
-        let mut header = [0u8; MAX_HEADER_LEN];
-        let header_len = FrameHeader::server(opcode, payload.len()).encode(&mut header);
+        let header = FrameHeader::server(opcode, payload.len());
+        self.send_with_header(registry, token, header, payload, max_queue)
+    }
+
+    /// Sends one frame with the given header (e.g. RSV1 for a compressed message).
+    pub fn send_with_header(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        header: FrameHeader,
+        payload: &[u8],
+        max_queue: usize,
+    ) -> SendStatus {
+        let mut bytes = [0u8; MAX_HEADER_LEN];
+        let header_len = header.encode(&mut bytes);
+        let header = bytes;
         let total = header_len + payload.len();
         if self.out.pending() + total > max_queue {
             return SendStatus::Refused;

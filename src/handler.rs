@@ -28,10 +28,12 @@ impl std::fmt::Display for ConnId {
 pub enum Decision<S> {
     /// Open the WebSocket with this per-connection state, optionally naming the
     /// subprotocol chosen from the client's offer (it must be one the client offered,
-    /// or the upgrade fails with 500).
+    /// or the upgrade fails with 500). `compress: false` vetoes permessage-deflate for
+    /// this connection even when [`Config::deflate`](crate::Config::deflate) is on.
     Accept {
         protocol: Option<String>,
         session: S,
+        compress: bool,
     },
     /// Answer with this HTTP response (e.g. 403 for a foreign Origin) and close.
     Reject(HttpResponse),
@@ -40,10 +42,7 @@ pub enum Decision<S> {
 impl<S: Default> Decision<S> {
     /// Accept with a default session and no subprotocol.
     pub fn accept() -> Decision<S> {
-        Decision::Accept {
-            protocol: None,
-            session: S::default(),
-        }
+        Decision::accept_with(S::default())
     }
 }
 
@@ -54,15 +53,34 @@ impl<S> Decision<S> {
         Decision::Accept {
             protocol: None,
             session,
+            compress: true,
         }
     }
 
     /// Names the subprotocol of an `Accept` (no effect on a `Reject`).
     pub fn with_protocol(self, chosen: &str) -> Decision<S> {
         match self {
-            Decision::Accept { session, .. } => Decision::Accept {
+            Decision::Accept {
+                session, compress, ..
+            } => Decision::Accept {
                 protocol: Some(chosen.to_owned()),
                 session,
+                compress,
+            },
+            reject => reject,
+        }
+    }
+
+    /// Refuses permessage-deflate for this connection (e.g. for payloads that are
+    /// already compressed, or to save its memory); no effect on a `Reject`.
+    pub fn without_compression(self) -> Decision<S> {
+        match self {
+            Decision::Accept {
+                protocol, session, ..
+            } => Decision::Accept {
+                protocol,
+                session,
+                compress: false,
             },
             reject => reject,
         }

@@ -27,6 +27,10 @@ OPTIONS:
   --handshake-timeout SECS   drop clients that take longer to upgrade        [default: 10]
   --close-timeout SECS       drop peers that do not finish the close         [default: 5]
   --idle-timeout SECS        ping after this much silence, 0 = no keepalive  [default: 30]
+  --deflate                  negotiate permessage-deflate (RFC 7692) with clients
+  --deflate-takeover         keep compression context between messages (more
+                             memory per connection, better ratio)
+  --deflate-threshold BYTES  send shorter messages uncompressed   [default: 128]
   --stats-interval SECS      log a one-line summary this often, 0 = never    [default: 60]
   -h, --help                 print this help
 
@@ -86,8 +90,18 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Options>, Str
     };
     let mut args = args;
     while let Some(flag) = args.next() {
-        if flag == "-h" || flag == "--help" {
-            return Ok(None);
+        match flag.as_str() {
+            "-h" | "--help" => return Ok(None),
+            "--deflate" => {
+                options.config.deflate = true;
+                continue;
+            }
+            "--deflate-takeover" => {
+                options.config.deflate = true;
+                options.config.deflate_context_takeover = true;
+                continue;
+            }
+            _ => {}
         }
         let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
         let number = || -> Result<usize, String> {
@@ -114,6 +128,7 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Options>, Str
             "--close-timeout" => options.config.close_timeout = seconds()?,
             "--idle-timeout" => options.config.idle_timeout = seconds()?,
             "--stats-interval" => options.stats_interval = seconds()?,
+            "--deflate-threshold" => options.config.deflate_threshold = number()?,
             _ => return Err(format!("unknown option: {flag}")),
         }
     }

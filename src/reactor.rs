@@ -8,10 +8,14 @@
 //! keepalive, send stall) live in a heap the loop consults for its poll timeout, and a
 //! `mio::Waker` is the only door in from other threads ([`Handle`]).
 
+use crate::compression::Compression;
 use crate::config::{Config, Timeouts};
+use crate::conn::ConnDeflate;
 use crate::conn::{Conn, Phase};
 use crate::handle::{Command, Handle, Inbox, Payload};
 use crate::handler::{CloseReason, ConnId, Decision, Handler, SendStatus};
+use crate::proto::deflate::{self, DeflateParams};
+use crate::proto::extension::parse_offers;
 use crate::proto::frame::{FrameHeader, Opcode, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN};
 use crate::proto::handshake::{accept_response, HandshakeError, Request};
 use crate::proto::http::{HttpResponse, StatusCode};
@@ -62,6 +66,7 @@ struct Core<S> {
     /// Connections still in the handshake phase.
     handshaking: usize,
     shutdown_requested: bool,
+    compression: Compression,
 }
 
 /// A WebSocket server: a listener, its connections, and the [`Handler`] they serve.
@@ -138,6 +143,7 @@ impl<H: Handler> Server<H> {
                 backlog: Vec::new(),
                 handshaking: 0,
                 shutdown_requested: false,
+                compression: Compression::new(config.deflate_level),
                 config: config.clone(),
             },
             poll,
@@ -404,15 +410,22 @@ impl<H: Handler> Server<H> {
         let (response, accepted) = answer(&mut self.handler, &core.config, &head[..end], peer);
         let conn = &mut core.conns[slot];
         let _ = conn.send_bytes(&core.registry, Token(slot), &response.to_bytes());
-        let Some((protocol, session)) = accepted else {
+        let Some(accepted) = accepted else {
             log::debug!("{peer}: answered HTTP {}", response.status.0);
             core.stats.http_responses += 1;
             return conn.finish(&core.registry, Token(slot));
         };
         conn.phase = Phase::Open;
         conn.since = None;
-        conn.protocol = protocol.map(String::into_boxed_str);
-        conn.session = session;
+        conn.protocol = accepted.protocol.map(String::into_boxed_str);
+        conn.session = accepted.session;
+        if let Some(params) = accepted.deflate {
+            conn.rx.enable_deflate(params.client_no_context_takeover);
+            conn.deflate = Some(Box::new(ConnDeflate {
+                params,
+                deflater: None,
+            }));
+        }
         conn.opened = true;
         core.stats.handshakes += 1;
         core.stats.open_connections += 1;
@@ -438,14 +451,14 @@ impl<H: Handler> Server<H> {
                     }
                 }
                 Command::Broadcast(payload) => {
-                    let frame = encode(payload.parts());
                     let slots: Vec<usize> = core.conns.iter().map(|(slot, _)| slot).collect();
-                    core.fanout(&slots, &frame, payload.len());
+                    let (opcode, bytes) = payload.parts();
+                    core.fanout(&slots, opcode, bytes);
                 }
                 Command::Publish(topic, payload) => {
-                    let frame = encode(payload.parts());
                     let slots = core.topics.members(&topic).to_vec();
-                    core.fanout(&slots, &frame, payload.len());
+                    let (opcode, bytes) = payload.parts();
+                    core.fanout(&slots, opcode, bytes);
                 }
                 Command::Close(id, code, reason) => {
                     if let Some(slot) = core.slot_of(id) {
@@ -627,8 +640,12 @@ fn refuse_busy(mut socket: TcpStream) {
     let _ = socket.shutdown(Shutdown::Both);
 }
 
-/// What an accepted upgrade carries into the open connection: subprotocol and session.
-type Accepted<S> = (Option<String>, S);
+/// What an accepted upgrade carries into the open connection.
+struct Accepted<S> {
+    protocol: Option<String>,
+    session: S,
+    deflate: Option<DeflateParams>,
+}
 
 /// Decides the HTTP answer to a complete request head: a 101 (with the subprotocol
 /// and session), a refusal, or whatever the handler serves for a plain GET.
@@ -663,6 +680,19 @@ fn answer<H: Handler>(
             None,
         );
     }
+    // With compression on, a malformed extensions header fails the handshake
+    // (RFC 6455 §9.1 grammar); with it off, the header is not our business.
+    let offers = if config.deflate {
+        match parse_offers(request.headers_named("Sec-WebSocket-Extensions")) {
+            Ok(offers) => offers,
+            Err(e) => {
+                let body = format!("bad request: {e}\n");
+                return (HttpResponse::text(StatusCode::BAD_REQUEST, &body), None);
+            }
+        }
+    } else {
+        Vec::new()
+    };
     match catch_unwind(AssertUnwindSafe(|| handler.on_request(&request, peer))) {
         Ok(Decision::Accept {
             protocol: Some(chosen),
@@ -671,10 +701,26 @@ fn answer<H: Handler>(
             internal_error("handler chose a subprotocol the client did not offer"),
             None,
         ),
-        Ok(Decision::Accept { protocol, session }) => (
-            accept_response(key, protocol.as_deref()),
-            Some((protocol, session)),
-        ),
+        Ok(Decision::Accept {
+            protocol,
+            session,
+            compress,
+        }) => {
+            let deflate = compress
+                .then(|| deflate::negotiate(&offers, config.deflate_policy()))
+                .flatten();
+            let mut response = accept_response(key, protocol.as_deref());
+            if let Some(params) = &deflate {
+                response =
+                    response.with_header("Sec-WebSocket-Extensions", &params.response_header());
+            }
+            let accepted = Accepted {
+                protocol,
+                session,
+                deflate,
+            };
+            (response, Some(accepted))
+        }
         Ok(Decision::Reject(response)) if response.is_upgrade() => {
             (internal_error("on_request rejected with 101"), None)
         }
@@ -689,7 +735,7 @@ fn internal_error(why: &str) -> HttpResponse {
 }
 
 /// A whole unfragmented server frame, header and payload, ready to send to many.
-fn encode((opcode, payload): (Opcode, &[u8])) -> Vec<u8> {
+fn encode(opcode: Opcode, payload: &[u8]) -> Vec<u8> {
     let mut header = [0u8; MAX_HEADER_LEN];
     let header_len = FrameHeader::server(opcode, payload.len()).encode(&mut header);
     let mut frame = Vec::with_capacity(header_len + payload.len());
@@ -704,10 +750,6 @@ impl Payload {
             Payload::Text(text) => (Opcode::Text, text.as_bytes()),
             Payload::Binary(bytes) => (Opcode::Binary, bytes),
         }
-    }
-
-    fn len(&self) -> usize {
-        self.parts().1.len()
     }
 }
 
@@ -751,6 +793,7 @@ fn guard<S>(core: &mut Core<S>, slot: usize, callback: impl FnOnce(&mut Ctx<'_, 
 /// handler's [`Ctx`].
 fn frames<H: Handler>(core: &mut Core<H::Session>, handler: &mut H, slot: usize, input: &mut [u8]) {
     let mut rx = std::mem::take(&mut core.conns[slot].rx);
+    core.compression.lend_inflater(&mut rx);
     let mut pos = 0;
     while pos < input.len() && matches!(core.conns[slot].phase, Phase::Open | Phase::CloseSent) {
         match rx.read(&mut input[pos..]) {
@@ -763,6 +806,7 @@ fn frames<H: Handler>(core: &mut Core<H::Session>, handler: &mut H, slot: usize,
             Err(error) => core.fail(slot, error),
         }
     }
+    core.compression.reclaim_inflater(&mut rx);
     core.conns[slot].rx = rx;
 }
 
@@ -867,13 +911,20 @@ impl<S> Core<S> {
         if !conn.is_open() {
             return SendStatus::Refused;
         }
-        let status = conn.send_frame(
-            &self.registry,
-            Token(slot),
-            opcode,
-            payload,
-            self.config.max_send_queue,
-        );
+        let (registry, max_queue) = (&self.registry, self.config.max_send_queue);
+        let compress = payload.len() >= self.config.deflate_threshold
+            && matches!(opcode, Opcode::Text | Opcode::Binary);
+        let status = match &mut conn.deflate {
+            Some(deflate) if compress => {
+                let compressed = self.compression.compress(deflate, payload);
+                let header = FrameHeader {
+                    rsv: 0b100,
+                    ..FrameHeader::server(opcode, compressed.len())
+                };
+                conn.send_with_header(registry, Token(slot), header, compressed, max_queue)
+            }
+            _ => conn.send_frame(registry, Token(slot), opcode, payload, max_queue),
+        };
         self.count_send(slot, status, payload.len());
         status
     }
@@ -894,9 +945,27 @@ impl<S> Core<S> {
         }
     }
 
-    /// Sends one encoded frame to each open connection in `slots`.
-    fn fanout(&mut self, slots: &[usize], frame: &[u8], payload_len: usize) -> Fanout {
+    /// Sends one message to each open connection in `slots`, encoded once (and
+    /// compressed once, for receivers that can share a compressed frame).
+    fn fanout(&mut self, slots: &[usize], opcode: Opcode, payload: &[u8]) -> Fanout {
+        let plain = encode(opcode, payload);
         self.stats.fanout_frames_encoded += 1;
+        let bits = self.config.deflate_window_bits.clamp(9, 15);
+        let shares_compressed = |conn: &Conn<S>| {
+            conn.deflate.as_ref().is_some_and(|d| {
+                d.params.server_no_context_takeover && d.params.server_max_window_bits == bits
+            })
+        };
+        let compressed = (payload.len() >= self.config.deflate_threshold
+            && matches!(opcode, Opcode::Text | Opcode::Binary)
+            && slots
+                .iter()
+                .any(|&slot| self.conns.get(slot).is_some_and(shares_compressed)))
+        .then(|| {
+            self.stats.fanout_frames_encoded += 1;
+            self.compression.encode_shared(bits, opcode, payload)
+        });
+        let payload_len = payload.len();
         let mut fanout = Fanout::default();
         for &slot in slots {
             let Some(conn) = self.conns.get_mut(slot) else {
@@ -905,6 +974,10 @@ impl<S> Core<S> {
             if !conn.is_open() {
                 continue;
             }
+            let frame = match &compressed {
+                Some(compressed) if shares_compressed(conn) => compressed,
+                _ => &plain,
+            };
             let status = conn.send_encoded(
                 &self.registry,
                 Token(slot),
@@ -1117,9 +1190,9 @@ impl<S> Ctx<'_, S> {
     /// Sends a message to every open connection, this one included. The frame is
     /// encoded once; each receiver's queue cap applies to it separately.
     pub fn broadcast(&mut self, message: Message<'_>) -> Fanout {
-        let frame = encode((opcode_of(&message), message.as_bytes()));
         let slots: Vec<usize> = self.core.conns.iter().map(|(slot, _)| slot).collect();
-        self.core.fanout(&slots, &frame, message.len())
+        self.core
+            .fanout(&slots, opcode_of(&message), message.as_bytes())
     }
 
     /// Subscribes this connection to `topic`; false if it already was.
@@ -1142,9 +1215,9 @@ impl<S> Ctx<'_, S> {
 
     /// Sends a message to every subscriber of `topic` (encoded once).
     pub fn publish(&mut self, topic: &str, message: Message<'_>) -> Fanout {
-        let frame = encode((opcode_of(&message), message.as_bytes()));
         let slots = self.core.topics.members(topic).to_vec();
-        self.core.fanout(&slots, &frame, message.len())
+        self.core
+            .fanout(&slots, opcode_of(&message), message.as_bytes())
     }
 
     /// Starts a graceful shutdown of the whole server after this callback.

@@ -33,15 +33,20 @@ pub enum ProtocolError {
     InvalidCloseCode(u16),
     /// A text message or close reason that is not UTF-8 (§8.1).
     InvalidUtf8,
-    /// A message longer than `max_message_size`; decided from the frame header.
+    /// A message longer than `max_message_size`; decided from the frame header, or for
+    /// a compressed message while it is inflated.
     MessageTooBig,
+    /// A compressed message that is not a valid DEFLATE stream (RFC 7692).
+    BadCompressedData,
 }
 
 impl ProtocolError {
     /// The close code to send for this error (§7.4.1).
     pub fn close_code(self) -> CloseCode {
         match self {
-            ProtocolError::InvalidUtf8 => CloseCode::INVALID_PAYLOAD,
+            ProtocolError::InvalidUtf8 | ProtocolError::BadCompressedData => {
+                CloseCode::INVALID_PAYLOAD
+            }
             ProtocolError::MessageTooBig => CloseCode::MESSAGE_TOO_BIG,
             _ => CloseCode::PROTOCOL_ERROR,
         }
@@ -67,6 +72,7 @@ impl fmt::Display for ProtocolError {
             ProtocolError::InvalidCloseCode(code) => write!(f, "invalid close code {code}"),
             ProtocolError::InvalidUtf8 => f.write_str("invalid UTF-8"),
             ProtocolError::MessageTooBig => f.write_str("message over the size limit"),
+            ProtocolError::BadCompressedData => f.write_str("invalid compressed data"),
         }
     }
 }

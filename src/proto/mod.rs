@@ -4,7 +4,9 @@
 //! is tested (and fuzzed) by feeding bytes in and looking at what comes out.
 
 pub mod close;
+pub mod deflate;
 pub mod error;
+pub mod extension;
 pub mod frame;
 pub mod handshake;
 pub mod http;

@@ -14,6 +14,7 @@
 //! per-connection assembly buffer.
 
 use super::close::parse_close_payload;
+use super::deflate::{InflateError, Inflater};
 use super::error::ProtocolError;
 use super::frame::{FrameHeader, Opcode, MAX_HEADER_LEN};
 use super::mask;
@@ -60,6 +61,20 @@ pub struct Receiver {
     utf8: Utf8Validator,
     /// The last event borrowed `assembled` or `control`; clear them on the next call.
     delivered_from_buffers: bool,
+    /// permessage-deflate was negotiated (RSV1 marks compressed messages).
+    deflate: Option<InflateMode>,
+    /// The message in progress is compressed: its payload is inflated into `assembled`.
+    compressed: bool,
+    /// Inflates compressed messages; lent by the reactor, or made on first use.
+    inflater: Option<Box<Inflater>>,
+}
+
+/// How inflating works on this connection.
+#[derive(Debug, Clone, Copy)]
+struct InflateMode {
+    /// The client resets its compressor after each message (`client_no_context_takeover`),
+    /// so the inflater can be reset and lent to another connection between messages.
+    reset_each_message: bool,
 }
 
 /// What one call to [`Receiver::read`] did.
@@ -78,6 +93,36 @@ impl Receiver {
         Receiver {
             max_message_size,
             ..Receiver::default()
+        }
+    }
+
+    /// Accepts compressed messages (RSV1) as negotiated by permessage-deflate.
+    pub fn enable_deflate(&mut self, client_no_context_takeover: bool) {
+        self.deflate = Some(InflateMode {
+            reset_each_message: client_no_context_takeover,
+        });
+    }
+
+    /// Whether an inflater lent now would be used (deflate on, none held).
+    pub fn wants_inflater(&self) -> bool {
+        self.deflate.is_some() && self.inflater.is_none()
+    }
+
+    /// Lends an inflater (reset, with no context) for the messages to come.
+    pub fn lend_inflater(&mut self, inflater: Box<Inflater>) {
+        if self.wants_inflater() {
+            self.inflater = Some(inflater);
+        }
+    }
+
+    /// Gives the inflater back if nothing needs it until the next message: no
+    /// compressed message is half received and the client keeps no context.
+    pub fn reclaim_inflater(&mut self) -> Option<Box<Inflater>> {
+        match self.deflate {
+            Some(InflateMode {
+                reset_each_message: true,
+            }) if !self.compressed => self.inflater.take(),
+            _ => None,
         }
     }
 
@@ -121,7 +166,12 @@ impl Receiver {
             let available = input.len() - pos;
             // Zero copy: the whole frame is here and nothing of it was buffered before.
             let whole_frame_here = frame.received == 0 && frame.remaining <= available as u64;
-            if whole_frame_here && frame.fin && frame.opcode != Opcode::Continuation {
+            let single_frame_message = match frame.opcode {
+                Opcode::Continuation => false,
+                Opcode::Text | Opcode::Binary => !self.compressed,
+                Opcode::Close | Opcode::Ping | Opcode::Pong => true,
+            };
+            if whole_frame_here && frame.fin && single_frame_message {
                 let end = pos + frame.remaining as usize;
                 self.frame = None;
                 if !frame.opcode.is_control() {
@@ -143,6 +193,18 @@ impl Receiver {
             mask::apply(chunk, frame.mask, frame.received as usize);
             if frame.opcode.is_control() {
                 self.control.extend_from_slice(chunk);
+            } else if self.compressed {
+                let before = self.assembled.len();
+                let max = self.max_message_size as usize;
+                self.inflater
+                    .get_or_insert_with(Box::default)
+                    .inflate(chunk, &mut self.assembled, max)
+                    .map_err(inflate_error)?;
+                if self.message == Some(DataKind::Text) {
+                    self.utf8
+                        .feed(&self.assembled[before..])
+                        .map_err(|_| ProtocolError::InvalidUtf8)?;
+                }
             } else {
                 if self.message == Some(DataKind::Text) {
                     self.utf8
@@ -173,6 +235,9 @@ impl Receiver {
                 });
             }
             if frame.fin {
+                if self.compressed {
+                    self.finish_inflating()?;
+                }
                 let kind = self.message.take();
                 self.delivered_from_buffers = true;
                 let message = match kind {
@@ -227,7 +292,12 @@ impl Receiver {
     /// fragments, and the message size limit.
     fn start_frame(&mut self, header: FrameHeader) -> Result<FrameInProgress, ProtocolError> {
         let mask = header.mask.ok_or(ProtocolError::UnmaskedFrame)?;
-        if header.rsv != 0 {
+        // RSV1 means "compressed" once permessage-deflate is negotiated, and only on
+        // the first frame of a data message (RFC 7692 §6.1); RSV2 and RSV3 mean
+        // nothing to us.
+        let rsv1 = header.rsv & 0b100 != 0;
+        let first_data_frame = matches!(header.opcode, Opcode::Text | Opcode::Binary);
+        if header.rsv & 0b011 != 0 || (rsv1 && (self.deflate.is_none() || !first_data_frame)) {
             return Err(ProtocolError::ReservedBits);
         }
         match header.opcode {
@@ -239,7 +309,14 @@ impl Receiver {
             }
             _ => {}
         }
-        if !header.opcode.is_control() {
+        // A compressed message is never buffered compressed: its limit applies to the
+        // inflated bytes, while they are produced.
+        let compressed = if first_data_frame {
+            rsv1
+        } else {
+            self.compressed
+        };
+        if !header.opcode.is_control() && !compressed {
             let total = self.assembled.len() as u64 + header.payload_len;
             if total > self.max_message_size {
                 return Err(ProtocolError::MessageTooBig);
@@ -256,6 +333,7 @@ impl Receiver {
                 // Cleared again in `read` if the frame turns out to be a whole message
                 // that can be delivered without assembly.
                 self.message = Some(kind);
+                self.compressed = rsv1;
             }
             Opcode::Close | Opcode::Ping | Opcode::Pong => self.control.clear(),
             Opcode::Continuation => {}
@@ -267,6 +345,24 @@ impl Receiver {
             remaining: header.payload_len,
             received: 0,
         })
+    }
+
+    /// Inflates the sync-flush tail the sender left out, ending a compressed message.
+    fn finish_inflating(&mut self) -> Result<(), ProtocolError> {
+        self.compressed = false;
+        let before = self.assembled.len();
+        let reset = self.deflate.is_some_and(|mode| mode.reset_each_message);
+        let max = self.max_message_size as usize;
+        self.inflater
+            .get_or_insert_with(Box::default)
+            .finish(&mut self.assembled, max, reset)
+            .map_err(inflate_error)?;
+        if self.message == Some(DataKind::Text) {
+            self.utf8
+                .feed(&self.assembled[before..])
+                .map_err(|_| ProtocolError::InvalidUtf8)?;
+        }
+        Ok(())
     }
 
     fn release_assembled(&mut self) {
@@ -288,6 +384,13 @@ impl Receiver {
             Opcode::Pong => Event::Pong(payload),
             Opcode::Close => Event::Close(parse_close_payload(payload)?),
         })
+    }
+}
+
+fn inflate_error(error: InflateError) -> ProtocolError {
+    match error {
+        InflateError::TooBig => ProtocolError::MessageTooBig,
+        InflateError::Corrupt => ProtocolError::BadCompressedData,
     }
 }
 
@@ -578,6 +681,116 @@ mod tests {
         feed(&mut rx, &small, &[]);
         assert_eq!(rx.assembled.capacity(), 0);
         assert!(!rx.is_mid_message());
+    }
+
+    fn compressed(message: &[u8]) -> Vec<u8> {
+        let mut wire = Vec::new();
+        crate::proto::deflate::Deflater::new(6, 15).compress(message, &mut wire, true);
+        wire
+    }
+
+    fn deflate_receiver(max: u64) -> Receiver {
+        let mut rx = Receiver::new(max);
+        rx.enable_deflate(true);
+        rx
+    }
+
+    #[test]
+    fn compressed_messages_single_and_fragmented_with_a_ping_between() {
+        let text = "hello hello hello compressed world ".repeat(20);
+        let wire = compressed(text.as_bytes());
+        let (a, b) = wire.split_at(wire.len() / 2);
+        let stream = [
+            frame(true, 0x1 | 0x40, &wire),
+            frame(false, 0x2 | 0x40, a),
+            frame(true, 0x9, b"p"),
+            frame(true, 0x0, b),
+            frame(true, 0x1, b"plain after"),
+        ]
+        .concat();
+        for cuts in [vec![], vec![3, 50, 51, 200], (0..stream.len()).collect()] {
+            let (events, error) = feed(&mut deflate_receiver(1 << 20), &stream, &cuts);
+            assert_eq!(error, None);
+            assert_eq!(
+                events,
+                [
+                    Owned::Text(text.clone()),
+                    Owned::Ping(b"p".to_vec()),
+                    Owned::Binary(text.clone().into_bytes()),
+                    Owned::Text("plain after".into()),
+                ]
+            );
+        }
+    }
+
+    #[test]
+    fn rsv1_is_only_for_the_first_data_frame_of_a_negotiated_connection() {
+        let wire = compressed(b"abc");
+        // Not negotiated.
+        assert_eq!(
+            feed_whole(&frame(true, 0x1 | 0x40, &wire)).1,
+            Some(ProtocolError::ReservedBits)
+        );
+        let cases = [
+            [
+                frame(false, 0x1 | 0x40, &wire),
+                frame(true, 0x0 | 0x40, b""),
+            ]
+            .concat(),
+            frame(true, 0x9 | 0x40, b""),
+            frame(true, 0x1 | 0x20, b"x"),
+        ];
+        for stream in cases {
+            let (_, error) = feed(&mut deflate_receiver(1 << 20), &stream, &[]);
+            assert_eq!(error, Some(ProtocolError::ReservedBits), "{stream:x?}");
+        }
+    }
+
+    #[test]
+    fn a_compressed_bomb_is_refused_while_inflating() {
+        let wire = compressed(&vec![b'a'; 5_000_000]);
+        assert!(wire.len() < 10_000);
+        let mut rx = deflate_receiver(100_000);
+        let (events, error) = feed(&mut rx, &frame(true, 0x1 | 0x40, &wire), &[]);
+        assert!(events.is_empty());
+        assert_eq!(error, Some(ProtocolError::MessageTooBig));
+        // Memory stayed near the limit, not near the 5 MB the bomb expands to.
+        assert!(
+            rx.assembled.capacity() < 300_000,
+            "{}",
+            rx.assembled.capacity()
+        );
+    }
+
+    #[test]
+    fn invalid_utf8_inside_compressed_text_fails() {
+        let wire = compressed(&[b'a', 0xC3, 0x28, b'b']);
+        let (_, error) = feed(
+            &mut deflate_receiver(1 << 20),
+            &frame(true, 0x1 | 0x40, &wire),
+            &[],
+        );
+        assert_eq!(error, Some(ProtocolError::InvalidUtf8));
+        let (_, error) = feed(
+            &mut deflate_receiver(1 << 20),
+            &frame(true, 0x2 | 0x40, &[0xff; 8]),
+            &[],
+        );
+        assert_eq!(error, Some(ProtocolError::BadCompressedData));
+    }
+
+    #[test]
+    fn inflater_is_lent_and_reclaimed_between_messages_only() {
+        let mut rx = deflate_receiver(1 << 20);
+        assert!(rx.wants_inflater());
+        rx.lend_inflater(Box::default());
+        assert!(!rx.wants_inflater());
+        let wire = compressed(b"some message");
+        let stream = frame(false, 0x2 | 0x40, &wire);
+        feed(&mut rx, &stream, &[]);
+        assert!(rx.reclaim_inflater().is_none(), "mid-message");
+        feed(&mut rx, &frame(true, 0x0, b""), &[]);
+        assert!(rx.reclaim_inflater().is_some());
     }
 
     /// One message of a generated stream: how it is fragmented and what is interleaved.

@@ -1,0 +1,96 @@
+//! The loop's permessage-deflate resources, shared by its connections.
+//!
+//! Without context takeover (the default), a compressor holds nothing between
+//! messages, so one per window size serves every connection, and inflaters are lent
+//! to a connection for the reads that need one and taken back after. Memory for
+//! compression then follows the messages in flight, not the connections open: an idle
+//! connection holds none. With context takeover, each connection keeps its own.
+
+use crate::conn::ConnDeflate;
+use crate::proto::deflate::{Deflater, Inflater};
+use crate::proto::frame::{FrameHeader, Opcode, MAX_HEADER_LEN};
+use crate::proto::Receiver;
+
+/// Spare inflaters kept for lending; more are dropped when returned.
+const MAX_SPARE_INFLATERS: usize = 16;
+
+/// The compressed-output buffer is released when a message made it larger than this.
+const RETAINED_OUTPUT_CAPACITY: usize = 256 * 1024;
+
+pub(crate) struct Compression {
+    level: u32,
+    /// Shared compressors, by window bits 9..=15, reset after every message.
+    shared: [Option<Box<Deflater>>; 7],
+    spare_inflaters: Vec<Box<Inflater>>,
+    /// The last compressed message.
+    out: Vec<u8>,
+}
+
+impl Compression {
+    pub fn new(level: u32) -> Compression {
+        Compression {
+            level,
+            shared: Default::default(),
+            spare_inflaters: Vec::new(),
+            out: Vec::new(),
+        }
+    }
+
+    /// Compresses one message for a connection; the result is valid until the next call.
+    pub fn compress(&mut self, conn: &mut ConnDeflate, message: &[u8]) -> &[u8] {
+        let bits = conn.params.server_max_window_bits.clamp(9, 15);
+        let reset = conn.params.server_no_context_takeover;
+        let level = self.level;
+        let deflater = if reset {
+            self.shared[usize::from(bits - 9)]
+                .get_or_insert_with(|| Box::new(Deflater::new(level, bits)))
+        } else {
+            conn.deflater
+                .get_or_insert_with(|| Box::new(Deflater::new(level, bits)))
+        };
+        if self.out.capacity() > RETAINED_OUTPUT_CAPACITY {
+            self.out = Vec::new();
+        }
+        deflater.compress(message, &mut self.out, reset);
+        &self.out
+    }
+
+    /// A whole compressed frame (RSV1 set) for sending to many connections that all
+    /// negotiated no server context takeover and a `bits` window.
+    pub fn encode_shared(&mut self, bits: u8, opcode: Opcode, message: &[u8]) -> Vec<u8> {
+        let bits = bits.clamp(9, 15);
+        let level = self.level;
+        let deflater = self.shared[usize::from(bits - 9)]
+            .get_or_insert_with(|| Box::new(Deflater::new(level, bits)));
+        let mut payload = Vec::new();
+        deflater.compress(message, &mut payload, true);
+        let header = FrameHeader {
+            rsv: 0b100,
+            ..FrameHeader::server(opcode, payload.len())
+        };
+        let mut bytes = [0u8; MAX_HEADER_LEN];
+        let header_len = header.encode(&mut bytes);
+        let mut frame = Vec::with_capacity(header_len + payload.len());
+        frame.extend_from_slice(&bytes[..header_len]);
+        frame.extend_from_slice(&payload);
+        frame
+    }
+
+    /// Lends a spare inflater to a receiver that may need one for this read.
+    pub fn lend_inflater(&mut self, rx: &mut Receiver) {
+        if rx.wants_inflater() {
+            if let Some(inflater) = self.spare_inflaters.pop() {
+                rx.lend_inflater(inflater);
+            }
+        }
+    }
+
+    /// Takes back an inflater the receiver will not need before its next message.
+    pub fn reclaim_inflater(&mut self, rx: &mut Receiver) {
+        if let Some(inflater) = rx.reclaim_inflater() {
+            if self.spare_inflaters.len() < MAX_SPARE_INFLATERS {
+                self.spare_inflaters.push(inflater);
+            }
+        }
+    }
+}
