@@ -16,7 +16,7 @@ use crate::proto::deflate::{DeflateParams, Deflater};
 use crate::proto::frame::{FrameHeader, Opcode, MAX_HEADER_LEN};
 use crate::proto::handshake::HeadReader;
 use crate::proto::{CloseCode, Receiver};
-use crate::timer::Millis;
+use crate::timer::{Millis, When};
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 use std::io::{self, IoSlice, Write};
@@ -41,8 +41,9 @@ pub(crate) struct ConnDeflate {
 /// Where a connection is in its life.
 #[derive(Debug)]
 pub(crate) enum Phase {
-    /// Reading the HTTP upgrade request; the bytes live here until the head is complete.
-    Handshake { head: Vec<u8>, reader: HeadReader },
+    /// Reading the HTTP upgrade request. A request that arrives in one read needs no
+    /// storage; the start of one that does not is kept here until the rest arrives.
+    Handshake(Option<Box<Handshake>>),
     /// Exchanging messages.
     Open,
     /// We sent a close frame and read on until the peer's close arrives.
@@ -53,6 +54,22 @@ pub(crate) enum Phase {
     Draining,
     /// The socket is done with; the reactor removes the connection.
     Closed,
+}
+
+/// What only some connections have.
+#[derive(Debug, Default)]
+pub(crate) struct Extras {
+    /// The subprotocol agreed at the upgrade.
+    pub protocol: Option<Box<str>>,
+    /// Topics this connection is subscribed to (so closing it can leave them).
+    pub topics: Vec<Box<str>>,
+}
+
+/// The start of an upgrade request that did not arrive in one read.
+#[derive(Debug)]
+pub(crate) struct Handshake {
+    pub head: Vec<u8>,
+    pub reader: HeadReader,
 }
 
 /// Bytes accepted for sending that the socket has not taken yet.
@@ -120,27 +137,25 @@ pub(crate) struct Conn<S> {
     pub counted_as_handshake: bool,
     /// Whether the handler saw `on_open` (and so is owed an `on_close`).
     pub opened: bool,
-    /// The subprotocol agreed at the upgrade.
-    pub protocol: Option<Box<str>>,
+    /// Rarely set things, boxed so that connections without them stay small.
+    pub extras: Option<Box<Extras>>,
     /// permessage-deflate, if negotiated.
     pub deflate: Option<Box<ConnDeflate>>,
     /// How the WebSocket ended, once it has; reported to the handler when set.
-    pub close_reason: Option<CloseReason>,
+    pub close_reason: Option<Box<CloseReason>>,
     /// The handler's own per-connection state.
     pub session: S,
-    /// Topics this connection is subscribed to (so closing it can leave them).
-    pub topics: Vec<Box<str>>,
     /// When the current timed phase began: accept time during the handshake, the start
     /// of the close otherwise (`None` while open).
-    pub since: Option<Millis>,
+    pub since: When,
     /// When the peer last sent anything (for keepalive).
     pub last_seen: Millis,
     /// When our keepalive ping went out, while its answer is awaited.
-    pub pinged_at: Option<Millis>,
+    pub pinged_at: When,
     /// Since when sends have been refused for a full queue.
-    pub stalled_since: Option<Millis>,
+    pub stalled_since: When,
     /// The deadline this connection is scheduled for in the timer queue.
-    pub deadline: Option<Millis>,
+    pub deadline: When,
 }
 
 impl<S: Default> Conn<S> {
@@ -155,10 +170,7 @@ impl<S: Default> Conn<S> {
             socket,
             peer,
             generation,
-            phase: Phase::Handshake {
-                head: Vec::new(),
-                reader: HeadReader::new(config.max_header_bytes),
-            },
+            phase: Phase::Handshake(None),
             rx: Receiver::new(config.max_message_size as u64),
             out: Outbox::default(),
             writable_interest: false,
@@ -166,16 +178,15 @@ impl<S: Default> Conn<S> {
             read_paused: false,
             counted_as_handshake: true,
             opened: false,
-            protocol: None,
+            extras: None,
             deflate: None,
             close_reason: None,
             session: S::default(),
-            topics: Vec::new(),
-            since: Some(now),
+            since: When::at(now),
             last_seen: now,
-            pinged_at: None,
-            stalled_since: None,
-            deadline: None,
+            pinged_at: When::NONE,
+            stalled_since: When::NONE,
+            deadline: When::NONE,
         }
     }
 }
@@ -191,6 +202,14 @@ impl<S> Conn<S> {
         }
     }
 
+    pub fn protocol(&self) -> Option<&str> {
+        self.extras.as_ref()?.protocol.as_deref()
+    }
+
+    pub fn extras_mut(&mut self) -> &mut Extras {
+        self.extras.get_or_insert_with(Box::default)
+    }
+
     /// Whether the close handshake (or a failure) has begun.
     pub fn is_closing(&self) -> bool {
         matches!(
@@ -203,20 +222,20 @@ impl<S> Conn<S> {
     pub fn next_deadline(&self, timeouts: &Timeouts) -> Option<Millis> {
         let after = |start: Option<Millis>, timeout: Option<Millis>| Some(start? + timeout?);
         match self.phase {
-            Phase::Handshake { .. } => after(self.since, timeouts.handshake),
+            Phase::Handshake(_) => after(self.since.get(), timeouts.handshake),
             Phase::Open => {
-                let keepalive = match self.pinged_at {
+                let keepalive = match self.pinged_at.get() {
                     Some(pinged) => after(Some(pinged), timeouts.pong),
                     None => after(Some(self.last_seen), timeouts.idle),
                 };
-                let stall = after(self.stalled_since, timeouts.send_stall);
+                let stall = after(self.stalled_since.get(), timeouts.send_stall);
                 match (keepalive, stall) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
                 }
             }
             Phase::CloseSent | Phase::Finishing | Phase::Draining => {
-                after(self.since, timeouts.close)
+                after(self.since.get(), timeouts.close)
             }
             Phase::Closed => None,
         }
@@ -395,7 +414,7 @@ impl<S> Conn<S> {
         log::debug!("{}: I/O error: {}", self.peer, error);
         self.phase = Phase::Closed;
         if self.close_reason.is_none() {
-            self.close_reason = Some(CloseReason::Abnormal);
+            self.close_reason = Some(Box::new(CloseReason::Abnormal));
         }
     }
 
@@ -412,5 +431,22 @@ impl<S> Conn<S> {
             Ok(()) => self.writable_interest = writable,
             Err(e) => self.fail_io(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every open connection costs this much of the loop's memory (plus the kernel's
+    /// socket buffers): keep it within the 256 bytes per idle connection we aim for.
+    #[test]
+    fn an_idle_connection_is_small() {
+        // mio's TcpStream carries a selector id in debug builds only; count it at its
+        // release size, one file descriptor.
+        let debug_extra = std::mem::size_of::<TcpStream>() - std::mem::size_of::<i32>();
+        let size = std::mem::size_of::<Conn<()>>() - debug_extra;
+        eprintln!("size_of::<Conn<()>>() = {size} (release layout)");
+        assert!(size <= 256, "Conn<()> grew to {size} bytes");
     }
 }

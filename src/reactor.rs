@@ -11,18 +11,18 @@
 use crate::compression::Compression;
 use crate::config::{Config, Timeouts};
 use crate::conn::ConnDeflate;
-use crate::conn::{Conn, Phase};
+use crate::conn::{Conn, Handshake, Phase};
 use crate::handle::{Command, Handle, Inbox, Payload};
 use crate::handler::{CloseReason, ConnId, Decision, Handler, SendStatus};
 use crate::proto::deflate::{self, DeflateParams};
 use crate::proto::extension::parse_offers;
 use crate::proto::frame::{FrameHeader, Opcode, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN};
-use crate::proto::handshake::{accept_response, HandshakeError, Request};
+use crate::proto::handshake::{accept_response, HandshakeError, HeadReader, Request};
 use crate::proto::http::{HttpResponse, StatusCode};
 use crate::proto::receiver::Progress;
 use crate::proto::{CloseCode, Event, Message, ProtocolError};
 use crate::stats::Stats;
-use crate::timer::{Clock, DeadlineQueue, Millis};
+use crate::timer::{Clock, DeadlineQueue, Millis, When};
 use crate::topics::Topics;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
@@ -327,7 +327,7 @@ impl<H: Handler> Server<H> {
         };
         conn.flush(&core.registry, Token(slot));
         if conn.stalled_since.is_some() && conn.out.pending() <= core.config.max_send_queue / 2 {
-            conn.stalled_since = None;
+            conn.stalled_since = When::NONE;
         }
         if conn.read_paused && conn.out.pending() <= core.config.write_high_water / 2 {
             conn.read_paused = false;
@@ -359,9 +359,9 @@ impl<H: Handler> Server<H> {
                 Err(e) => return conn.fail_io(e),
             };
             conn.last_seen = self.core.now;
-            conn.pinged_at = None;
+            conn.pinged_at = When::NONE;
             match conn.phase {
-                Phase::Handshake { .. } => self.handshake(slot, n),
+                Phase::Handshake(_) => self.handshake(slot, n),
                 Phase::Open | Phase::CloseSent => {
                     frames(
                         &mut self.core,
@@ -391,13 +391,35 @@ impl<H: Handler> Server<H> {
     fn handshake(&mut self, slot: usize, n: usize) {
         let core = &mut self.core;
         let conn = &mut core.conns[slot];
-        let Phase::Handshake { head, reader } = &mut conn.phase else {
+        let Phase::Handshake(partial) = &mut conn.phase else {
             return;
         };
-        head.extend_from_slice(&self.read_buf[..n]);
-        let end = match reader.poll(head) {
-            Ok(None) => return,
+        let (polled, mut owned) = match partial {
+            // The usual case: the whole request in one read, answered straight from
+            // the read buffer, with no copy and no allocation.
+            None => {
+                let mut reader = HeadReader::new(core.config.max_header_bytes);
+                match reader.poll(&self.read_buf[..n]) {
+                    Ok(None) => {
+                        let head = self.read_buf[..n].to_vec();
+                        *partial = Some(Box::new(Handshake { head, reader }));
+                        return;
+                    }
+                    polled => (polled, None),
+                }
+            }
+            Some(handshake) => {
+                let Handshake { head, reader } = &mut **handshake;
+                head.extend_from_slice(&self.read_buf[..n]);
+                match reader.poll(head) {
+                    Ok(None) => return,
+                    polled => (polled, Some(std::mem::take(head))),
+                }
+            }
+        };
+        let end = match polled {
             Ok(Some(end)) => end,
+            Ok(None) => return,
             Err(e) => {
                 log::debug!("{}: {e}", conn.peer);
                 core.stats.http_responses += 1;
@@ -405,37 +427,11 @@ impl<H: Handler> Server<H> {
                 return conn.finish(&core.registry, Token(slot));
             }
         };
-        let mut head = std::mem::take(head);
-        let peer = conn.peer;
-        let (response, accepted) = answer(&mut self.handler, &core.config, &head[..end], peer);
-        let conn = &mut core.conns[slot];
-        let _ = conn.send_bytes(&core.registry, Token(slot), &response.to_bytes());
-        let Some(accepted) = accepted else {
-            log::debug!("{peer}: answered HTTP {}", response.status.0);
-            core.stats.http_responses += 1;
-            return conn.finish(&core.registry, Token(slot));
+        let bytes = match &mut owned {
+            Some(head) => &mut head[..],
+            None => &mut self.read_buf[..n],
         };
-        conn.phase = Phase::Open;
-        conn.since = None;
-        conn.protocol = accepted.protocol.map(String::into_boxed_str);
-        conn.session = accepted.session;
-        if let Some(params) = accepted.deflate {
-            conn.rx.enable_deflate(params.client_no_context_takeover);
-            conn.deflate = Some(Box::new(ConnDeflate {
-                params,
-                deflater: None,
-            }));
-        }
-        conn.opened = true;
-        core.stats.handshakes += 1;
-        core.stats.open_connections += 1;
-        log::debug!("{peer}: WebSocket open as {}", core.id(slot));
-        let handler = &mut self.handler;
-        guard(core, slot, |cx| handler.on_open(cx));
-        // A client may send its first frames right behind the request.
-        if end < head.len() {
-            frames(core, handler, slot, &mut head[end..]);
-        }
+        upgrade(core, &mut self.handler, slot, bytes, end);
     }
 
     fn run_commands(&mut self) {
@@ -481,9 +477,9 @@ impl<H: Handler> Server<H> {
             if conn.generation != generation {
                 continue;
             }
-            match conn.deadline {
+            match conn.deadline.get() {
                 Some(deadline) if deadline <= now => {
-                    conn.deadline = None;
+                    conn.deadline = When::NONE;
                     self.core.on_deadline(slot);
                     self.settle_conn(slot);
                 }
@@ -535,7 +531,7 @@ impl<H: Handler> Server<H> {
         for slot in slots {
             let conn = &mut self.core.conns[slot];
             match conn.phase {
-                Phase::Handshake { .. } => conn.phase = Phase::Closed,
+                Phase::Handshake(_) => conn.phase = Phase::Closed,
                 Phase::Open => {
                     let reason = CloseReason::Shutdown;
                     self.core
@@ -555,11 +551,14 @@ impl<H: Handler> Server<H> {
             return;
         };
         if conn.is_closing() && conn.since.is_none() {
-            conn.since = Some(core.now);
+            conn.since = When::at(core.now);
         }
         if conn.opened && !matches!(conn.phase, Phase::Open | Phase::CloseSent) {
             conn.opened = false;
-            let reason = conn.close_reason.clone().unwrap_or(CloseReason::Abnormal);
+            let reason = conn
+                .close_reason
+                .take()
+                .map_or(CloseReason::Abnormal, |reason| *reason);
             let session = std::mem::take(&mut conn.session);
             let id = ConnId {
                 slot: slot as u32,
@@ -570,7 +569,8 @@ impl<H: Handler> Server<H> {
                 conn.peer,
                 reason.code()
             );
-            for topic in std::mem::take(&mut conn.topics) {
+            let topics = conn.extras.as_mut().map(|e| std::mem::take(&mut e.topics));
+            for topic in topics.unwrap_or_default() {
                 core.topics.unsubscribe(&topic, slot);
             }
             core.stats.open_connections -= 1;
@@ -590,7 +590,7 @@ impl<H: Handler> Server<H> {
         if conn.unflushed {
             conn.flush(&core.registry, Token(slot));
         }
-        if conn.counted_as_handshake && !matches!(conn.phase, Phase::Handshake { .. }) {
+        if conn.counted_as_handshake && !matches!(conn.phase, Phase::Handshake(_)) {
             conn.counted_as_handshake = false;
             core.handshaking -= 1;
         }
@@ -601,13 +601,13 @@ impl<H: Handler> Server<H> {
             return;
         }
         let next = conn.next_deadline(&core.timeouts);
-        if next != conn.deadline {
+        if next != conn.deadline.get() {
             if let Some(at) = next {
-                if conn.deadline.is_none_or(|current| at < current) {
+                if conn.deadline.get().is_none_or(|current| at < current) {
                     core.timers.push(at, slot, conn.generation);
                 }
             }
-            conn.deadline = next;
+            conn.deadline = When::from(next);
         }
     }
 }
@@ -638,6 +638,48 @@ fn refuse_busy(mut socket: TcpStream) {
     let _ = socket.read(&mut sink);
     let _ = socket.write(&response);
     let _ = socket.shutdown(Shutdown::Both);
+}
+
+/// Answers a complete request head (`bytes[..end]`) and, if it was an accepted
+/// upgrade, opens the connection and reads any frames the client sent right behind it.
+fn upgrade<H: Handler>(
+    core: &mut Core<H::Session>,
+    handler: &mut H,
+    slot: usize,
+    bytes: &mut [u8],
+    end: usize,
+) {
+    let conn = &mut core.conns[slot];
+    let peer = conn.peer;
+    let (response, accepted) = answer(handler, &core.config, &bytes[..end], peer);
+    let _ = conn.send_bytes(&core.registry, Token(slot), &response.to_bytes());
+    let Some(accepted) = accepted else {
+        log::debug!("{peer}: answered HTTP {}", response.status.0);
+        core.stats.http_responses += 1;
+        return conn.finish(&core.registry, Token(slot));
+    };
+    conn.phase = Phase::Open;
+    conn.since = When::NONE;
+    if let Some(protocol) = accepted.protocol {
+        conn.extras_mut().protocol = Some(protocol.into_boxed_str());
+    }
+    conn.session = accepted.session;
+    if let Some(params) = accepted.deflate {
+        conn.rx.enable_deflate(params.client_no_context_takeover);
+        conn.deflate = Some(Box::new(ConnDeflate {
+            params,
+            deflater: None,
+        }));
+    }
+    conn.opened = true;
+    core.stats.handshakes += 1;
+    core.stats.open_connections += 1;
+    log::debug!("{peer}: WebSocket open as {}", core.id(slot));
+    guard(core, slot, |cx| handler.on_open(cx));
+    // A client may send its first frames right behind the request.
+    if end < bytes.len() {
+        frames(core, handler, slot, &mut bytes[end..]);
+    }
 }
 
 /// What an accepted upgrade carries into the open connection.
@@ -841,10 +883,10 @@ fn on_event<H: Handler>(
                 // §5.5.1: answer with a close, echoing the peer's code.
                 let code = frame.map(|f| f.code);
                 conn.send_close(&core.registry, Token(slot), code, "");
-                conn.close_reason = Some(CloseReason::Peer {
+                conn.close_reason = Some(Box::new(CloseReason::Peer {
                     code: code.unwrap_or(CloseCode::NO_STATUS),
                     reason: frame.map(|f| f.reason.to_owned()).unwrap_or_default(),
-                });
+                }));
                 log::debug!("{}: peer sent close {:?}", conn.peer, code);
             }
             // Either way the close handshake is complete: the server closes TCP first.
@@ -898,7 +940,7 @@ impl<S> Core<S> {
         if matches!(conn.phase, Phase::Open | Phase::CloseSent) {
             log::debug!("{}: peer closed TCP without a close handshake", conn.peer);
             if conn.close_reason.is_none() {
-                conn.close_reason = Some(CloseReason::Abnormal);
+                conn.close_reason = Some(Box::new(CloseReason::Abnormal));
             }
         }
         // Nothing worth keeping the socket for once the peer has gone.
@@ -938,7 +980,7 @@ impl<S> Core<S> {
             SendStatus::Refused => {
                 let conn = &mut self.conns[slot];
                 if conn.is_open() && conn.stalled_since.is_none() {
-                    conn.stalled_since = Some(self.now);
+                    conn.stalled_since = When::at(self.now);
                     self.touched.push(slot);
                 }
             }
@@ -1004,7 +1046,7 @@ impl<S> Core<S> {
             return;
         }
         conn.send_close(&self.registry, Token(slot), Some(code), reason);
-        conn.close_reason = Some(why);
+        conn.close_reason = Some(Box::new(why));
         if conn.is_open() {
             conn.phase = Phase::CloseSent;
         }
@@ -1022,7 +1064,7 @@ impl<S> Core<S> {
                 Some(error.close_code()),
                 &error.to_string(),
             );
-            conn.close_reason = Some(CloseReason::Protocol(error));
+            conn.close_reason = Some(Box::new(CloseReason::Protocol(error)));
         }
         conn.finish(&self.registry, Token(slot));
     }
@@ -1037,18 +1079,18 @@ impl<S> Core<S> {
             _ => false,
         };
         match conn.phase {
-            Phase::Handshake { .. } => {
-                if expired(conn.since, timeouts.handshake) {
+            Phase::Handshake(_) => {
+                if expired(conn.since.get(), timeouts.handshake) {
                     log::debug!("{}: handshake timed out", conn.peer);
                     conn.phase = Phase::Closed;
                 }
             }
             Phase::Open => {
-                if expired(conn.stalled_since, timeouts.send_stall) {
+                if expired(conn.stalled_since.get(), timeouts.send_stall) {
                     log::debug!("{}: send queue full for too long", conn.peer);
                     let why = CloseReason::SendStalled;
                     self.close(slot, CloseCode::POLICY_VIOLATION, "send queue full", why);
-                } else if expired(conn.pinged_at, timeouts.pong) {
+                } else if expired(conn.pinged_at.get(), timeouts.pong) {
                     log::debug!("{}: no answer to keepalive ping", conn.peer);
                     conn.send_close(
                         &self.registry,
@@ -1056,7 +1098,7 @@ impl<S> Core<S> {
                         Some(CloseCode::INTERNAL_ERROR),
                         "keepalive timeout",
                     );
-                    conn.close_reason = Some(CloseReason::KeepaliveTimeout);
+                    conn.close_reason = Some(Box::new(CloseReason::KeepaliveTimeout));
                     // A peer that does not answer pings will not answer a close either.
                     conn.phase = Phase::Closed;
                 } else if conn.pinged_at.is_none() && expired(Some(conn.last_seen), timeouts.idle) {
@@ -1067,11 +1109,11 @@ impl<S> Core<S> {
                         b"keepalive",
                         usize::MAX,
                     );
-                    conn.pinged_at = Some(now);
+                    conn.pinged_at = When::at(now);
                 }
             }
             Phase::CloseSent | Phase::Finishing | Phase::Draining => {
-                if expired(conn.since, timeouts.close) {
+                if expired(conn.since.get(), timeouts.close) {
                     log::debug!("{}: close timed out", conn.peer);
                     conn.phase = Phase::Closed;
                 }
@@ -1114,7 +1156,7 @@ impl<S> Ctx<'_, S> {
 
     /// The subprotocol agreed at the upgrade, if any.
     pub fn protocol(&self) -> Option<&str> {
-        self.conn().protocol.as_deref()
+        self.conn().protocol()
     }
 
     /// This connection's session: the handler's own state for it.
@@ -1199,7 +1241,10 @@ impl<S> Ctx<'_, S> {
     pub fn subscribe(&mut self, topic: &str) -> bool {
         let added = self.core.topics.subscribe(topic, self.slot);
         if added {
-            self.core.conns[self.slot].topics.push(topic.into());
+            self.core.conns[self.slot]
+                .extras_mut()
+                .topics
+                .push(topic.into());
         }
         added
     }
@@ -1208,7 +1253,10 @@ impl<S> Ctx<'_, S> {
     pub fn unsubscribe(&mut self, topic: &str) -> bool {
         let removed = self.core.topics.unsubscribe(topic, self.slot);
         if removed {
-            self.core.conns[self.slot].topics.retain(|t| &**t != topic);
+            self.core.conns[self.slot]
+                .extras_mut()
+                .topics
+                .retain(|t| &**t != topic);
         }
         removed
     }

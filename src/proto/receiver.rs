@@ -40,14 +40,18 @@ struct FrameInProgress {
     mask: [u8; 4],
     /// Payload bytes not received yet.
     remaining: u64,
-    /// Payload bytes received so far: the mask phase for the next byte.
-    received: u64,
+    /// Some of the payload was received already (so it cannot be handed out whole).
+    started: bool,
+    /// Payload bytes received so far, modulo 4: the mask phase for the next byte.
+    mask_phase: u8,
 }
 
 /// Streaming frame decoder and message assembler for a server-side connection.
 #[derive(Debug, Default)]
 pub struct Receiver {
-    max_message_size: u64,
+    /// 32 bits (4 GiB) is plenty for one WebSocket message, and keeps every
+    /// connection 8 bytes smaller.
+    max_message_size: u32,
     /// The start of a header that has not fully arrived.
     header: [u8; MAX_HEADER_LEN],
     header_len: u8,
@@ -57,7 +61,8 @@ pub struct Receiver {
     /// Payload of the message in progress, unmasked.
     assembled: Vec<u8>,
     /// Payload of a control frame that straddles reads (at most 125 bytes).
-    control: Vec<u8>,
+    /// (Boxed: rare, and every connection would pay for an inline `Vec`.)
+    control: Option<Box<Vec<u8>>>,
     utf8: Utf8Validator,
     /// The last event borrowed `assembled` or `control`; clear them on the next call.
     delivered_from_buffers: bool,
@@ -88,10 +93,11 @@ pub struct Progress<'a> {
 }
 
 impl Receiver {
-    /// A receiver that rejects messages longer than `max_message_size` bytes.
+    /// A receiver that rejects messages longer than `max_message_size` bytes (at most
+    /// 4 GiB − 1; larger limits are capped there).
     pub fn new(max_message_size: u64) -> Receiver {
         Receiver {
-            max_message_size,
+            max_message_size: u32::try_from(max_message_size).unwrap_or(u32::MAX),
             ..Receiver::default()
         }
     }
@@ -140,7 +146,7 @@ impl Receiver {
     pub fn read<'a>(&'a mut self, input: &'a mut [u8]) -> Result<Progress<'a>, ProtocolError> {
         if self.delivered_from_buffers {
             self.delivered_from_buffers = false;
-            self.control.clear();
+            self.control = None;
             if self.message.is_none() {
                 self.release_assembled();
             }
@@ -165,7 +171,7 @@ impl Receiver {
             };
             let available = input.len() - pos;
             // Zero copy: the whole frame is here and nothing of it was buffered before.
-            let whole_frame_here = frame.received == 0 && frame.remaining <= available as u64;
+            let whole_frame_here = !frame.started && frame.remaining <= available as u64;
             let single_frame_message = match frame.opcode {
                 Opcode::Continuation => false,
                 Opcode::Text | Opcode::Binary => !self.compressed,
@@ -190,9 +196,11 @@ impl Receiver {
             let take = frame.remaining.min(available as u64) as usize;
             let chunk = &mut input[pos..pos + take];
             pos += take;
-            mask::apply(chunk, frame.mask, frame.received as usize);
+            mask::apply(chunk, frame.mask, usize::from(frame.mask_phase));
             if frame.opcode.is_control() {
-                self.control.extend_from_slice(chunk);
+                self.control
+                    .get_or_insert_with(Box::default)
+                    .extend_from_slice(chunk);
             } else if self.compressed {
                 let before = self.assembled.len();
                 let max = self.max_message_size as usize;
@@ -215,7 +223,8 @@ impl Receiver {
             }
             let frame = FrameInProgress {
                 remaining: frame.remaining - take as u64,
-                received: frame.received + take as u64,
+                started: true,
+                mask_phase: ((usize::from(frame.mask_phase) + take) % 4) as u8,
                 ..frame
             };
             if frame.remaining > 0 {
@@ -228,7 +237,8 @@ impl Receiver {
             self.frame = None;
             if frame.opcode.is_control() {
                 self.delivered_from_buffers = true;
-                let event = Self::event(frame.opcode, &self.control)?;
+                let payload = self.control.as_deref().map_or(&[][..], Vec::as_slice);
+                let event = Self::event(frame.opcode, payload)?;
                 return Ok(Progress {
                     consumed: pos,
                     event: Some(event),
@@ -318,7 +328,7 @@ impl Receiver {
         };
         if !header.opcode.is_control() && !compressed {
             let total = self.assembled.len() as u64 + header.payload_len;
-            if total > self.max_message_size {
+            if total > u64::from(self.max_message_size) {
                 return Err(ProtocolError::MessageTooBig);
             }
         }
@@ -335,7 +345,7 @@ impl Receiver {
                 self.message = Some(kind);
                 self.compressed = rsv1;
             }
-            Opcode::Close | Opcode::Ping | Opcode::Pong => self.control.clear(),
+            Opcode::Close | Opcode::Ping | Opcode::Pong => self.control = None,
             Opcode::Continuation => {}
         }
         Ok(FrameInProgress {
@@ -343,7 +353,8 @@ impl Receiver {
             fin: header.fin,
             mask,
             remaining: header.payload_len,
-            received: 0,
+            started: false,
+            mask_phase: 0,
         })
     }
 
