@@ -21,6 +21,9 @@ pub(crate) struct Compression {
     level: u32,
     /// Shared compressors, by window bits 9..=15, reset after every message.
     shared: [Option<Box<Deflater>>; 7],
+    /// Boxed: receivers hold them as `Option<Box<Inflater>>` (small when empty), and
+    /// lending moves the box, not the inflater.
+    #[allow(clippy::vec_box)]
     spare_inflaters: Vec<Box<Inflater>>,
     /// The last compressed message.
     out: Vec<u8>,
