@@ -121,7 +121,7 @@ impl Outbox {
 pub(crate) struct Conn<S> {
     pub socket: TcpStream,
     pub peer: SocketAddr,
-    pub generation: u32,
+    pub generation: u64,
     pub phase: Phase,
     pub rx: Receiver,
     pub out: Outbox,
@@ -162,7 +162,7 @@ impl<S: Default> Conn<S> {
     pub fn new(
         socket: TcpStream,
         peer: SocketAddr,
-        generation: u32,
+        generation: u64,
         config: &Config,
         now: Millis,
     ) -> Conn<S> {

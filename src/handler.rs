@@ -9,12 +9,13 @@ pub use crate::reactor::Ctx;
 
 /// Identifies one connection for as long as it lives.
 ///
-/// Slots in the connection table are reused; the generation makes an id of a closed
+/// Slots in the connection table are reused; the generation (the count of connections
+/// accepted before this one, 64 bits: it never wraps) makes an id of a closed
 /// connection stay dead instead of silently naming its successor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnId {
     pub(crate) slot: u32,
-    pub(crate) generation: u32,
+    pub(crate) generation: u64,
 }
 
 impl std::fmt::Display for ConnId {

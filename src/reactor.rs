@@ -463,8 +463,10 @@ impl<H: Handler> Server<H> {
                 }
                 Command::Shutdown => core.shutdown_requested = true,
             }
-            self.settle();
         }
+        // Settled once for the whole batch, so the sends queued for one connection
+        // leave in one write.
+        self.settle();
     }
 
     /// Acts on every deadline that has passed.
@@ -908,7 +910,7 @@ impl<S: Default> Core<S> {
             log::warn!("{peer}: cannot register: {e}");
             return;
         }
-        let generation = self.stats.accepted as u32;
+        let generation = self.stats.accepted;
         log::debug!("{peer}: connected");
         entry.insert(Conn::new(socket, peer, generation, &self.config, self.now));
         self.handshaking += 1;

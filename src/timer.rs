@@ -78,11 +78,11 @@ pub(crate) fn millis(duration: Duration) -> Option<Millis> {
 /// Pending deadlines of connections, earliest first.
 #[derive(Debug, Default)]
 pub(crate) struct DeadlineQueue {
-    heap: BinaryHeap<Reverse<(Millis, usize, u32)>>,
+    heap: BinaryHeap<Reverse<(Millis, usize, u64)>>,
 }
 
 impl DeadlineQueue {
-    pub fn push(&mut self, when: Millis, slot: usize, generation: u32) {
+    pub fn push(&mut self, when: Millis, slot: usize, generation: u64) {
         self.heap.push(Reverse((when, slot, generation)));
     }
 
@@ -92,7 +92,7 @@ impl DeadlineQueue {
     }
 
     /// Removes and returns an entry that is due at `now`.
-    pub fn pop_due(&mut self, now: Millis) -> Option<(Millis, usize, u32)> {
+    pub fn pop_due(&mut self, now: Millis) -> Option<(Millis, usize, u64)> {
         match self.heap.peek() {
             Some(Reverse((when, _, _))) if *when <= now => self.heap.pop().map(|Reverse(e)| e),
             _ => None,

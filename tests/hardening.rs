@@ -10,24 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use wsreactor::{
-    CloseCode, CloseReason, Config, ConnId, Ctx, Handler, Message, SendStatus, Server,
-};
-
-/// Runs `handler` on an ephemeral port in a thread of its own (leaked at test end).
-fn serve<H>(config: Config, handler: H) -> SocketAddr
-where
-    H: Handler + Send + 'static,
-    H::Session: Send,
-{
-    let server = Server::bind("127.0.0.1:0".parse().unwrap(), config, handler).expect("bind");
-    let addr = server.local_addr();
-    std::thread::spawn(move || {
-        let mut server = server;
-        server.run()
-    });
-    addr
-}
+use wsreactor::{CloseCode, CloseReason, Config, ConnId, Ctx, Handler, Message, SendStatus};
 
 /// Echoes, but some text messages are commands that misbehave on purpose.
 #[derive(Default)]
@@ -65,14 +48,6 @@ impl Handler for Scripted {
 
     fn on_close(&mut self, _id: ConnId, _session: (), reason: &CloseReason) {
         self.closes.lock().unwrap().push(reason.clone());
-    }
-}
-
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + IO_TIMEOUT;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
     }
 }
 

@@ -9,9 +9,11 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use wsreactor::{
-    CloseReason, Config, Ctx, Decision, Handler, HttpResponse, Message, Request, SendStatus, Server,
+    CloseReason, Config, Ctx, Decision, Handle, Handler, HttpResponse, Message, Request,
+    SendStatus, Server,
 };
 
 /// Upper bound for any single network wait. Only reached when something is wrong; it is
@@ -153,6 +155,70 @@ pub fn start(config: Config) -> (SocketAddr, Arc<Observed>) {
 /// An echo server with [`Config::default`].
 pub fn start_default() -> (SocketAddr, Arc<Observed>) {
     start(Config::default())
+}
+
+/// A server running `handler` in a thread of its own: its address, a [`Handle`] to it,
+/// and the thread, which returns what [`Server::run`] returned.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub handle: Handle,
+    pub thread: JoinHandle<io::Result<()>>,
+}
+
+impl Running {
+    /// Waits (up to [`IO_TIMEOUT`]) for `run` to return, and returns its result.
+    pub fn join(self) -> io::Result<()> {
+        let deadline = Instant::now() + IO_TIMEOUT;
+        while !self.thread.is_finished() {
+            assert!(
+                Instant::now() < deadline,
+                "the server's run() did not return within {IO_TIMEOUT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.thread.join().expect("the server thread panicked")
+    }
+}
+
+/// Runs `handler` with `config` on an ephemeral loopback port in a thread of its own.
+pub fn spawn_server<H>(config: Config, handler: H) -> Running
+where
+    H: Handler + Send + 'static,
+    H::Session: Send,
+{
+    let server = Server::bind("127.0.0.1:0".parse().unwrap(), config, handler).expect("bind");
+    let addr = server.local_addr();
+    let handle = server.handle();
+    let thread = std::thread::Builder::new()
+        .name("wsreactor-server".into())
+        .spawn(move || {
+            let mut server = server;
+            server.run()
+        })
+        .expect("spawn server thread");
+    Running {
+        addr,
+        handle,
+        thread,
+    }
+}
+
+/// Runs `handler` on an ephemeral port in a thread of its own (leaked at test end).
+pub fn serve<H>(config: Config, handler: H) -> SocketAddr
+where
+    H: Handler + Send + 'static,
+    H::Session: Send,
+{
+    spawn_server(config, handler).addr
+}
+
+/// Polls `done` every 5 ms until it holds; panics after [`IO_TIMEOUT`].
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// A TCP connection to `addr` with timeouts on both directions and Nagle off.
