@@ -99,6 +99,8 @@ pub struct Server<H: Handler> {
     commands: VecDeque<Command>,
     /// Accepting is paused until then (the process ran out of file descriptors).
     accept_paused_until: Option<Millis>,
+    /// Out of descriptors since the last successful accept (logged once).
+    accept_exhausted: bool,
     /// Set once shutdown began: connections get until then to finish closing.
     shutdown_deadline: Option<Millis>,
     finished: bool,
@@ -157,6 +159,7 @@ impl<H: Handler> Server<H> {
             inbox: Arc::new(Inbox::new(waker, config.handle_queue_capacity.max(1))),
             commands: VecDeque::new(),
             accept_paused_until: None,
+            accept_exhausted: false,
             shutdown_deadline: None,
             finished: false,
         })
@@ -297,8 +300,11 @@ impl<H: Handler> Server<H> {
                 Err(e) if is_resource_exhaustion(&e) => {
                     // EMFILE/ENFILE: pending clients stay in the kernel's backlog; pause
                     // instead of spinning on an accept that cannot succeed, and log once
-                    // per burst.
-                    log::warn!("accept paused for {ACCEPT_BACKOFF} ms: {e}");
+                    // per burst (until an accept succeeds again).
+                    if !self.accept_exhausted {
+                        log::warn!("accept paused, retrying every {ACCEPT_BACKOFF} ms: {e}");
+                        self.accept_exhausted = true;
+                    }
                     self.accept_paused_until = Some(self.core.now + ACCEPT_BACKOFF);
                     return;
                 }
@@ -307,6 +313,10 @@ impl<H: Handler> Server<H> {
                     return;
                 }
             };
+            if self.accept_exhausted {
+                log::info!("accepting again");
+                self.accept_exhausted = false;
+            }
             self.core.stats.accepted += 1;
             if self.core.conns.len() >= self.core.config.max_connections
                 || self.core.handshaking >= self.core.config.max_handshakes

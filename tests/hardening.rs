@@ -362,7 +362,11 @@ fn running_out_of_file_descriptors_is_survived_without_spinning() {
         .read_to_string(&mut stderr)
         .unwrap();
     child.wait().unwrap();
-    assert!(stderr.contains("accept paused"), "nothing logged: {stderr}");
+    // Logged once per burst, not on each of the ~13 retries (every 100 ms) made while
+    // out of descriptors; a burst ends when an accept succeeds (as when the probe
+    // connection of `spawn_binary` frees its descriptor).
+    let logged = stderr.matches("accept paused").count();
+    assert!((1..=3).contains(&logged), "logged {logged} times: {stderr}");
 }
 
 #[test]
