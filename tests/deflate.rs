@@ -1,0 +1,173 @@
+//! permessage-deflate (RFC 7692) from outside: negotiation in the handshake, compressed
+//! echoes, and a decompression bomb, with a raw client that does its own DEFLATE
+//! (flate2, independent of the server's code paths).
+
+mod common;
+
+use common::*;
+use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
+use wsreactor::Config;
+
+fn deflate_config() -> Config {
+    Config {
+        deflate: true,
+        ..Config::default()
+    }
+}
+
+/// Upgrades with `extensions` offered; returns the client and the response head.
+fn open_with(addr: std::net::SocketAddr, extensions: &str) -> (Raw, HttpHead) {
+    let mut raw = Raw::connect(addr);
+    let offer = format!("Sec-WebSocket-Extensions: {extensions}\r\n");
+    raw.write(upgrade_request("/echo", RFC_KEY, &offer).as_bytes());
+    let head = raw.read_http();
+    (raw, head)
+}
+
+/// Raw DEFLATE with a sync flush and the 00 00 ff ff tail removed (RFC 7692 §7.2.1).
+fn compress(message: &[u8]) -> Vec<u8> {
+    let mut compress = Compress::new(Compression::default(), false);
+    let mut out = Vec::with_capacity(message.len() + 64);
+    loop {
+        let consumed = compress.total_in() as usize;
+        compress
+            .compress_vec(&message[consumed..], &mut out, FlushCompress::Sync)
+            .unwrap();
+        if compress.total_in() as usize == message.len() && out.len() < out.capacity() {
+            break;
+        }
+        out.reserve(message.len() + 64);
+    }
+    assert!(out.ends_with(&[0, 0, 0xff, 0xff]));
+    out.truncate(out.len() - 4);
+    out
+}
+
+fn inflate(payload: &[u8]) -> Vec<u8> {
+    let mut input = payload.to_vec();
+    input.extend_from_slice(&[0, 0, 0xff, 0xff]);
+    let mut decompress = Decompress::new(false);
+    let mut out = Vec::with_capacity(1 << 20);
+    decompress
+        .decompress_vec(&input, &mut out, FlushDecompress::Sync)
+        .unwrap();
+    out
+}
+
+#[test]
+fn a_browser_offer_is_accepted_without_context_takeover() {
+    let (addr, _) = start(deflate_config());
+    let (_, head) = open_with(addr, "permessage-deflate; client_max_window_bits");
+    assert_eq!(head.status, 101);
+    assert_eq!(
+        head.header("Sec-WebSocket-Extensions"),
+        Some("permessage-deflate; server_no_context_takeover; client_no_context_takeover")
+    );
+}
+
+#[test]
+fn compression_is_off_unless_configured_and_bad_offers_are_declined() {
+    let (plain, _) = start(Config::default());
+    let (_, head) = open_with(plain, "permessage-deflate");
+    assert_eq!(
+        (head.status, head.header("Sec-WebSocket-Extensions")),
+        (101, None)
+    );
+    let (addr, _) = start(deflate_config());
+    let (_, head) = open_with(addr, "permessage-deflate; server_max_window_bits=20");
+    assert_eq!(
+        (head.status, head.header("Sec-WebSocket-Extensions")),
+        (101, None)
+    );
+    // Not even the extensions grammar: the handshake fails.
+    let (_, head) = open_with(addr, "permessage-deflate; =");
+    assert_eq!(head.status, 400);
+}
+
+#[test]
+fn compressed_messages_are_echoed_compressed_and_small_ones_plain() {
+    let (addr, _) = start(deflate_config());
+    let (mut raw, head) = open_with(addr, "permessage-deflate");
+    assert_eq!(head.status, 101);
+    let json = r#"{"symbol":"ACME","bid":101.25,"ask":101.27,"size":300}"#.repeat(20);
+    for _ in 0..3 {
+        // RSV1 on the first frame marks the message compressed.
+        raw.write(&raw_frame(
+            0x80 | 0x40 | TEXT,
+            Some(next_key()),
+            &compress(json.as_bytes()),
+        ));
+        let echo = raw.read_frame();
+        assert_eq!((echo.fin, echo.rsv, echo.opcode), (true, 0b100, TEXT));
+        assert!(
+            echo.payload.len() < json.len() / 4,
+            "{} bytes",
+            echo.payload.len()
+        );
+        assert_eq!(inflate(&echo.payload), json.as_bytes());
+    }
+    // A compressed message in fragments, a ping between them.
+    let wire = compress(json.as_bytes());
+    let (a, b) = wire.split_at(wire.len() / 3);
+    raw.write(&raw_frame(0x40 | BINARY, Some(next_key()), a));
+    raw.send(true, PING, b"p");
+    raw.write(&raw_frame(0x80 | CONTINUATION, Some(next_key()), b));
+    assert_eq!(raw.read_frame().opcode, PONG);
+    let echo = raw.read_frame();
+    assert_eq!((echo.rsv, echo.opcode), (0b100, BINARY));
+    assert_eq!(inflate(&echo.payload), json.as_bytes());
+    // Under the 128-byte threshold the echo is not compressed.
+    raw.write(&raw_frame(
+        0x80 | 0x40 | TEXT,
+        Some(next_key()),
+        &compress(b"hi"),
+    ));
+    raw.expect_echo(TEXT, b"hi");
+    raw.close_cleanly();
+}
+
+#[test]
+fn a_decompression_bomb_gets_1009_and_others_carry_on() {
+    let config = Config {
+        max_message_size: 1 << 20,
+        ..deflate_config()
+    };
+    let (addr, _) = start(config);
+    let (mut bystander, _) = open_with(addr, "permessage-deflate");
+    let (mut raw, _) = open_with(addr, "permessage-deflate");
+    // 16 MiB of zeros: about 16 KiB on the wire. (The receiver's unit tests show the
+    // server stops inflating within 16 KiB of the limit.)
+    let bomb = compress(&vec![0u8; 16 << 20]);
+    assert!(bomb.len() < 32_000, "{}", bomb.len());
+    raw.write(&raw_frame(0x80 | 0x40 | BINARY, Some(next_key()), &bomb));
+    raw.expect_close(1009);
+    raw.expect_eof();
+    // Everyone else is untouched.
+    let message = vec![b'x'; 1000];
+    bystander.write(&raw_frame(
+        0x80 | 0x40 | TEXT,
+        Some(next_key()),
+        &compress(&message),
+    ));
+    let echo = bystander.read_frame();
+    assert_eq!(inflate(&echo.payload), message);
+}
+
+#[test]
+fn rsv1_without_negotiation_and_corrupt_data_are_rejected() {
+    let (addr, _) = start(deflate_config());
+    let mut plain = Raw::open(addr); // no offer: no compression
+    plain.write(&raw_frame(
+        0x80 | 0x40 | TEXT,
+        Some(next_key()),
+        &compress(b"hello"),
+    ));
+    plain.expect_close(1002);
+    let (mut raw, _) = open_with(addr, "permessage-deflate");
+    raw.write(&raw_frame(
+        0x80 | 0x40 | BINARY,
+        Some(next_key()),
+        &[0xff; 32],
+    ));
+    raw.expect_close(1007);
+}
