@@ -38,7 +38,7 @@ Open http://ADDR/ for a demo page. RUST_LOG=debug logs every connection.
 Ctrl-C or SIGTERM shuts down gracefully (every client gets close 1001); twice, at once.
 ";
 
-/// Echoes every message on one path; serves the demo page on `/`.
+/// Echoes every message on one path (and `/`); serves the demo page on `/`.
 struct Echo {
     path: String,
     page: String,
@@ -47,8 +47,11 @@ struct Echo {
 impl Handler for Echo {
     type Session = ();
 
+    /// Upgrades on the echo path, and on `/` too: load generators and clients that
+    /// are given a bare `host:port` (tcpkali, kosoku) request `/`, and a GET of `/`
+    /// that is not an upgrade still gets the demo page.
     fn on_request(&mut self, request: &Request<'_>, _peer: SocketAddr) -> Decision<()> {
-        if request.path() == self.path {
+        if request.path() == self.path || request.path() == "/" {
             Decision::accept()
         } else {
             Decision::Reject(HttpResponse::not_found())
