@@ -1,10 +1,10 @@
 # Build, test and conformance entry points for wsreactor (GNU make).
 #
 #   make run [ARGS="--listen 127.0.0.1:9998 --path /echo"]   server on ws://127.0.0.1:9998/echo
-#   make test                                             cargo test (unit, integration, doc tests)
+#   make test                                             cargo test (unit, integration, doc tests), then test-interop
 #   make lint                                             rustfmt check + clippy -D warnings
 #   make venv                                             .venv with kosoku (the conformance suite)
-#   make conformance [CONFORMANCE_ARGS="--cases '6.*'"]   kosoku cases 1.*-10.* against the release build
+#   make conformance [CONFORMANCE_ARGS="--cases '6.*'"]   kosoku cases 1-10, then 12-13 with --deflate
 #   make clean
 
 CARGO   ?= cargo
@@ -12,18 +12,20 @@ PYTHON  ?= python3
 VENV    := .venv
 ARGS    ?=
 CONFORMANCE_ARGS ?=
+CARGO_TARGET_DIR_RELEASE := $(or $(CARGO_TARGET_DIR),target)/release
 # Pinned so that a new kosoku release can't change verdicts under us; bumping
 # it changes the stamp name below, so the next `make venv` reinstalls.
 KOSOKU_VERSION ?= 0.1.0
 KOSOKU_STAMP   := $(VENV)/.kosoku-$(KOSOKU_VERSION).stamp
 
-.PHONY: run test lint venv conformance clean
+.PHONY: run test lint venv conformance conformance-deflate clean
 
 run:
 	$(CARGO) run --release -- $(ARGS)
 
 test:
 	$(CARGO) test
+	$(MAKE) test-interop
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -47,7 +49,110 @@ venv: $(KOSOKU_STAMP)
 conformance: venv
 	$(CARGO) build --release
 	$(VENV)/bin/python scripts/conformance.py $(CONFORMANCE_ARGS)
+	$(MAKE) conformance-deflate
+
+# Sections 12 and 13 (permessage-deflate) against the server run with --deflate.
+# --deflate-threshold 0 compresses every echo: kosoku 0.1.0's 12.x/13.x cases
+# crash hashing an echo that comes back uncompressed (a str, "Strings must be
+# encoded before hashing") although RFC 7692 lets a server send any message
+# uncompressed; so every echo is compressed for this run. They are throughput
+# cases, safe to run two at a time (~4-7 min).
+conformance-deflate: venv
+	$(CARGO) build --release
+	$(VENV)/bin/python scripts/conformance.py --outdir target/conformance-deflate -p 2 \
+	    -i '12.*' -i '13.*' \
+	    --server-cmd "$(CARGO_TARGET_DIR_RELEASE)/wsreactor --listen 127.0.0.1:{port} --path {path} --deflate --deflate-threshold 0"
 
 clean:
 	$(CARGO) clean
 	rm -rf $(VENV)
+
+# Fuzzing: cargo-fuzz (libFuzzer) on the nightly toolchain; fuzz/ is its own workspace
+# and fuzz/README.md describes the targets and their input formats.
+#
+#   make fuzz [FUZZ_SECONDS=60] [FUZZ_TARGETS="frames utf8"]   each target FUZZ_SECONDS, fails on any crash
+#   make fuzz-smoke                                           10 s per target, for CI
+#
+# The checked-in seeds (fuzz/corpus/TARGET) are passed as a second, read-only corpus
+# directory; libFuzzer writes what it discovers only to the first, the scratch one,
+# so the repo stays clean while coverage accumulates across runs. Crash reproducers
+# land in fuzz/artifacts/TARGET/.
+FUZZ_SECONDS    ?= 60
+FUZZ_TARGETS    ?= handshake frames frames_split_equivalence utf8
+FUZZ_TOOLCHAIN  ?= nightly
+# Overflow checks on; no sanitizer: the crate has no `unsafe`, and ASan cost 3x the
+# exec/s here. Use FUZZ_BUILD_ARGS=--debug-assertions for ASan (cargo-fuzz's default).
+FUZZ_BUILD_ARGS ?= --debug-assertions --sanitizer none
+FUZZ_SCRATCH    ?= fuzz/scratch/corpus
+FUZZ_ARGS       ?=
+
+.PHONY: fuzz fuzz-smoke fuzz-tool
+
+fuzz-tool:
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	@rustup run $(FUZZ_TOOLCHAIN) rustc --version >/dev/null 2>&1 || \
+	  { echo "make fuzz needs the $(FUZZ_TOOLCHAIN) toolchain (rustup toolchain install $(FUZZ_TOOLCHAIN))"; exit 1; }
+
+fuzz: fuzz-tool
+	@failed=""; \
+	for t in $(FUZZ_TARGETS); do \
+	  mkdir -p $(FUZZ_SCRATCH)/$$t || exit 1; \
+	  echo "== fuzz $$t: $(FUZZ_SECONDS) s"; \
+	  cargo +$(FUZZ_TOOLCHAIN) fuzz run $(FUZZ_BUILD_ARGS) $$t $(FUZZ_SCRATCH)/$$t fuzz/corpus/$$t -- \
+	    -max_total_time=$(FUZZ_SECONDS) -timeout=10 -print_final_stats=1 $(FUZZ_ARGS) \
+	    || failed="$$failed $$t"; \
+	done; \
+	if [ -n "$$failed" ]; then \
+	  echo "fuzz: FAILED:$$failed (reproducers in fuzz/artifacts/; replay with" \
+	       "cargo +$(FUZZ_TOOLCHAIN) fuzz run $(FUZZ_BUILD_ARGS) TARGET fuzz/artifacts/TARGET/FILE)"; \
+	  exit 1; \
+	fi
+
+fuzz-smoke:
+	$(MAKE) fuzz FUZZ_SECONDS=10
+
+# Client-interop tests (tests/interop, pytest): the release echo binary and examples
+# against the Python `websockets` client, and pages in Debian's headless Chromium
+# driven by Playwright.
+#
+#   make venv-test                                .venv with tests/interop/requirements.txt
+#   make test-interop [PYTEST_ARGS="-k chat"]     websockets client tests (< 60 s)
+#   make test-browser [PYTEST_ARGS=...]           Chromium tests; installs apt's chromium if missing
+#
+# The stamp depends on the requirements file, so editing it reinstalls. Playwright's
+# own browser download (`playwright install`) is never used: the tests launch
+# /usr/bin/chromium. Screenshots of the demo page land in target/interop/.
+INTEROP_REQUIREMENTS := tests/interop/requirements.txt
+INTEROP_STAMP        := $(VENV)/.interop-requirements.stamp
+PYTEST_ARGS          ?=
+
+.PHONY: venv-test test-interop test-browser
+
+$(INTEROP_STAMP): $(INTEROP_REQUIREMENTS) | $(VENV)/bin/pip
+	$(VENV)/bin/pip install --disable-pip-version-check --quiet -r $(INTEROP_REQUIREMENTS)
+	touch $@
+
+venv-test: $(INTEROP_STAMP)
+
+test-interop: venv-test
+	$(CARGO) build --release --examples --bins
+	$(VENV)/bin/python -m pytest tests/interop -m "not browser" $(PYTEST_ARGS)
+
+test-browser: venv-test
+	command -v chromium >/dev/null || \
+	  { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
+	$(CARGO) build --release --examples --bins
+	$(VENV)/bin/python -m pytest tests/interop -m browser $(PYTEST_ARGS)
+
+# Performance: bench/ is its own workspace (load generator, raw TCP echo ceiling,
+# tokio-tungstenite and fastwebsockets peers), so `make test` never builds it.
+#
+#   make bench                    full run: one markdown table of medians (~10 min)
+#   make bench BENCH_QUICK=1      1 run x 1 s per cell, 1,000 idle connections
+#   make bench BENCH_SECONDS=3 BENCH_RUNS=5 BENCH_WORKLOADS=a,b BENCH_SERVERS=wsreactor,rawecho
+#
+# bench/run.py lists every knob; results land in bench/target/results/.
+.PHONY: bench
+
+bench:
+	$(PYTHON) bench/run.py

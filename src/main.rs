@@ -2,6 +2,8 @@
 //! http://127.0.0.1:9998/. Everything real lives in the library; this is flags, logging
 //! and the echo handler.
 
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -156,6 +158,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Handlers go in before the port opens: a supervisor that sees the port accept and
+    // sends SIGTERM at once must get a graceful shutdown, not the default action (death
+    // by signal). Signals that arrive before the thread below starts wait for it.
+    let signals = match Signals::new([SIGINT, SIGTERM]) {
+        Ok(signals) => Some(signals),
+        Err(e) => {
+            log::warn!("cannot install signal handlers: {e}");
+            None
+        }
+    };
     let page = DEMO_PAGE.replace("__ECHO_PATH__", &options.path);
     let handler = Echo {
         path: options.path.clone(),
@@ -169,8 +181,8 @@ fn main() -> ExitCode {
         }
     };
     let addr = server.local_addr();
-    if let Err(e) = shut_down_on_signals(server.handle()) {
-        log::warn!("cannot install signal handlers: {e}");
+    if let Some(signals) = signals {
+        shut_down_on(signals, server.handle());
     }
     log::info!(
         "echo on ws://{addr}{}, demo page on http://{addr}/",
@@ -195,9 +207,7 @@ fn main() -> ExitCode {
 
 /// SIGINT/SIGTERM start a graceful shutdown through the server's handle; a second
 /// signal exits at once (130), for when a peer never finishes closing.
-fn shut_down_on_signals(handle: wsreactor::Handle) -> std::io::Result<()> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+fn shut_down_on(mut signals: Signals, handle: wsreactor::Handle) {
     std::thread::spawn(move || {
         let mut received = 0;
         for signal in signals.forever() {
@@ -209,5 +219,4 @@ fn shut_down_on_signals(handle: wsreactor::Handle) -> std::io::Result<()> {
             let _ = handle.shutdown();
         }
     });
-    Ok(())
 }

@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,15 @@ def run(coro, timeout: float):
         return await asyncio.wait_for(coro, timeout)
 
     return asyncio.run(bounded())
+
+
+# Loopback only: never through a proxy named in the environment.
+_no_proxy_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def http_get(url: str, timeout: float = 5.0):
+    """urlopen without proxies; raises urllib.error.HTTPError for a 4xx/5xx."""
+    return _no_proxy_opener.open(url, timeout=timeout)
 
 
 def free_port() -> int:

@@ -29,6 +29,7 @@ CHROMIUM_ARGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
+    "--no-proxy-server",  # loopback only, whatever proxy the environment names
     "--disable-default-apps",
     "--disable-extensions",
 ]
@@ -99,6 +100,25 @@ def test_demo_page_echoes_and_closes_with_1000(servers, new_page):
     expect(close_line).to_contain_text("clean true")
     expect(page.locator("#log li.error")).to_have_count(0)
     page.screenshot(path=str(SCREENSHOTS / "demo-page-closed.png"), full_page=True)
+
+
+def test_demo_page_with_permessage_deflate(servers, new_page):
+    """Chromium always offers permessage-deflate; with --deflate the server takes it."""
+    from playwright.sync_api import expect
+
+    server = servers("wsreactor", None, "--deflate")
+    page = new_page()
+    page.goto(server.http("/"))
+    expect(page.locator("#state")).to_have_text("open")
+    expect(page.locator("#log li.event").first).to_contain_text(
+        "open; compression: permessage-deflate")
+    message = "compress me " * 200  # over the 128-byte threshold, so compressed both ways
+    page.fill("#text", message)
+    page.click("#form button[type=submit]")
+    expect(page.locator("#log li.echo")).to_have_text([f"echo: {message}".strip()])
+    page.click("#close")
+    expect(page.locator("#log li.event", has_text="close:")).to_contain_text(
+        "close: code 1000")
 
 
 def test_article_page_unchanged(servers, new_page):

@@ -108,7 +108,12 @@ def test_embed_delivers_ticks_while_echoing(servers):
     embed = servers("embed")
 
     async def go():
-        async with client(embed.ws("/")) as echoing, client(embed.ws("/")) as listening:
+        # max_queue=None: by default websockets stops reading the socket once 16 received
+        # messages wait unread, and its close() does not read on, so with ticks arriving
+        # every millisecond it would not see the server's close reply or FIN and both
+        # sides would sit out their 5 s close timeouts. Unbounded is fine for a second.
+        async with client(embed.ws("/"), max_queue=None) as echoing, \
+                client(embed.ws("/"), max_queue=None) as listening:
             # Wait for the first tick on each, then count for one second on both at once.
             for ws in (echoing, listening):
                 first = await recv(ws, 5)
@@ -128,6 +133,15 @@ def test_embed_delivers_ticks_while_echoing(servers):
                 assert len(got) >= 500, f"{name} client: {len(got)} ticks in 1 s"
                 bad = [(a, b) for a, b in zip(got, got[1:]) if b <= a]
                 assert not bad, f"{name} client: ticks not increasing at {bad[:5]}"
+            # The close handshake completes promptly while ticks keep being published.
+            for name, ws in (("listening", listening), ("echoing", echoing)):
+                start = time.monotonic()
+                await asyncio.wait_for(ws.close(), 10)
+                took = time.monotonic() - start
+                received = ws.protocol.close_rcvd
+                assert received is not None and received.code == 1000, (
+                    f"{name} client: server answered close with {received}")
+                assert took < 2, f"{name} client: closing took {took:.2f} s"
 
     run(go(), 20)
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import random
 import signal
+import subprocess
+import time
 import urllib.error
-import urllib.request
 
 import pytest
 from websockets.asyncio.client import connect
 
-from conftest import run
+from conftest import http_get, run
 
 MAX_SIZE = 4 * 1024 * 1024
 SIZES = [0, 125, 126, 65536, 1 << 20]
@@ -128,7 +129,11 @@ def test_close_1000_with_reason_is_echoed(live_echo_server):
         async with client(live_echo_server.ws("/echo")) as ws:
             await ws.send("hi")
             assert await recv(ws) == "hi"
+            start = time.monotonic()
             await asyncio.wait_for(ws.close(1000, "bye"), 10)
+            took = time.monotonic() - start
+            # websockets waits (up to close_timeout, 5 s) for the server to end TCP.
+            assert took < 2, f"closing handshake + TCP close took {took:.2f} s"
             sent, received = ws.protocol.close_sent, ws.protocol.close_rcvd
             assert (sent.code, sent.reason) == (1000, "bye")
             assert received is not None, "no close frame from the server (TCP closed without one)"
@@ -138,7 +143,7 @@ def test_close_1000_with_reason_is_echoed(live_echo_server):
     run(go(), 15)
 
 
-def test_permessage_deflate_offer_is_declined(live_echo_server):
+def test_permessage_deflate_offer_is_declined_by_default(live_echo_server):
     compressible = "a" * (1 << 20)
 
     async def go():
@@ -157,6 +162,33 @@ def test_permessage_deflate_offer_is_declined(live_echo_server):
             assert await recv(ws) == b"\x00" * 1000
 
     run(go(), 20)
+
+
+@pytest.mark.parametrize("flags", [("--deflate",), ("--deflate-takeover",)],
+                         ids=["deflate", "deflate-takeover"])
+def test_permessage_deflate_when_enabled(servers, flags):
+    """With --deflate (opt-in) websockets' default offer is accepted and used both ways."""
+    server = servers("wsreactor", None, *flags)
+    rng = random.Random(1)
+    messages = [
+        "", "short", "a" * 1000, text_of_size(65536), "z" * (1 << 20),
+        b"", b"\x00" * 5000, rng.randbytes(200_000),  # incompressible
+    ]
+
+    async def go():
+        async with client(server.ws("/echo")) as ws:
+            answer = ws.response.headers.get("Sec-WebSocket-Extensions", "")
+            assert answer.startswith("permessage-deflate"), f"extensions answer: {answer!r}"
+            assert [e.name for e in ws.protocol.extensions] == ["permessage-deflate"]
+            for message in messages:
+                await ws.send(message)
+                assert_same(await recv(ws), message)
+            await ws.send(["frag", "mented ", "and compressed" * 100])
+            assert_same(await recv(ws), "fragmented " + "and compressed" * 100)
+            await asyncio.wait_for(ws.close(), 10)
+            assert ws.protocol.close_rcvd is not None and ws.protocol.close_rcvd.code == 1000
+
+    run(go(), 30)
 
 
 def test_many_concurrent_clients(live_echo_server):
@@ -183,14 +215,14 @@ def test_many_concurrent_clients(live_echo_server):
 
 
 def test_demo_page_and_plain_get(live_echo_server):
-    with urllib.request.urlopen(live_echo_server.http("/"), timeout=5) as response:
+    with http_get(live_echo_server.http("/")) as response:
         assert response.status == 200
         assert response.headers.get_content_type() == "text/html"
         page = response.read().decode()
     assert "<title>wsreactor echo</title>" in page
     assert "/echo" in page and "__ECHO_PATH__" not in page
     with pytest.raises(urllib.error.HTTPError) as e:
-        urllib.request.urlopen(live_echo_server.http("/echo"), timeout=5)
+        http_get(live_echo_server.http("/echo"))
     assert e.value.code == 426
 
 
@@ -217,7 +249,25 @@ def test_sigterm_closes_every_client_with_1001_and_exits_0(servers):
 
 def test_sigterm_with_no_clients_exits_0(servers):
     server = servers("wsreactor")
+    # An answered GET shows the event loop is running (and so, in main.rs, that the
+    # signal handler is installed); the next test is about the moments before that.
+    http_get(server.http("/")).close()
     server.expect_exit = True
     server.proc.send_signal(signal.SIGTERM)
     code = server.proc.wait(timeout=10)
     assert code == 0, f"exit status {code}; log tail:\n{server.log_tail()}"
+
+
+def test_sigterm_as_soon_as_the_port_accepts_exits_0(servers):
+    """What a supervisor sees when it stops a server it has just seen listening."""
+    outcomes = []
+    for _ in range(30):
+        server = servers("wsreactor")
+        server.expect_exit = True
+        server.proc.send_signal(signal.SIGTERM)
+        try:
+            outcomes.append(server.proc.wait(timeout=5))
+        except subprocess.TimeoutExpired:
+            outcomes.append(f"pid {server.pid} still running 5 s after SIGTERM")
+            server.stop()
+    assert outcomes == [0] * len(outcomes), f"exit statuses: {outcomes}"
