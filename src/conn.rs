@@ -276,7 +276,7 @@ impl<S> Conn<S> {
         if self.out.pending() + total > max_queue {
             return SendStatus::Refused;
         }
-        self.send_parts(registry, token, &header[..header_len], payload)
+        self.send_parts(registry, token, &header[..header_len], payload, true)
     }
 
     /// Sends an already encoded frame (a broadcast encodes once for every receiver).
@@ -290,12 +290,16 @@ impl<S> Conn<S> {
         if self.out.pending() + frame.len() > max_queue {
             return SendStatus::Refused;
         }
-        self.send_parts(registry, token, frame, &[])
+        self.send_parts(registry, token, frame, &[], true)
     }
 
     /// Sends raw bytes (an HTTP response), bypassing the queue cap.
+    ///
+    /// Not corked: it is the only thing this connection sends in its event, and a
+    /// corked 101 would leave every idle connection holding the queue buffer it was
+    /// copied into.
     pub fn send_bytes(&mut self, registry: &Registry, token: Token, bytes: &[u8]) -> SendStatus {
-        self.send_parts(registry, token, bytes, &[])
+        self.send_parts(registry, token, bytes, &[], false)
     }
 
     fn send_parts(
@@ -304,12 +308,13 @@ impl<S> Conn<S> {
         token: Token,
         first: &[u8],
         second: &[u8],
+        cork: bool,
     ) -> SendStatus {
         if matches!(self.phase, Phase::Closed | Phase::Draining) {
             return SendStatus::Refused;
         }
         let total = first.len() + second.len();
-        if total <= CORK_LIMIT && !self.writable_interest {
+        if cork && total <= CORK_LIMIT && !self.writable_interest {
             // Cork: small frames wait in the queue until the loop settles this
             // connection, so the replies to many frames of one read leave in one write.
             self.out.push(&[first, second]);

@@ -482,13 +482,10 @@ impl<H: Handler> Server<H> {
     /// Acts on every deadline that has passed.
     fn expire_deadlines(&mut self) {
         let now = self.core.now;
-        while let Some((when, slot, generation)) = self.core.timers.pop_due(now) {
+        while let Some((when, slot)) = self.core.timers.pop_due(now) {
             let Some(conn) = self.core.conns.get_mut(slot) else {
                 continue;
             };
-            if conn.generation != generation {
-                continue;
-            }
             match conn.deadline.get() {
                 Some(deadline) if deadline <= now => {
                     conn.deadline = When::NONE;
@@ -496,9 +493,7 @@ impl<H: Handler> Server<H> {
                     self.settle_conn(slot);
                 }
                 // The deadline moved later since this entry was queued: queue it anew.
-                Some(deadline) if deadline > when => {
-                    self.core.timers.push(deadline, slot, generation)
-                }
+                Some(deadline) if deadline > when => self.core.timers.push(deadline, slot),
                 _ => {}
             }
         }
@@ -616,7 +611,7 @@ impl<H: Handler> Server<H> {
         if next != conn.deadline.get() {
             if let Some(at) = next {
                 if conn.deadline.get().is_none_or(|current| at < current) {
-                    core.timers.push(at, slot, conn.generation);
+                    core.timers.push(at, slot);
                 }
             }
             conn.deadline = When::from(next);

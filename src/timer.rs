@@ -1,9 +1,11 @@
 //! Deadlines for the loop: mio has no timers, so the reactor keeps its own.
 //!
-//! A min-heap of `(when, slot, generation)` with lazy deletion: a connection records
-//! the one deadline it currently cares about; the heap may hold older entries for it,
-//! which are recognised as stale when they come out (the connection is gone, or its
-//! recorded deadline differs) and dropped. Insertion and removal are O(log n), and
+//! A min-heap of `(when, slot)` with lazy deletion: a connection records the one
+//! deadline it currently cares about; the heap may hold older entries for it, which
+//! are recognised as stale when they come out (no connection in the slot, or its
+//! recorded deadline differs) and dropped. An entry outliving its connection and
+//! meeting the slot's next one can only wake that one early, and the connection's own
+//! deadline decides what happens, so entries need no generation: 16 bytes each. Insertion and removal are O(log n), and
 //! nothing scans every connection per tick. A deadline that moves *later* (the usual
 //! case: activity pushes the idle deadline back) costs nothing until the old entry
 //! surfaces, when it is re-inserted once at the new time.
@@ -78,23 +80,27 @@ pub(crate) fn millis(duration: Duration) -> Option<Millis> {
 /// Pending deadlines of connections, earliest first.
 #[derive(Debug, Default)]
 pub(crate) struct DeadlineQueue {
-    heap: BinaryHeap<Reverse<(Millis, usize, u64)>>,
+    heap: BinaryHeap<Reverse<(Millis, u32)>>,
 }
 
 impl DeadlineQueue {
-    pub fn push(&mut self, when: Millis, slot: usize, generation: u64) {
-        self.heap.push(Reverse((when, slot, generation)));
+    pub fn push(&mut self, when: Millis, slot: usize) {
+        // Slots are bounded by the file descriptors a process can have.
+        self.heap.push(Reverse((when, slot as u32)));
     }
 
     /// The earliest deadline, stale or not (a stale one only causes an early wake-up).
     pub fn next(&self) -> Option<Millis> {
-        self.heap.peek().map(|Reverse((when, _, _))| *when)
+        self.heap.peek().map(|Reverse((when, _))| *when)
     }
 
     /// Removes and returns an entry that is due at `now`.
-    pub fn pop_due(&mut self, now: Millis) -> Option<(Millis, usize, u64)> {
+    pub fn pop_due(&mut self, now: Millis) -> Option<(Millis, usize)> {
         match self.heap.peek() {
-            Some(Reverse((when, _, _))) if *when <= now => self.heap.pop().map(|Reverse(e)| e),
+            Some(Reverse((when, _))) if *when <= now => {
+                let Reverse((when, slot)) = self.heap.pop()?;
+                Some((when, slot as usize))
+            }
             _ => None,
         }
     }
@@ -112,13 +118,13 @@ mod tests {
     #[test]
     fn pops_in_deadline_order_and_only_when_due() {
         let mut queue = DeadlineQueue::default();
-        queue.push(30, 3, 0);
-        queue.push(10, 1, 0);
-        queue.push(20, 2, 0);
+        queue.push(30, 3);
+        queue.push(10, 1);
+        queue.push(20, 2);
         assert_eq!(queue.next(), Some(10));
         assert_eq!(queue.pop_due(5), None);
-        assert_eq!(queue.pop_due(25), Some((10, 1, 0)));
-        assert_eq!(queue.pop_due(25), Some((20, 2, 0)));
+        assert_eq!(queue.pop_due(25), Some((10, 1)));
+        assert_eq!(queue.pop_due(25), Some((20, 2)));
         assert_eq!(queue.pop_due(25), None);
         assert_eq!(queue.len(), 1);
     }
