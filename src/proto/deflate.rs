@@ -172,6 +172,11 @@ impl Deflater {
         if out.ends_with(&SYNC_TAIL) {
             out.truncate(out.len() - SYNC_TAIL.len());
         }
+        if out.is_empty() {
+            // Nothing to flush (an empty message with the context kept): §7.2.3.6 asks
+            // for a single 0x00, which with the receiver's tail is an empty stored block.
+            out.push(0x00);
+        }
         if reset {
             self.compress.reset();
         }
@@ -190,6 +195,9 @@ pub enum InflateError {
 /// Inflates messages as their compressed bytes arrive.
 pub struct Inflater {
     decompress: Decompress,
+    /// A final block (BFINAL) ended the DEFLATE stream inside the current message:
+    /// any further payload is an error, wherever the reads split it.
+    stream_ended: bool,
     /// Inflated bytes go here first, so no more than this much is produced past a
     /// size limit before the limit is noticed.
     chunk: Box<[u8; INFLATE_CHUNK]>,
@@ -214,6 +222,7 @@ impl Inflater {
     pub fn new() -> Inflater {
         Inflater {
             decompress: Decompress::new_with_window_bits(false, 15),
+            stream_ended: false,
             chunk: Box::new([0; INFLATE_CHUNK]),
         }
     }
@@ -222,10 +231,29 @@ impl Inflater {
     /// as soon as `out` would grow past `limit` bytes.
     pub fn inflate(
         &mut self,
-        mut input: &[u8],
+        input: &[u8],
         out: &mut Vec<u8>,
         limit: usize,
     ) -> Result<(), InflateError> {
+        self.inflate_part(input, out, limit, false)
+    }
+
+    /// `tail`: the input is our own sync-flush tail, which may run past the end of a
+    /// stream the message closed with a final block.
+    fn inflate_part(
+        &mut self,
+        mut input: &[u8],
+        out: &mut Vec<u8>,
+        limit: usize,
+        tail: bool,
+    ) -> Result<(), InflateError> {
+        if self.stream_ended {
+            return if input.is_empty() {
+                Ok(())
+            } else {
+                Err(InflateError::Corrupt)
+            };
+        }
         loop {
             let (in_before, out_before) = (self.decompress.total_in(), self.decompress.total_out());
             let status = self
@@ -240,10 +268,10 @@ impl Inflater {
             out.extend_from_slice(&self.chunk[..produced]);
             input = &input[consumed..];
             if status == Status::StreamEnd {
-                // A final block (BFINAL) ends the DEFLATE stream; the next message
-                // starts a new one.
-                self.decompress.reset(false);
-                if !input.is_empty() {
+                // A final block (BFINAL) ends the DEFLATE stream; the message must end
+                // with it, and the next one starts a new stream (see `finish`).
+                self.stream_ended = true;
+                if !input.is_empty() && !tail {
                     return Err(InflateError::Corrupt);
                 }
                 return Ok(());
@@ -267,15 +295,22 @@ impl Inflater {
         limit: usize,
         reset: bool,
     ) -> Result<(), InflateError> {
-        self.inflate(&SYNC_TAIL, out, limit)?;
-        if reset {
-            self.decompress.reset(false);
+        if self.stream_ended {
+            // The stream already ended with a final block: there is no context to
+            // keep and no tail to restore.
+            self.reset();
+            return Ok(());
+        }
+        self.inflate_part(&SYNC_TAIL, out, limit, true)?;
+        if reset || self.stream_ended {
+            self.reset();
         }
         Ok(())
     }
 
     /// Forgets any context, e.g. before lending the inflater to another connection.
     pub fn reset(&mut self) {
+        self.stream_ended = false;
         self.decompress.reset(false);
     }
 }
@@ -389,6 +424,25 @@ mod tests {
                 }
                 inflater.finish(&mut out, 1 << 20, reset).unwrap();
                 assert_eq!(out, message.as_bytes());
+            }
+        }
+    }
+
+    #[test]
+    fn an_empty_message_is_one_zero_byte_even_with_context_kept() {
+        // Found by fuzzing: with context takeover zlib has nothing to flush for an
+        // empty message, and an empty payload desynchronises the peer (§7.2.3.6).
+        for reset in [false, true] {
+            let mut deflater = Deflater::new(6, 15);
+            let mut inflater = Inflater::new();
+            for message in [&b""[..], b"", b"after two empty ones"] {
+                let mut wire = Vec::new();
+                deflater.compress(message, &mut wire, reset);
+                assert!(!wire.is_empty());
+                let mut out = Vec::new();
+                inflater.inflate(&wire, &mut out, 1 << 20).unwrap();
+                inflater.finish(&mut out, 1 << 20, reset).unwrap();
+                assert_eq!(out, message);
             }
         }
     }

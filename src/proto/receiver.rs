@@ -128,7 +128,13 @@ impl Receiver {
         match self.deflate {
             Some(InflateMode {
                 reset_each_message: true,
-            }) if !self.compressed => self.inflater.take(),
+            }) if !self.compressed => {
+                // Whatever happened to it (a message that failed half inflated), it
+                // goes back clean: the next connection must not inherit its state.
+                let mut inflater = self.inflater.take()?;
+                inflater.reset();
+                Some(inflater)
+            }
             _ => None,
         }
     }
@@ -361,7 +367,6 @@ impl Receiver {
 
     /// Inflates the sync-flush tail the sender left out, ending a compressed message.
     fn finish_inflating(&mut self) -> Result<(), ProtocolError> {
-        self.compressed = false;
         let before = self.assembled.len();
         let reset = self.deflate.is_some_and(|mode| mode.reset_each_message);
         let max = self.max_message_size as usize;
@@ -369,6 +374,7 @@ impl Receiver {
             .get_or_insert_with(Box::default)
             .finish(&mut self.assembled, max, reset)
             .map_err(inflate_error)?;
+        self.compressed = false;
         if self.message == Some(DataKind::Text) {
             self.utf8
                 .feed(&self.assembled[before..])
@@ -799,6 +805,70 @@ mod tests {
         assert!(rx.reclaim_inflater().is_none(), "mid-message");
         feed(&mut rx, &frame(true, 0x0, b""), &[]);
         assert!(rx.reclaim_inflater().is_some());
+    }
+
+    #[test]
+    fn an_inflater_never_goes_back_dirty_after_a_failed_message() {
+        // Found by fuzzing: RFC 7692's "Hello" with one byte corrupted fails in the
+        // final tail; the inflater used to be reclaimed for the pool in that state and
+        // break the next connection's valid message.
+        let mut rx = deflate_receiver(1 << 20);
+        rx.lend_inflater(Box::default());
+        let bad = frame(
+            true,
+            0x1 | 0x40,
+            &[0xf3, 0x48, 0xcd, 0x1c, 0xc9, 0x07, 0x00],
+        );
+        assert_eq!(
+            feed(&mut rx, &bad, &[]).1,
+            Some(ProtocolError::BadCompressedData)
+        );
+        assert!(
+            rx.reclaim_inflater().is_none(),
+            "a failed message's inflater was reclaimed"
+        );
+        // And what the pool does get back is reset, whatever state it was in.
+        let mut rx = deflate_receiver(1 << 20);
+        rx.lend_inflater(Box::default());
+        let half = &compressed(b"half a message, never finished")[..10];
+        feed(&mut rx, &frame(false, 0x2 | 0x40, half), &[]);
+        feed(&mut rx, &frame(true, 0x9, b""), &[]);
+        rx.compressed = false; // as if the message had been abandoned
+        let inflater = rx.reclaim_inflater().expect("reclaimed");
+        let mut next = deflate_receiver(1 << 20);
+        next.lend_inflater(inflater);
+        let good = frame(true, 0x1 | 0x40, &compressed(b"canary"));
+        assert_eq!(
+            feed(&mut next, &good, &[]),
+            (vec![Owned::Text("canary".into())], None)
+        );
+    }
+
+    #[test]
+    fn data_after_a_final_deflate_block_fails_however_it_is_split() {
+        // Found by fuzzing: "33 00" is a final block holding "0"; what follows it in the
+        // same message used to be accepted or not depending on the read boundaries.
+        for payload in [
+            &[0x33, 0x00, 0x00, 0x00][..],
+            &[0x33, 0x00, 0x00, 0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00],
+        ] {
+            let stream = frame(true, 0x1 | 0x40, payload);
+            let whole = feed(&mut deflate_receiver(1 << 20), &stream, &[]);
+            let cuts: Vec<usize> = (0..stream.len()).collect();
+            let bytewise = feed(&mut deflate_receiver(1 << 20), &stream, &cuts);
+            assert_eq!(whole, bytewise, "{payload:x?}");
+            assert_eq!(whole.1, Some(ProtocolError::BadCompressedData));
+        }
+        // A message that is exactly one final block is fine.
+        let stream = frame(true, 0x1 | 0x40, &[0x33, 0x00]);
+        assert_eq!(
+            feed_whole_deflate(&stream),
+            (vec![Owned::Text("0".into())], None)
+        );
+    }
+
+    fn feed_whole_deflate(stream: &[u8]) -> (Vec<Owned>, Option<ProtocolError>) {
+        feed(&mut deflate_receiver(1 << 20), stream, &[])
     }
 
     /// One message of a generated stream: how it is fragmented and what is interleaved.
