@@ -21,7 +21,10 @@ pub struct Config {
     /// several times what browsers send, small enough that half-sent heads are cheap.
     pub max_header_bytes: usize,
     /// Size of the one read buffer the whole loop shares. Idle connections own no read
-    /// buffer at all; bigger reads mean fewer syscalls for large messages. Default: 64 KiB.
+    /// buffer at all. Default: 128 KiB, so that a 64 KiB message with its header
+    /// usually arrives in one read and is handed out in place instead of being
+    /// assembled (measured: 19.5 vs 23.7 µs of server CPU per 64 KiB echo against
+    /// 64 KiB; 256 KiB was slower again).
     pub read_buffer_size: usize,
     /// While more than this many bytes wait in a connection's send queue, the server
     /// stops reading from it, so a peer that sends without reading feels TCP
@@ -90,7 +93,7 @@ impl Default for Config {
         Config {
             max_message_size: 16 << 20,
             max_header_bytes: 16 << 10,
-            read_buffer_size: 64 << 10,
+            read_buffer_size: 128 << 10,
             write_high_water: 1 << 20,
             max_send_queue: 20 << 20,
             send_stall_timeout: Duration::from_secs(30),

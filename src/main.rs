@@ -21,7 +21,7 @@ OPTIONS:
   --path PATH                WebSocket echo path             [default: /echo]
   --max-message-size BYTES   largest message accepted (1009) [default: 16777216]
   --max-header-bytes BYTES   largest upgrade request head    [default: 16384]
-  --read-buffer-size BYTES   the loop's shared read buffer   [default: 65536]
+  --read-buffer-size BYTES   the loop's shared read buffer   [default: 131072]
   --write-high-water BYTES   stop reading a peer whose send queue is over this
                                                              [default: 1048576]
   --max-send-queue BYTES     refuse sends past this queue    [default: 20971520]

@@ -30,11 +30,15 @@ use slab::Slab;
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Duration;
 
 const LISTENER: Token = Token(usize::MAX);
+
+/// Pending connections the kernel may queue for us (tokio's default too).
+const LISTEN_BACKLOG: libc::c_int = 1024;
 const WAKER: Token = Token(usize::MAX - 1);
 
 /// Reads per connection per loop turn before the others get their turn; a connection
@@ -111,7 +115,15 @@ impl<H: Handler> Server<H> {
     ///
     /// [`local_addr`]: Server::local_addr
     pub fn bind(addr: SocketAddr, config: Config, handler: H) -> io::Result<Server<H>> {
-        Server::from_listener(std::net::TcpListener::bind(addr)?, config, handler)
+        let listener = std::net::TcpListener::bind(addr)?;
+        // std listens with a backlog of 128: a burst of connects larger than that
+        // overflows it, and each overflowed client waits a SYN retry (a second or
+        // more). Listening again on a bound socket just raises the backlog.
+        // SAFETY: listen() on a descriptor we own; the kernel caps it at somaxconn.
+        if unsafe { libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Server::from_listener(listener, config, handler)
     }
 
     /// Serves on a listener the caller set up (bound, listening).

@@ -1,0 +1,632 @@
+#!/usr/bin/env python3
+"""`make bench`: wsreactor against a raw TCP echo (the ceiling), tokio-tungstenite and
+fastwebsockets, on this machine, and one markdown table of medians.
+
+Each server runs pinned to core 0 (`taskset -c 0`), the load generator
+(bench/src/bin/loadgen.rs) pinned to core 1. For every workload and run the servers
+take turns (a fresh server process per run), so slow drifts in machine load hit them
+alike. The server's CPU time (utime + stime from /proc/PID/stat) is read by the load
+generator at the two edges of the measured window; CPU-µs per echoed message and
+messages per server-CPU-second come from it, and stay comparable when the client is
+the bottleneck.
+
+Workloads: (a) 100 conns x 20 B, (b) 500 x 512 B, (c) 10 x 64 KiB, (d) 1 x 16 MiB,
+(e) 10,000 idle connections -> server VmRSS per connection.
+
+Then the criterion micro benches (short times) and the allocation count per echoed
+message (benches/alloc_per_message.rs).
+
+Knobs (environment):
+  BENCH_SECONDS=5     measured seconds per run        BENCH_WARMUP=1   warm-up seconds
+  BENCH_RUNS=3        runs per server and workload (medians are reported)
+  BENCH_QUICK=1       1 run x 1 s, 1,000 idle connections, very short criterion
+  BENCH_SERVERS=wsreactor,rawecho,tokio-tungstenite,fastwebsockets
+  BENCH_WORKLOADS=a,b,c,d,e
+  BENCH_IDLE_CONNS=10000
+  BENCH_CRITERION=1   0 skips the criterion benches   BENCH_ALLOCS=1   0 skips the alloc count
+  BENCH_BUILD=1       0 skips the cargo builds (use what is built)
+  BENCH_SERVER_CPU=0  BENCH_CLIENT_CPU=1   the cores to pin to
+  BENCH_NICE=0        e.g. -10 (root only) to run the server and the load generator
+                      ahead of other work on a shared machine
+Everything it writes goes to bench/target/results/<UTC time>/ (JSON of every run,
+server logs, table.md); the table also goes to stdout.
+
+Only loopback; every run is bounded (the load generator stops itself, and is killed
+past a timeout). Servers are stopped by PID (SIGTERM, then SIGKILL), also on failure
+or Ctrl-C.
+"""
+
+import datetime
+import json
+import os
+import platform
+import resource
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "bench")
+
+
+def env_num(name, default, kind=float):
+    value = os.environ.get(name, "")
+    if value == "":
+        return default
+    try:
+        return kind(value)
+    except ValueError:
+        sys.exit(f"run.py: {name}={value!r} is not a number")
+
+
+QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")
+SECONDS = env_num("BENCH_SECONDS", 1.0 if QUICK else 5.0)
+WARMUP = env_num("BENCH_WARMUP", 0.3 if QUICK else 1.0)
+RUNS = env_num("BENCH_RUNS", 1 if QUICK else 3, int)
+IDLE_CONNS = env_num("BENCH_IDLE_CONNS", 1000 if QUICK else 10000, int)
+CRITERION = os.environ.get("BENCH_CRITERION", "1") != "0"
+ALLOCS = os.environ.get("BENCH_ALLOCS", "1") != "0"
+BUILD = os.environ.get("BENCH_BUILD", "1") != "0"
+SERVER_CPU = os.environ.get("BENCH_SERVER_CPU", "0")
+CLIENT_CPU = os.environ.get("BENCH_CLIENT_CPU", "1")
+NICE = env_num("BENCH_NICE", 0, int)
+CARGO = os.environ.get("CARGO", "cargo")
+
+ROOT_TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
+BENCH_TARGET = os.path.join(BENCH, "target")
+LOADGEN = os.path.join(BENCH_TARGET, "release", "loadgen")
+
+# name -> (argv builder, the server echoes raw bytes)
+SERVERS = {
+    "wsreactor": (
+        lambda port: [os.path.join(ROOT_TARGET, "release", "wsreactor"),
+                      "--listen", f"127.0.0.1:{port}"],
+        False,
+    ),
+    "rawecho": (
+        lambda port: [os.path.join(BENCH_TARGET, "release", "rawecho"),
+                      "--listen", f"127.0.0.1:{port}"],
+        True,
+    ),
+    "tokio-tungstenite": (
+        lambda port: [os.path.join(BENCH_TARGET, "release", "tokio-tungstenite-echo"),
+                      "--listen", f"127.0.0.1:{port}", "--path", "/echo"],
+        False,
+    ),
+    "fastwebsockets": (
+        lambda port: [os.path.join(BENCH_TARGET, "release", "fastwebsockets-echo"),
+                      "--listen", f"127.0.0.1:{port}", "--path", "/echo"],
+        False,
+    ),
+}
+
+WORKLOADS = {
+    "a": {"label": "(a) 100 conns × 20 B", "conns": 100, "size": 20},
+    "b": {"label": "(b) 500 conns × 512 B", "conns": 500, "size": 512},
+    "c": {"label": "(c) 10 conns × 64 KiB", "conns": 10, "size": 64 * 1024},
+    "d": {"label": "(d) 1 conn × 16 MiB", "conns": 1, "size": 16 * 1024 * 1024},
+    "e": {"label": f"(e) {IDLE_CONNS:,} idle conns", "conns": IDLE_CONNS, "idle": True},
+}
+
+
+def pick(env, known):
+    names = [n.strip() for n in os.environ.get(env, ",".join(known)).split(",") if n.strip()]
+    for n in names:
+        if n not in known:
+            sys.exit(f"run.py: {env}: unknown {n!r} (known: {', '.join(known)})")
+    return names
+
+
+SERVER_NAMES = pick("BENCH_SERVERS", list(SERVERS))
+WORKLOAD_NAMES = pick("BENCH_WORKLOADS", list(WORKLOADS))
+
+STARTED = {}  # pid -> Popen: the servers this script started and has not stopped
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def stop_server(proc):
+    """SIGTERM by PID, then SIGKILL; only a process this script started."""
+    if proc.pid not in STARTED:
+        return
+    if proc.poll() is None:
+        try:
+            os.kill(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5)
+        except ProcessLookupError:
+            pass
+    STARTED.pop(proc.pid, None)
+
+
+def stop_all():
+    for proc in list(STARTED.values()):
+        try:
+            stop_server(proc)
+        except Exception as e:  # keep stopping the others
+            log(f"run.py: stopping {proc.pid}: {e}")
+
+
+def on_signal(signum, _frame):
+    stop_all()
+    sys.exit(128 + signum)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def listening(port):
+    """Whether something listens on 127.0.0.1:port (from /proc/net/tcp, no connect)."""
+    want = f"0100007F:{port:04X}"
+    try:
+        with open("/proc/net/tcp") as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if fields[1] == want and fields[3] == "0A":
+                    return True
+    except OSError:
+        pass
+    return False
+
+
+def raise_nofile():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def pinned(cpu, argv):
+    prefix = ["nice", "-n", str(NICE)] if NICE else []
+    return prefix + ["taskset", "-c", cpu] + argv
+
+
+def start_server(name, logdir, tag):
+    argv_of, raw = SERVERS[name]
+    port = free_port()
+    argv = pinned(SERVER_CPU, argv_of(port))
+    env = dict(os.environ)
+    env.pop("RUST_LOG", None)  # each server's default logging, as `make run` has it
+    logfile = open(os.path.join(logdir, f"{name}-{tag}.log"), "wb")
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logfile,
+                            stderr=subprocess.STDOUT, env=env, preexec_fn=raise_nofile)
+    logfile.close()
+    STARTED[proc.pid] = proc
+    deadline = time.monotonic() + 15
+    while not listening(port):
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode} before listening "
+                               f"(log: {logdir}/{name}-{tag}.log)")
+        if time.monotonic() > deadline:
+            stop_server(proc)
+            raise RuntimeError(f"{name} is not listening on {port} after 15 s")
+        time.sleep(0.02)
+    return proc, port, raw
+
+
+def proc_stat_cpu():
+    """(busy, total) jiffies of the whole machine from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return sum(fields) - idle, sum(fields)
+
+
+def pid_cpu_ticks(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            rest = f.read().rsplit(")", 1)[1].split()
+        return int(rest[11]) + int(rest[12])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def run_loadgen(name, workload, port, pid, raw):
+    argv = pinned(CLIENT_CPU, [LOADGEN, "--addr", f"127.0.0.1:{port}",
+                               "--conns", str(workload["conns"]), "--server-pid", str(pid)])
+    if workload.get("idle"):
+        argv += ["--idle", "--settle", "1", "--connect-timeout", "60", "--verify-timeout", "30"]
+        timeout = 150
+    else:
+        argv += ["--size", str(workload["size"]), "--seconds", str(SECONDS),
+                 "--warmup", str(WARMUP), "--connect-timeout", "30"]
+        timeout = SECONDS + WARMUP + 90
+    if raw:
+        argv.append("--raw")
+    hz = os.sysconf("SC_CLK_TCK")
+    busy0, _ = proc_stat_cpu()
+    server0 = pid_cpu_ticks(pid)
+    children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.monotonic()
+    try:
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
+                              timeout=timeout, text=True)
+    except subprocess.TimeoutExpired:
+        return {"errors": 1, "error_samples": [f"loadgen timed out after {timeout} s"]}
+    wall = time.monotonic() - t0
+    busy1, _ = proc_stat_cpu()
+    server1 = pid_cpu_ticks(pid)
+    children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    lines = [l for l in done.stdout.splitlines() if l.startswith("{")]
+    if not lines:
+        return {"errors": 1, "error_samples": [
+            f"loadgen exit {done.returncode}: {done.stderr.strip()[-300:]}"]}
+    result = json.loads(lines[-1])
+    # Everything else the machine did meanwhile (other processes, steal), in cores.
+    ours = (server1 - server0) / hz + (
+        (children1.ru_utime + children1.ru_stime) - (children0.ru_utime + children0.ru_stime))
+    result["other_load_cores"] = max(0.0, ((busy1 - busy0) / hz - ours) / wall)
+    return result
+
+
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def fmt(value, digits=1, unit=""):
+    if value is None:
+        return "—"
+    if abs(value) >= 1000 and digits <= 1:
+        return f"{value:,.0f}{unit}"
+    return f"{value:,.{digits}f}{unit}"
+
+
+def fmt_ratio(value):
+    return "—" if value is None else f"{value:.2f}×"
+
+
+def summarize(runs):
+    def m(key, sub=None):
+        vals = []
+        for r in runs:
+            v = r.get(key)
+            if sub is not None:
+                v = (v or {}).get(sub)
+            vals.append(v)
+        return median(vals)
+
+    return {
+        "runs": len(runs),
+        "msgs_per_sec": m("msgs_per_sec"),
+        "mb_per_sec": m("mb_per_sec"),
+        "p50": m("rtt_us", "p50"),
+        "p99": m("rtt_us", "p99"),
+        "p999": m("rtt_us", "p999"),
+        "cpu_per_msg": m("server_cpu_us_per_msg"),
+        "msgs_per_cpu_sec": m("msgs_per_server_cpu_sec"),
+        "server_util": m("server_cpu_util"),
+        "client_util": m("client_cpu_util"),
+        "rss_per_conn": m("rss_per_conn"),
+        "minflt_per_msg": m("server_minflt_per_msg"),
+        "ctxsw_per_msg": m("server_ctxsw_per_msg"),
+        "errors": sum(int(r.get("errors") or 0) for r in runs),
+        "other_load": m("other_load_cores"),
+        "max_other_load": max((r.get("other_load_cores") or 0.0 for r in runs), default=0.0),
+    }
+
+
+def headline(wkey):
+    """The figure each workload is judged by, and whether lower is better."""
+    if wkey in ("a", "b"):
+        return "cpu_per_msg", True
+    if wkey in ("c", "d"):
+        return "msgs_per_sec", False
+    return "rss_per_conn", True
+
+
+def ratio(results, wkey, server, base):
+    key, _ = headline(wkey)
+    mine = results.get((wkey, server), {}).get(key)
+    theirs = results.get((wkey, base), {}).get(key)
+    if mine is None or theirs is None or theirs == 0 or server == base:
+        return None
+    return mine / theirs
+
+
+def table(results):
+    head = ("| workload | server | msgs/s | MB/s | RTT p50 µs | p99 µs | p99.9 µs "
+            "| srv CPU µs/msg | msgs per srv-CPU-s | srv CPU | client CPU | idle RSS/conn "
+            "| ×raw | ×fws | errors |")
+    lines = [head, "|---|---|" + "---:|" * (head.count("|") - 3)]
+    for wkey in WORKLOAD_NAMES:
+        for server in SERVER_NAMES:
+            s = results.get((wkey, server))
+            if s is None:
+                continue
+            idle = WORKLOADS[wkey].get("idle")
+            pct = lambda v: "—" if v is None else f"{v * 100:.0f}%"
+            lines.append("| " + " | ".join([
+                WORKLOADS[wkey]["label"],
+                server,
+                "—" if idle else fmt(s["msgs_per_sec"], 0),
+                "—" if idle else fmt(s["mb_per_sec"], 1 if s["mb_per_sec"] and s["mb_per_sec"] >= 10 else 2),
+                "—" if idle else fmt(s["p50"]),
+                "—" if idle else fmt(s["p99"]),
+                "—" if idle else fmt(s["p999"]),
+                "—" if idle else fmt(s["cpu_per_msg"], 2),
+                "—" if idle else fmt(s["msgs_per_cpu_sec"], 0),
+                "—" if idle else pct(s["server_util"]),
+                "—" if idle else pct(s["client_util"]),
+                fmt(s["rss_per_conn"], 0, " B") if idle else "—",
+                fmt_ratio(ratio(results, wkey, server, "rawecho")),
+                fmt_ratio(ratio(results, wkey, server, "fastwebsockets")),
+                str(s["errors"]),
+            ]) + " |")
+    return "\n".join(lines)
+
+
+def targets(results):
+    """The issue's targets for wsreactor, checked against this run."""
+    out = []
+    get = lambda w, s, k: results.get((w, s), {}).get(k)
+
+    def check(text, ok):
+        out.append(f"- [{'x' if ok else ' '}] {text}")
+
+    for w in ("a", "b"):
+        if (w, "wsreactor") not in results:
+            continue
+        for base, name in (("rawecho", "raw echo"), ("fastwebsockets", "fastwebsockets")):
+            r = ratio(results, w, "wsreactor", base)
+            if r is not None:
+                check(f"{WORKLOADS[w]['label']}: server CPU per message ≤ 0.9× {name}: {r:.2f}×",
+                      r <= 0.9)
+        mine, theirs = get(w, "wsreactor", "p99"), get(w, "fastwebsockets", "p99")
+        if mine is not None and theirs is not None:
+            check(f"{WORKLOADS[w]['label']}: p99 RTT no worse than fastwebsockets': "
+                  f"{mine:,.0f} µs vs {theirs:,.0f} µs", mine <= theirs)
+    for w in ("c", "d"):
+        r = ratio(results, w, "wsreactor", "fastwebsockets")
+        if r is not None:
+            check(f"{WORKLOADS[w]['label']}: msgs/s ≥ 1.1× fastwebsockets': {r:.2f}×", r >= 1.1)
+    rss = get("e", "wsreactor", "rss_per_conn")
+    if rss is not None:
+        check(f"{WORKLOADS['e']['label']}: ≤ 256 B of RSS per idle connection: {rss:,.0f} B",
+              rss <= 256)
+    return out
+
+
+def diagnostics(results):
+    out = []
+    for wkey in WORKLOAD_NAMES:
+        if WORKLOADS[wkey].get("idle"):
+            continue
+        cells = []
+        for server in SERVER_NAMES:
+            r = results.get((wkey, server))
+            if r and r["minflt_per_msg"] is not None:
+                cells.append(f"{server} {r['minflt_per_msg']:.3g} / {r['ctxsw_per_msg']:.3g}")
+        if cells:
+            out.append(f"- {WORKLOADS[wkey]['label']}: " + "; ".join(cells))
+    return out
+
+
+def build():
+    log("== build (release): wsreactor, bench crate")
+    subprocess.run([CARGO, "build", "--release", "--bin", "wsreactor"], cwd=ROOT, check=True)
+    subprocess.run([CARGO, "build", "--release", "--manifest-path",
+                    os.path.join(BENCH, "Cargo.toml")], cwd=ROOT, check=True)
+
+
+def run_allocs(outdir):
+    log("== allocations per echoed message (benches/alloc_per_message.rs)")
+    done = subprocess.run([CARGO, "bench", "--bench", "alloc_per_message"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    with open(os.path.join(outdir, "alloc_per_message.txt"), "w") as f:
+        f.write(done.stdout + done.stderr)
+    for line in done.stdout.splitlines():
+        if line.startswith("ALLOCS_JSON "):
+            return json.loads(line[len("ALLOCS_JSON "):])
+    log(f"run.py: alloc_per_message failed:\n{done.stderr[-2000:]}")
+    return None
+
+
+def run_criterion(outdir):
+    log("== criterion micro benches (benches/proto.rs, short times)")
+    warm, measure = ("0.1", "0.3") if QUICK else ("0.5", "1.5")
+    started = time.time()
+    done = subprocess.run([CARGO, "bench", "--bench", "proto", "--", "--warm-up-time", warm,
+                           "--measurement-time", measure, "--noplot"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    with open(os.path.join(outdir, "criterion.txt"), "w") as f:
+        f.write(done.stdout + done.stderr)
+    if done.returncode != 0:
+        log(f"run.py: criterion failed:\n{done.stderr[-2000:]}")
+        return None
+    found = {}
+    base = os.path.join(ROOT_TARGET, "criterion")
+    for dirpath, _dirs, files in os.walk(base):
+        if os.path.basename(dirpath) != "new" or "benchmark.json" not in files:
+            continue
+        if os.path.getmtime(os.path.join(dirpath, "estimates.json")) < started:
+            continue  # a stale result from an earlier, differently filtered run
+        with open(os.path.join(dirpath, "benchmark.json")) as f:
+            meta = json.load(f)
+        with open(os.path.join(dirpath, "estimates.json")) as f:
+            est = json.load(f)
+        found[meta["full_id"]] = {"ns": est["median"]["point_estimate"],
+                                  "throughput": meta.get("throughput")}
+    return found
+
+
+def criterion_lines(found):
+    out = []
+    gbs = lambda e: e["throughput"]["Bytes"] / e["ns"]  # bytes/ns = GB/s
+    for size in ("16B", "1KiB", "64KiB", "1MiB"):
+        un, cp = found.get(f"unmask/mask_apply/{size}"), found.get(f"unmask/memcpy/{size}")
+        if un and cp:
+            out.append(f"- unmask {size}: {gbs(un):.2f} GB/s vs memcpy {gbs(cp):.2f} GB/s "
+                       f"→ {gbs(un) / gbs(cp):.2f}× memcpy")
+    odd = found.get("unmask/mask_apply_offset3/64KiB")
+    if odd:
+        out.append(f"- unmask 64KiB at payload offset 3: {gbs(odd):.2f} GB/s")
+    for full_id in sorted(found):
+        if full_id.startswith("unmask/"):
+            continue
+        e = found[full_id]
+        t = e["throughput"] or {}
+        extra = ""
+        if "Bytes" in t:
+            extra = f", {gbs(e):.2f} GB/s"
+        elif "Elements" in t and t["Elements"] > 1:
+            extra = f", {e['ns'] / t['Elements']:.1f} ns per element"
+        out.append(f"- {full_id}: {e['ns']:,.1f} ns{extra}")
+    return out
+
+
+def revision():
+    """The wsreactor commit measured, and whether src/ had uncommitted changes."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"],
+                               cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown revision"
+    if not head:
+        return "unknown revision"
+    return f"wsreactor {head}" + (" with uncommitted changes in src/" if dirty else "")
+
+
+def machine():
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores ({model}), Linux {platform.release()}"
+
+
+def main():
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    t_start = time.monotonic()
+    measured = revision()
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    outdir = os.path.join(BENCH_TARGET, "results", stamp)
+    os.makedirs(outdir, exist_ok=True)
+    if BUILD:
+        build()
+    for name in SERVER_NAMES:
+        path = SERVERS[name][0](0)[0]
+        if not os.access(path, os.X_OK):
+            sys.exit(f"run.py: {path} is missing (BENCH_BUILD=0 without a build?)")
+    raise_nofile()
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if "e" in WORKLOAD_NAMES and soft < IDLE_CONNS + 100:
+        sys.exit(f"run.py: RLIMIT_NOFILE hard limit {soft} is too low for "
+                 f"{IDLE_CONNS} idle connections (set BENCH_IDLE_CONNS lower)")
+
+    log(f"== load: servers {', '.join(SERVER_NAMES)}; workloads {', '.join(WORKLOAD_NAMES)}; "
+        f"{RUNS} run(s) x {SECONDS:g} s (+{WARMUP:g} s warm-up); server on CPU {SERVER_CPU}, "
+        f"loadgen on CPU {CLIENT_CPU}; nice {NICE}; loadavg {open('/proc/loadavg').read().split()[0]}")
+    raw_runs = {}
+    all_runs = []
+    try:
+        for wkey in WORKLOAD_NAMES:
+            for run in range(RUNS):
+                for name in SERVER_NAMES:
+                    tag = f"{wkey}{run}"
+                    proc, port, raw = start_server(name, outdir, tag)
+                    try:
+                        result = run_loadgen(name, WORKLOADS[wkey], port, proc.pid, raw)
+                    finally:
+                        stop_server(proc)
+                    result.update({"server": name, "workload": wkey, "run": run})
+                    all_runs.append(result)
+                    raw_runs.setdefault((wkey, name), []).append(result)
+                    if WORKLOADS[wkey].get("idle"):
+                        brief = f"{fmt(result.get('rss_per_conn'), 0)} B/conn"
+                    else:
+                        brief = (f"{fmt(result.get('msgs_per_sec'), 0)} msgs/s, "
+                                 f"{fmt(result.get('server_cpu_us_per_msg'), 2)} CPU-µs/msg, "
+                                 f"p99 {fmt((result.get('rtt_us') or {}).get('p99'))} µs")
+                    errs = result.get("errors") or 0
+                    if errs:
+                        brief += f"; ERRORS {errs}: {result.get('error_samples')}"
+                    log(f"   {WORKLOADS[wkey]['label']:<26} {name:<18} run {run + 1}: {brief}")
+    finally:
+        stop_all()
+        with open(os.path.join(outdir, "runs.json"), "w") as f:
+            json.dump(all_runs, f, indent=1)
+
+    results = {key: summarize(runs) for key, runs in raw_runs.items()}
+    criterion = run_criterion(outdir) if CRITERION else None
+    allocs = run_allocs(outdir) if ALLOCS else None
+
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    other = [r.get("other_load_cores") or 0.0 for r in all_runs]
+    report = [
+        f"## make bench — {date}, {machine()}, {measured}",
+        "",
+        f"Medians of {RUNS} run(s) of {SECONDS:g} s (after {WARMUP:g} s of warm-up) per server "
+        f"and workload; server pinned to CPU {SERVER_CPU}, load generator (closed loop, one "
+        f"message in flight per connection, every echo verified) to CPU {CLIENT_CPU}"
+        f"{f', both at nice {NICE}' if NICE else ''}. "
+        "srv CPU = utime+stime of the server over the measured window; ×raw and ×fws compare "
+        "each workload's headline figure with the raw TCP echo's and fastwebsockets': server "
+        "CPU per message for (a) and (b) (lower is better), msgs/s for (c) and (d) (higher is "
+        "better), RSS per idle connection for (e) (lower is better). MB/s counts payload bytes "
+        "echoed, one direction.",
+        "",
+        table(results),
+        "",
+    ]
+    if other:
+        report.append(f"Other load on the machine during the runs (not ours): median "
+                      f"{statistics.median(other):.2f} cores, max {max(other):.2f} cores.")
+        report.append("")
+    diag = diagnostics(results)
+    if diag:
+        report += ["Server diagnostics (medians over the measured window, per echoed message: "
+                   "minor page faults / context switches):", ""] + diag + [""]
+    checks = targets(results)
+    if checks:
+        report += ["Targets (issue 3) for wsreactor in this run:", ""] + checks + [""]
+    if criterion:
+        report += ["Micro benches (criterion medians, short runs):", ""] + criterion_lines(criterion) + [""]
+    if allocs:
+        report += ["Allocations on the server thread per echoed message (counting allocator, "
+                   "measured after warm-up):", ""]
+        for a in allocs:
+            if a.get("case") == "idle":
+                report.append(f"- idle: {a['heap_bytes_per_conn']:,.0f} heap bytes held per open "
+                              f"connection ({a['conns']} open, in-process; capacity, not RSS)")
+                continue
+            report.append(f"- {a['case']}: {a['allocs_per_msg']:.3f} allocs + "
+                          f"{a['reallocs_per_msg']:.3f} reallocs per message, "
+                          f"{a['bytes_per_msg']:.0f} bytes per message over {a['msgs']:,.0f} "
+                          f"messages (connection set-up + first echo: {a['setup_allocs']} allocations)")
+        report.append("")
+    report.append(f"Command: `make bench` ({time.monotonic() - t_start:.0f} s); raw results in "
+                  f"`{os.path.relpath(outdir, ROOT)}/`.")
+    text = "\n".join(report)
+    with open(os.path.join(outdir, "table.md"), "w") as f:
+        f.write(text + "\n")
+    print(text, flush=True)
+    failed = sum(s["errors"] for s in results.values())
+    if failed:
+        log(f"run.py: {failed} load generator error(s); see {outdir}/runs.json")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    finally:
+        stop_all()

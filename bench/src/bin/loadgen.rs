@@ -1,0 +1,855 @@
+//! `loadgen`: a closed-loop WebSocket load generator (single thread, `mio`), in the
+//! manner of uWebSockets' `load_test`, that also verifies every echoed byte.
+//!
+//! N connections each do the opening handshake by hand (the 101 and the
+//! `Sec-WebSocket-Accept` are checked), then each sends one masked binary frame of S
+//! bytes and waits for its whole echo before sending the next. After a warm-up it
+//! measures for a fixed time and prints ONE line of JSON: msgs/s, MB/s (payload bytes
+//! echoed per second, one direction), round-trip percentiles, errors, and — given
+//! `--server-pid` — the server's CPU time over exactly the measured window, read from
+//! `/proc/PID/stat` (utime + stime) at the window's two edges.
+//!
+//! Verification: every message carries an 8-byte stamp (connection id and sequence
+//! number) at the front of an otherwise fixed per-connection pattern, so a late,
+//! duplicated or cross-wired echo is caught, and the echo is compared byte for byte,
+//! header included, as it streams in (nothing is buffered per connection, so 16 MiB
+//! messages cost no extra memory). A server must echo with the minimal length encoding
+//! and one unfragmented frame, as every server measured here does.
+//!
+//! `--raw` (for the `rawecho` ceiling, which speaks just enough HTTP for the handshake
+//! and then echoes bytes verbatim): the echo is the masked frame exactly as sent,
+//! header, mask key and masked payload included, and is compared with what was sent.
+//! That keeps the comparison fair: the client does the same work per message in both
+//! modes (stamp 8 bytes, one write, compare the echo as it arrives), and the bytes on
+//! the wire differ only by the 4-byte mask key on the way back.
+//!
+//! `--idle`: open N connections, complete the handshakes, hold them idle, and report
+//! the server's VmRSS before and after (bytes per connection); then send one message on
+//! every connection to prove they were all still open.
+//!
+//! Every run is bounded: connection set-up by `--connect-timeout`, the load by
+//! `--warmup` + `--seconds`, the idle check by `--settle` and `--verify-timeout`.
+
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Registry, Token};
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+use wsreactor_bench::{
+    check_upgrade_response, client_key, encode_header, head_end, procfs, upgrade_request, Args, Rng,
+};
+
+const USAGE: &str = "\
+loadgen: closed-loop WebSocket echo load generator (prints one JSON line)
+
+  --addr HOST:PORT        server address                      [127.0.0.1:9998]
+  --path PATH             request path                        [/echo]
+  --conns N               connections                         [100]
+  --size BYTES            payload bytes per message           [20]
+  --seconds S             measured time                       [5]
+  --warmup S              load before measuring               [1]
+  --server-pid PID        read the server's CPU time / VmRSS from /proc
+  --raw                   the server echoes raw bytes (rawecho): expect the masked frame back
+  --idle                  open N connections, hold them, measure server RSS per connection
+                          (then one echo per connection; combine with --raw for rawecho)
+  --settle S              idle: wait this long before reading VmRSS [1]
+  --ramp N                at most N handshakes in flight       [100]
+  --connect-timeout S     give up connecting after S           [60]
+  --verify-timeout S      idle: time for the final echo check  [20]
+  --drain                 always read until WouldBlock (default: stop at a short read)
+";
+
+const READ_BUF: usize = 256 * 1024;
+
+#[derive(Debug, PartialEq, Eq)]
+enum Phase {
+    Connecting,
+    Handshake,
+    Open,
+    Dead,
+}
+
+struct Conn {
+    stream: TcpStream,
+    id: u64,
+    phase: Phase,
+    key: String,
+    request: Vec<u8>,
+    request_written: usize,
+    head: Vec<u8>,
+    mask: [u8; 4],
+    /// The masked frame we send, and where its payload starts.
+    frame: Vec<u8>,
+    frame_payload_at: usize,
+    /// The bytes the echo must consist of, and where its payload starts.
+    expected: Vec<u8>,
+    expected_payload_at: usize,
+    seq: u64,
+    written: usize,
+    received: usize,
+    in_flight: bool,
+    sent_at: Instant,
+    writable_interest: bool,
+}
+
+impl Conn {
+    /// Puts a fresh stamp in the payload (and so in the frame and the expected echo).
+    fn stamp(&mut self, raw: bool) {
+        self.seq += 1;
+        let stamp = ((self.id << 40) | (self.seq & ((1 << 40) - 1))).to_le_bytes();
+        let size = self.frame.len() - self.frame_payload_at;
+        for (i, &plain) in stamp.iter().enumerate().take(size) {
+            let masked = plain ^ self.mask[i % 4];
+            self.frame[self.frame_payload_at + i] = masked;
+            self.expected[self.expected_payload_at + i] = if raw { masked } else { plain };
+        }
+    }
+}
+
+struct Stats {
+    errors: u64,
+    error_samples: Vec<String>,
+    msgs: u64,
+    payload_bytes: u64,
+    measuring: bool,
+    samples_ns: Vec<u64>,
+}
+
+impl Stats {
+    fn error(&mut self, why: String) {
+        self.errors += 1;
+        if self.error_samples.len() < 5 {
+            self.error_samples.push(why);
+        }
+    }
+}
+
+struct Gen {
+    /// The server echoes raw bytes: expect the masked frame back.
+    raw: bool,
+    /// Idle mode: no load; one verifying echo per connection at the end.
+    idle: bool,
+    size: usize,
+    drain: bool,
+    poll: Poll,
+    conns: Vec<Conn>,
+    buf: Vec<u8>,
+    stats: Stats,
+    /// Stop sending new messages (end of run); EOFs are no longer errors.
+    stopping: bool,
+    opened: usize,
+    in_handshake: usize,
+}
+
+fn set_linger_zero(stream: &TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on a socket we own, with a correctly sized option value.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &linger as *const libc::linger as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+}
+
+impl Gen {
+    fn new_conn(
+        &mut self,
+        addr: SocketAddr,
+        host: &str,
+        path: &str,
+        rng: &mut Rng,
+    ) -> io::Result<()> {
+        let id = self.conns.len() as u64;
+        let mut stream = TcpStream::connect(addr)?;
+        stream.set_nodelay(true)?;
+        self.poll.registry().register(
+            &mut stream,
+            Token(id as usize),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        let key = client_key(rng);
+        let request = upgrade_request(host, path, &key);
+        let mask = rng.mask_key();
+        let size = self.size;
+        // Payload: a per-connection pattern; the first 8 bytes are re-stamped per message.
+        let payload: Vec<u8> = (0..size)
+            .map(|i| (i as u64).wrapping_mul(31).wrapping_add(id * 7 + 1) as u8)
+            .collect();
+        let mut frame = Vec::with_capacity(size + 14);
+        encode_header(&mut frame, 0x2, size, Some(mask));
+        let frame_payload_at = frame.len();
+        frame.extend_from_slice(&payload);
+        for (i, b) in frame[frame_payload_at..].iter_mut().enumerate() {
+            *b ^= mask[i % 4];
+        }
+        let (expected, expected_payload_at) = if self.raw {
+            (frame.clone(), frame_payload_at)
+        } else {
+            let mut expected = Vec::with_capacity(size + 10);
+            encode_header(&mut expected, 0x2, size, None);
+            let at = expected.len();
+            expected.extend_from_slice(&payload);
+            (expected, at)
+        };
+        self.conns.push(Conn {
+            stream,
+            id,
+            phase: Phase::Connecting,
+            key,
+            request,
+            request_written: 0,
+            head: Vec::new(),
+            mask,
+            frame,
+            frame_payload_at,
+            expected,
+            expected_payload_at,
+            seq: 0,
+            written: 0,
+            received: 0,
+            in_flight: false,
+            sent_at: Instant::now(),
+            writable_interest: true,
+        });
+        self.in_handshake += 1;
+        Ok(())
+    }
+
+    fn fail(&mut self, slot: usize, why: String) {
+        let conn = &mut self.conns[slot];
+        if conn.phase == Phase::Dead {
+            return;
+        }
+        if matches!(conn.phase, Phase::Connecting | Phase::Handshake) {
+            self.in_handshake -= 1;
+        }
+        conn.phase = Phase::Dead;
+        conn.in_flight = false;
+        let _ = self.poll.registry().deregister(&mut conn.stream);
+        let _ = conn.stream.shutdown(std::net::Shutdown::Both);
+        if !self.stopping {
+            self.stats.error(format!("conn {}: {why}", conn.id));
+        }
+    }
+
+    fn event(&mut self, slot: usize, readable: bool, writable: bool) {
+        if let Err(why) = self.event_inner(slot, readable, writable) {
+            self.fail(slot, why);
+        }
+    }
+
+    fn event_inner(&mut self, slot: usize, readable: bool, writable: bool) -> Result<(), String> {
+        let registry = self.poll.registry();
+        let conn = &mut self.conns[slot];
+        match conn.phase {
+            Phase::Dead => Ok(()),
+            Phase::Connecting => {
+                if let Ok(Some(e)) | Err(e) = conn.stream.take_error() {
+                    return Err(format!("connect: {e}"));
+                }
+                match conn.stream.peer_addr() {
+                    Ok(_) => {
+                        conn.phase = Phase::Handshake;
+                        self.event_inner(slot, true, true)
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
+                    Err(e) => Err(format!("connect: {e}")),
+                }
+            }
+            Phase::Handshake => {
+                while conn.request_written < conn.request.len() {
+                    match (&conn.stream).write(&conn.request[conn.request_written..]) {
+                        Ok(n) => conn.request_written += n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(format!("writing the upgrade request: {e}")),
+                    }
+                }
+                if !readable && !writable {
+                    return Ok(());
+                }
+                loop {
+                    match (&conn.stream).read(&mut self.buf) {
+                        Ok(0) => {
+                            // Say what the server answered, if it answered.
+                            return Err(match head_end(&conn.head) {
+                                Some(end) => check_upgrade_response(&conn.head[..end], &conn.key)
+                                    .err()
+                                    .unwrap_or_else(|| "EOF right after the 101".into()),
+                                None => "EOF during the handshake".into(),
+                            });
+                        }
+                        Ok(n) => conn.head.extend_from_slice(&self.buf[..n]),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(format!("reading the 101: {e}")),
+                    }
+                    if conn.head.len() > 64 * 1024 {
+                        return Err("response head over 64 KiB".into());
+                    }
+                }
+                let Some(end) = head_end(&conn.head) else {
+                    return Ok(());
+                };
+                check_upgrade_response(&conn.head[..end], &conn.key)?;
+                if end != conn.head.len() {
+                    return Err(format!(
+                        "{} unexpected bytes after the 101",
+                        conn.head.len() - end
+                    ));
+                }
+                conn.head = Vec::new();
+                conn.request = Vec::new();
+                conn.key = String::new();
+                conn.phase = Phase::Open;
+                registry
+                    .reregister(&mut conn.stream, Token(slot), Interest::READABLE)
+                    .map_err(|e| format!("reregister: {e}"))?;
+                conn.writable_interest = false;
+                self.opened += 1;
+                self.in_handshake -= 1;
+                Ok(())
+            }
+            Phase::Open => {
+                if writable && conn.in_flight && conn.written < conn.frame.len() {
+                    write_frame(conn, registry, slot)?;
+                }
+                if readable {
+                    self.readable(slot)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Reads echo bytes, compares them as they come, and starts the next message when
+    /// one is complete.
+    fn readable(&mut self, slot: usize) -> Result<(), String> {
+        let registry = self.poll.registry();
+        let conn = &mut self.conns[slot];
+        loop {
+            let n = match (&conn.stream).read(&mut self.buf) {
+                Ok(0) if self.stopping => return Ok(()),
+                Ok(0) => return Err("server closed the connection".into()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) if self.stopping => return Ok(()),
+                Err(e) => return Err(format!("read: {e}")),
+            };
+            if !conn.in_flight {
+                return Err(format!("{n} bytes with no message in flight"));
+            }
+            let want = conn.expected.len() - conn.received;
+            if n > want {
+                return Err(format!("{} bytes more than the echo", n - want));
+            }
+            let expected = &conn.expected[conn.received..conn.received + n];
+            if expected != &self.buf[..n] {
+                let at = expected
+                    .iter()
+                    .zip(&self.buf[..n])
+                    .position(|(a, b)| a != b)
+                    .unwrap_or(0);
+                return Err(format!(
+                    "echo differs at byte {} of {} (got {:#04x}, want {:#04x})",
+                    conn.received + at,
+                    conn.expected.len(),
+                    self.buf[at],
+                    expected[at]
+                ));
+            }
+            conn.received += n;
+            if conn.received == conn.expected.len() {
+                let now = Instant::now();
+                conn.in_flight = false;
+                if self.stats.measuring {
+                    self.stats.msgs += 1;
+                    self.stats.payload_bytes += self.size as u64;
+                    self.stats
+                        .samples_ns
+                        .push(now.duration_since(conn.sent_at).as_nanos() as u64);
+                }
+                if !self.stopping && !self.idle {
+                    start_message(conn, registry, slot, self.raw, now)?;
+                }
+            }
+            // A read that did not fill the buffer emptied the socket: Linux signals the
+            // next arrival as a new edge, so the extra read that would only return
+            // WouldBlock is skipped (a client-side saving; `--drain` turns it off).
+            if n < self.buf.len() && !self.drain {
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn start_message(
+    conn: &mut Conn,
+    registry: &Registry,
+    slot: usize,
+    raw: bool,
+    now: Instant,
+) -> Result<(), String> {
+    conn.stamp(raw);
+    conn.written = 0;
+    conn.received = 0;
+    conn.in_flight = true;
+    conn.sent_at = now;
+    write_frame(conn, registry, slot)
+}
+
+/// Writes as much of the frame as the socket takes; asks for WRITABLE only while some
+/// is left (small messages never touch the registration).
+fn write_frame(conn: &mut Conn, registry: &Registry, slot: usize) -> Result<(), String> {
+    while conn.written < conn.frame.len() {
+        match (&conn.stream).write(&conn.frame[conn.written..]) {
+            Ok(0) => return Err("write returned 0".into()),
+            Ok(n) => conn.written += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if !conn.writable_interest {
+                    registry
+                        .reregister(
+                            &mut conn.stream,
+                            Token(slot),
+                            Interest::READABLE | Interest::WRITABLE,
+                        )
+                        .map_err(|e| format!("reregister: {e}"))?;
+                    conn.writable_interest = true;
+                }
+                return Ok(());
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("write: {e}")),
+        }
+    }
+    if conn.writable_interest {
+        registry
+            .reregister(&mut conn.stream, Token(slot), Interest::READABLE)
+            .map_err(|e| format!("reregister: {e}"))?;
+        conn.writable_interest = false;
+    }
+    Ok(())
+}
+
+fn percentile(sorted: &[u64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    // Nearest rank.
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1] as f64 / 1000.0
+}
+
+fn json_str(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn opt(value: Option<f64>) -> String {
+    match value {
+        Some(v) if v.is_finite() => format!("{v:.3}"),
+        _ => "null".into(),
+    }
+}
+
+struct Options {
+    addr: SocketAddr,
+    host: String,
+    path: String,
+    conns: usize,
+    size: usize,
+    seconds: Duration,
+    warmup: Duration,
+    server_pid: Option<u32>,
+    raw: bool,
+    idle: bool,
+    settle: Duration,
+    ramp: usize,
+    connect_timeout: Duration,
+    verify_timeout: Duration,
+    drain: bool,
+}
+
+fn options() -> Result<Options, String> {
+    let args = Args::parse(&["--raw", "--idle", "--drain", "--help"])?;
+    if args.has("--help") {
+        print!("{USAGE}");
+        std::process::exit(0);
+    }
+    args.only(&[
+        "--addr",
+        "--path",
+        "--conns",
+        "--size",
+        "--seconds",
+        "--warmup",
+        "--server-pid",
+        "--raw",
+        "--idle",
+        "--settle",
+        "--ramp",
+        "--connect-timeout",
+        "--verify-timeout",
+        "--drain",
+    ])?;
+    let host: String = args.get("--addr", "127.0.0.1:9998".to_owned())?;
+    let addr: SocketAddr = host
+        .parse()
+        .map_err(|_| format!("--addr: not an address: {host}"))?;
+    let pid: u32 = args.get("--server-pid", 0)?;
+    let options = Options {
+        addr,
+        host,
+        path: args.get("--path", "/echo".to_owned())?,
+        conns: args.get("--conns", 100)?,
+        size: args.get("--size", 20)?,
+        seconds: args.seconds("--seconds", 5.0)?,
+        warmup: args.seconds("--warmup", 1.0)?,
+        server_pid: (pid != 0).then_some(pid),
+        raw: args.has("--raw"),
+        idle: args.has("--idle"),
+        settle: args.seconds("--settle", 1.0)?,
+        ramp: args.get("--ramp", 100)?,
+        connect_timeout: args.seconds("--connect-timeout", 60.0)?,
+        verify_timeout: args.seconds("--verify-timeout", 20.0)?,
+        drain: args.has("--drain"),
+    };
+    if options.conns == 0 || options.ramp == 0 {
+        return Err("--conns and --ramp must be positive".into());
+    }
+    if options.size == 0 || options.size > 1 << 30 {
+        return Err("--size must be 1..=1 GiB".into());
+    }
+    Ok(options)
+}
+
+fn main() -> ExitCode {
+    let options = match options() {
+        Ok(options) => options,
+        Err(e) => {
+            eprintln!("loadgen: {e}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&options) {
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::from(3),
+        Err(e) => {
+            eprintln!("loadgen: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Opens every connection (at most `ramp` handshakes at a time); false on timeout.
+fn connect_all(gen: &mut Gen, options: &Options, events: &mut Events) -> Result<(), String> {
+    let mut rng = Rng::from_time(options.conns as u64);
+    let deadline = Instant::now() + options.connect_timeout;
+    loop {
+        while gen.conns.len() < options.conns && gen.in_handshake < options.ramp {
+            gen.new_conn(options.addr, &options.host, &options.path, &mut rng)
+                .map_err(|e| format!("connect to {}: {e}", options.addr))?;
+        }
+        let dead = gen.conns.iter().filter(|c| c.phase == Phase::Dead).count();
+        if gen.conns.len() == options.conns && gen.opened + dead == options.conns {
+            return Ok(());
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            gen.stats.error(format!(
+                "only {} of {} connections opened within {:?}",
+                gen.opened, options.conns, options.connect_timeout
+            ));
+            return Ok(());
+        }
+        poll_once(
+            gen,
+            events,
+            (deadline - now).min(Duration::from_millis(100)),
+        )?;
+    }
+}
+
+fn poll_once(gen: &mut Gen, events: &mut Events, timeout: Duration) -> Result<(), String> {
+    match gen.poll.poll(events, Some(timeout)) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
+        Err(e) => return Err(format!("poll: {e}")),
+    }
+    for event in events.iter() {
+        let readable = event.is_readable() || event.is_read_closed() || event.is_error();
+        let writable = event.is_writable() || event.is_write_closed();
+        gen.event(event.token().0, readable, writable);
+    }
+    Ok(())
+}
+
+fn run_until(gen: &mut Gen, events: &mut Events, until: Instant) -> Result<(), String> {
+    loop {
+        let now = Instant::now();
+        if now >= until {
+            return Ok(());
+        }
+        poll_once(gen, events, (until - now).min(Duration::from_millis(100)))?;
+    }
+}
+
+/// The server's counters at one edge of the measured window.
+#[derive(Default)]
+struct ServerSample {
+    cpu_us: Option<u64>,
+    sched_ns: Option<u64>,
+    minflt: Option<u64>,
+    ctxsw: Option<u64>,
+    run_delay_ns: Option<u64>,
+}
+
+fn server_sample(pid: Option<u32>) -> ServerSample {
+    match pid {
+        Some(pid) => ServerSample {
+            cpu_us: procfs::cpu_us(pid),
+            sched_ns: procfs::sched_cpu_ns(pid),
+            minflt: procfs::minor_faults(pid),
+            ctxsw: procfs::context_switches(pid),
+            run_delay_ns: procfs::run_delay_ns(pid),
+        },
+        None => ServerSample::default(),
+    }
+}
+
+/// `b - a` when both edges were read.
+fn diff(a: Option<u64>, b: Option<u64>) -> Option<f64> {
+    Some(b?.checked_sub(a?)? as f64)
+}
+
+fn run(options: &Options) -> Result<u64, String> {
+    let limit = procfs::raise_nofile_limit();
+    if (options.conns as u64) + 32 > limit {
+        return Err(format!(
+            "{} connections need more file descriptors than RLIMIT_NOFILE allows ({limit})",
+            options.conns
+        ));
+    }
+    let mut gen = Gen {
+        raw: options.raw,
+        idle: options.idle,
+        size: options.size,
+        drain: options.drain,
+        poll: Poll::new().map_err(|e| format!("poll: {e}"))?,
+        conns: Vec::with_capacity(options.conns),
+        buf: vec![0; READ_BUF],
+        stats: Stats {
+            errors: 0,
+            error_samples: Vec::new(),
+            msgs: 0,
+            payload_bytes: 0,
+            measuring: false,
+            samples_ns: Vec::new(),
+        },
+        stopping: false,
+        opened: 0,
+        in_handshake: 0,
+    };
+    let mut events = Events::with_capacity(4096);
+    let rss_before = options.server_pid.and_then(procfs::vm_rss_bytes);
+    let connect_start = Instant::now();
+    connect_all(&mut gen, options, &mut events)?;
+    let open_secs = connect_start.elapsed().as_secs_f64();
+    let line = if options.idle {
+        run_idle(&mut gen, options, &mut events, rss_before, open_secs)?
+    } else {
+        run_load(&mut gen, options, &mut events, open_secs)?
+    };
+    // Tear down with RST (SO_LINGER 0): thousands of runs' worth of client sockets in
+    // TIME_WAIT would otherwise pile up on loopback. Results are already computed.
+    gen.stopping = true;
+    for conn in &gen.conns {
+        set_linger_zero(&conn.stream);
+    }
+    drop(gen);
+    println!("{line}");
+    Ok(line_errors(&line))
+}
+
+fn line_errors(line: &str) -> u64 {
+    line.split("\"errors\":")
+        .nth(1)
+        .and_then(|rest| rest.split([',', '}']).next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(1)
+}
+
+fn errors_json(stats: &Stats) -> String {
+    let samples: Vec<String> = stats.error_samples.iter().map(|s| json_str(s)).collect();
+    format!(
+        "\"errors\":{},\"error_samples\":[{}]",
+        stats.errors,
+        samples.join(",")
+    )
+}
+
+fn run_load(
+    gen: &mut Gen,
+    options: &Options,
+    events: &mut Events,
+    open_secs: f64,
+) -> Result<String, String> {
+    // Every connection starts its first message at the same moment.
+    let now = Instant::now();
+    for slot in 0..gen.conns.len() {
+        if gen.conns[slot].phase == Phase::Open {
+            let registry = gen.poll.registry();
+            if let Err(why) = start_message(&mut gen.conns[slot], registry, slot, gen.raw, now) {
+                gen.fail(slot, why);
+            }
+        }
+    }
+    run_until(gen, events, now + options.warmup)?;
+    let expected_samples = (options.conns as f64 * options.seconds.as_secs_f64() * 50_000.0)
+        .min(50_000_000.0) as usize;
+    gen.stats
+        .samples_ns
+        .reserve(expected_samples.min(20_000_000));
+    let server0 = server_sample(options.server_pid);
+    let client0 = procfs::self_cpu_us();
+    let client_delay0 = procfs::run_delay_ns(0);
+    let t0 = Instant::now();
+    gen.stats.measuring = true;
+    run_until(gen, events, t0 + options.seconds)?;
+    gen.stats.measuring = false;
+    let elapsed = t0.elapsed().as_secs_f64();
+    let server1 = server_sample(options.server_pid);
+    let client1 = procfs::self_cpu_us();
+    let client_delay1 = procfs::run_delay_ns(0);
+    gen.stopping = true;
+    let end = Instant::now();
+    let oldest_in_flight_ms = gen
+        .conns
+        .iter()
+        .filter(|c| c.in_flight && c.phase == Phase::Open)
+        .map(|c| end.duration_since(c.sent_at).as_secs_f64() * 1000.0)
+        .fold(0.0, f64::max);
+
+    let stats = &mut gen.stats;
+    stats.samples_ns.sort_unstable();
+    let samples = &stats.samples_ns;
+    let msgs = stats.msgs as f64;
+    let mean_us = if samples.is_empty() {
+        0.0
+    } else {
+        samples.iter().sum::<u64>() as f64 / samples.len() as f64 / 1000.0
+    };
+    let server_cpu_us = diff(server0.cpu_us, server1.cpu_us);
+    let sched_us = diff(server0.sched_ns, server1.sched_ns).map(|ns| ns / 1000.0);
+    let per_msg_of = |d: Option<f64>| d.filter(|_| msgs > 0.0).map(|d| d / msgs);
+    let minflt_per_msg = per_msg_of(diff(server0.minflt, server1.minflt));
+    let ctxsw_per_msg = per_msg_of(diff(server0.ctxsw, server1.ctxsw));
+    // Fraction of the window each side spent runnable but waiting for its CPU.
+    let server_wait = diff(server0.run_delay_ns, server1.run_delay_ns).map(|ns| ns / 1e9 / elapsed);
+    let client_wait = diff(client_delay0, client_delay1).map(|ns| ns / 1e9 / elapsed);
+    let per_msg = server_cpu_us.filter(|_| msgs > 0.0).map(|us| us / msgs);
+    let per_cpu_sec = server_cpu_us
+        .filter(|&us| us > 0.0)
+        .map(|us| msgs / (us / 1e6));
+    let mode = if options.raw { "raw" } else { "echo" };
+    Ok(format!(
+        "{{\"mode\":\"{mode}\",\"conns\":{},\"opened\":{},\"size\":{},\"open_secs\":{open_secs:.3},\
+         \"seconds\":{elapsed:.3},\"msgs\":{},\"msgs_per_sec\":{:.1},\"mb_per_sec\":{:.3},\
+         \"rtt_us\":{{\"p50\":{:.1},\"p90\":{:.1},\"p99\":{:.1},\"p999\":{:.1},\"max\":{:.1},\"mean\":{mean_us:.1}}},\
+         \"server_cpu_us\":{},\"server_sched_cpu_us\":{},\"server_cpu_us_per_msg\":{},\
+         \"msgs_per_server_cpu_sec\":{},\"server_cpu_util\":{},\"client_cpu_util\":{:.3},\
+         \"server_minflt_per_msg\":{},\"server_ctxsw_per_msg\":{},\
+         \"server_run_wait\":{},\"client_run_wait\":{},\
+         \"oldest_in_flight_ms\":{oldest_in_flight_ms:.1},{}}}",
+        options.conns,
+        gen.opened,
+        options.size,
+        stats.msgs,
+        msgs / elapsed,
+        stats.payload_bytes as f64 / elapsed / 1e6,
+        percentile(samples, 0.50),
+        percentile(samples, 0.90),
+        percentile(samples, 0.99),
+        percentile(samples, 0.999),
+        samples.last().copied().unwrap_or(0) as f64 / 1000.0,
+        opt(server_cpu_us),
+        opt(sched_us),
+        opt(per_msg),
+        opt(per_cpu_sec),
+        opt(server_cpu_us.map(|us| us / 1e6 / elapsed)),
+        (client1 - client0) as f64 / 1e6 / elapsed,
+        opt(minflt_per_msg),
+        opt(ctxsw_per_msg),
+        opt(server_wait),
+        opt(client_wait),
+        errors_json(stats),
+    ))
+}
+
+fn run_idle(
+    gen: &mut Gen,
+    options: &Options,
+    events: &mut Events,
+    rss_before: Option<u64>,
+    open_secs: f64,
+) -> Result<String, String> {
+    // Hold them idle; any byte a server sends now is an error (no message in flight).
+    run_until(gen, events, Instant::now() + options.settle)?;
+    let rss_after = options.server_pid.and_then(procfs::vm_rss_bytes);
+    let open_now = gen.conns.iter().filter(|c| c.phase == Phase::Open).count();
+    // Prove they were open: one echo on every connection.
+    let now = Instant::now();
+    for slot in 0..gen.conns.len() {
+        if gen.conns[slot].phase == Phase::Open {
+            let registry = gen.poll.registry();
+            if let Err(why) = start_message(&mut gen.conns[slot], registry, slot, gen.raw, now) {
+                gen.fail(slot, why);
+            }
+        }
+    }
+    gen.stats.measuring = true;
+    let deadline = now + options.verify_timeout;
+    while gen.stats.msgs < open_now as u64 && Instant::now() < deadline {
+        poll_once(gen, events, Duration::from_millis(50))?;
+    }
+    let verified = gen.stats.msgs;
+    if verified < open_now as u64 {
+        gen.stats.error(format!(
+            "only {verified} of {open_now} idle connections echoed within {:?}",
+            options.verify_timeout
+        ));
+    }
+    let per_conn = match (rss_before, rss_after) {
+        (Some(a), Some(b)) if open_now > 0 => Some((b as f64 - a as f64) / open_now as f64),
+        _ => None,
+    };
+    Ok(format!(
+        "{{\"mode\":\"idle\",\"conns\":{},\"opened\":{},\"open_secs\":{open_secs:.3},\
+         \"rss_before\":{},\"rss_after\":{},\"rss_per_conn\":{},\"verified\":{verified},{}}}",
+        options.conns,
+        open_now,
+        opt(rss_before.map(|b| b as f64)),
+        opt(rss_after.map(|b| b as f64)),
+        opt(per_conn),
+        errors_json(&gen.stats),
+    ))
+}
