@@ -32,8 +32,11 @@ pub enum Decision<S> {
     /// or the upgrade fails with 500). `compress: false` vetoes permessage-deflate for
     /// this connection even when [`Config::deflate`](crate::Config::deflate) is on.
     Accept {
+        /// The subprotocol to answer with, if any.
         protocol: Option<String>,
+        /// The connection's state, lent to every callback.
         session: S,
+        /// Whether permessage-deflate may be negotiated for this connection.
         compress: bool,
     },
     /// Answer with this HTTP response (e.g. 403 for a foreign Origin) and close.
@@ -108,9 +111,17 @@ pub enum SendStatus {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CloseReason {
     /// The peer started the close handshake; `code` is 1005 if its frame had none.
-    Peer { code: CloseCode, reason: String },
+    Peer {
+        /// The peer's code (1005 if its close frame had none).
+        code: CloseCode,
+        /// The peer's reason, possibly empty.
+        reason: String,
+    },
     /// This side started it (the handler called [`Ctx::close`]) with this code.
-    Local { code: CloseCode },
+    Local {
+        /// The code we sent.
+        code: CloseCode,
+    },
     /// The peer broke the protocol; the connection was failed with the error's code.
     Protocol(ProtocolError),
     /// The handler panicked while handling this connection; it was closed with 1011.

@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! A single-threaded WebSocket (RFC 6455) server and embeddable reactor on `mio`.
 //!
 //! One thread runs a hand-rolled event loop over `mio::Poll` that keeps every

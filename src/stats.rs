@@ -16,11 +16,13 @@ pub struct Stats {
     pub handshakes: u64,
     /// Requests answered with an HTTP error or a page instead of a 101.
     pub http_responses: u64,
-    /// Data messages received / sent.
+    /// Data messages received.
     pub messages_in: u64,
+    /// Data messages sent (or queued), broadcast receivers counted one by one.
     pub messages_out: u64,
-    /// Payload bytes of data messages received / sent.
+    /// Payload bytes of data messages received (inflated size if compressed).
     pub bytes_in: u64,
+    /// Payload bytes of data messages sent (before compression).
     pub bytes_out: u64,
     /// Frames encoded for broadcast or publish: one per call, however many receive it.
     pub fanout_frames_encoded: u64,

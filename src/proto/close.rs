@@ -55,7 +55,9 @@ impl fmt::Display for CloseCode {
 /// A parsed close frame payload: a code and a UTF-8 reason, both optional on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CloseFrame<'a> {
+    /// The status code.
     pub code: CloseCode,
+    /// The reason, validated UTF-8, possibly empty.
     pub reason: &'a str,
 }
 

@@ -27,6 +27,7 @@ impl std::error::Error for ExtensionSyntaxError {}
 /// One offered extension with its parameters, in the order sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Offer {
+    /// The extension's token, e.g. `permessage-deflate`.
     pub name: String,
     /// Parameter names with their value, if any (quoted values are unquoted).
     pub params: Vec<(String, Option<String>)>,

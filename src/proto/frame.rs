@@ -30,11 +30,17 @@ pub const MAX_CONTROL_PAYLOAD: usize = 125;
 /// A frame's opcode (§5.2; 0x3–0x7 and 0xB–0xF are reserved and rejected on decode).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Opcode {
+    /// A later fragment of a text or binary message.
     Continuation = 0x0,
+    /// The first (or only) frame of a UTF-8 text message.
     Text = 0x1,
+    /// The first (or only) frame of a binary message.
     Binary = 0x2,
+    /// Starts or answers the close handshake.
     Close = 0x8,
+    /// Asks for a pong with the same payload.
     Ping = 0x9,
+    /// Answers a ping (or is a unidirectional heartbeat).
     Pong = 0xA,
 }
 
@@ -61,11 +67,15 @@ impl Opcode {
 /// One decoded frame header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameHeader {
+    /// The final fragment of its message.
     pub fin: bool,
     /// RSV1, RSV2, RSV3 as the low three bits (RSV1 = 0b100), as on the wire.
     pub rsv: u8,
+    /// What the frame carries.
     pub opcode: Opcode,
+    /// The masking key; clients must send one, servers must not.
     pub mask: Option<[u8; 4]>,
+    /// Payload length as declared (never allocated up front).
     pub payload_len: u64,
 }
 

@@ -110,7 +110,9 @@ impl HeadReader {
 /// One header field, borrowed from the request head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header<'a> {
+    /// The field name as sent (compare case-insensitively).
     pub name: &'a str,
+    /// The value, without surrounding whitespace.
     pub value: &'a str,
 }
 

@@ -9,6 +9,7 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StatusCode(pub u16, pub &'static str);
 
+#[allow(missing_docs)] // each constant is its own documentation
 impl StatusCode {
     pub const SWITCHING_PROTOCOLS: StatusCode = StatusCode(101, "Switching Protocols");
     pub const OK: StatusCode = StatusCode(200, "OK");
@@ -26,8 +27,11 @@ impl StatusCode {
 /// An HTTP response to write before switching protocols or closing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpResponse {
+    /// Status code and reason phrase.
     pub status: StatusCode,
+    /// Header fields, in order (`Server`, `Content-Length` and `Connection` are added).
     pub headers: Vec<(String, String)>,
+    /// The body (empty for a 101).
     pub body: Vec<u8>,
 }
 
