@@ -119,6 +119,31 @@ impl Inbox {
 /// receiver whose queue is full misses the message; see
 /// [`SendStatus`](crate::SendStatus)). Sends to a connection that has closed are
 /// dropped silently: ids are never reused, so they cannot reach a newer connection.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use wsreactor::{Config, Ctx, HandleError, Handler, Message, Server};
+///
+/// struct Ticker;
+/// impl Handler for Ticker {
+///     type Session = ();
+///     fn on_open(&mut self, cx: &mut Ctx<'_>) {
+///         cx.subscribe("ticks");
+///     }
+///     fn on_message(&mut self, _cx: &mut Ctx<'_>, _message: Message<'_>) {}
+/// }
+///
+/// let mut server = Server::bind("127.0.0.1:9998".parse()?, Config::default(), Ticker)?;
+/// let handle = server.handle();
+/// std::thread::spawn(move || loop {
+///     match handle.publish_text("ticks", "tick") {
+///         Ok(()) | Err(HandleError::Full) => std::thread::sleep(Duration::from_millis(1)),
+///         Err(HandleError::Closed) => return,
+///     }
+/// });
+/// server.run()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone)]
 pub struct Handle {
     pub(crate) inbox: Arc<Inbox>,
