@@ -85,6 +85,14 @@ impl Outbox {
         self.bytes.len() - self.sent
     }
 
+    /// Releases the buffer if nothing waits in it.
+    pub fn shed(&mut self) {
+        if self.pending() == 0 {
+            self.bytes = Vec::new();
+            self.sent = 0;
+        }
+    }
+
     fn push(&mut self, parts: &[&[u8]]) {
         if self.sent > 0 && self.sent >= self.bytes.len() / 2 {
             // Compact instead of growing without end while the front drains.

@@ -33,6 +33,7 @@ OPTIONS:
   --deflate-takeover         keep compression context between messages (more
                              memory per connection, better ratio)
   --deflate-threshold BYTES  send shorter messages uncompressed   [default: 128]
+  --deflate-level N          zlib level 0-9 (lower: less CPU)    [default: 6]
   --stats-interval SECS      log a one-line summary this often, 0 = never    [default: 60]
   -h, --help                 print this help
 
@@ -134,6 +135,7 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Options>, Str
             "--idle-timeout" => options.config.idle_timeout = seconds()?,
             "--stats-interval" => options.stats_interval = seconds()?,
             "--deflate-threshold" => options.config.deflate_threshold = number()?,
+            "--deflate-level" => options.config.deflate_level = number()?.min(9) as u32,
             _ => return Err(format!("unknown option: {flag}")),
         }
     }

@@ -1129,6 +1129,12 @@ impl<S> Core<S> {
                         usize::MAX,
                     );
                     conn.pinged_at = When::at(now);
+                    // Quiet for a whole idle period: give back the buffers its last
+                    // messages left (they are kept while traffic flows, so that the
+                    // echo path allocates nothing per message).
+                    conn.flush(&self.registry, Token(slot));
+                    conn.out.shed();
+                    conn.rx.shed_buffers();
                 }
             }
             Phase::CloseSent | Phase::Finishing | Phase::Draining => {

@@ -70,15 +70,42 @@ pub fn client_key(rng: &mut Rng) -> String {
 
 /// The client's upgrade request (§4.1).
 pub fn upgrade_request(host: &str, path: &str, key: &str) -> Vec<u8> {
+    upgrade_request_with_extensions(host, path, key, None)
+}
+
+/// The client's upgrade request, offering `extensions` (a `Sec-WebSocket-Extensions`
+/// value) when given.
+pub fn upgrade_request_with_extensions(
+    host: &str,
+    path: &str,
+    key: &str,
+    extensions: Option<&str>,
+) -> Vec<u8> {
+    let extensions = match extensions {
+        Some(value) => format!("Sec-WebSocket-Extensions: {value}\r\n"),
+        None => String::new(),
+    };
     format!(
         "GET {path} HTTP/1.1\r\n\
          Host: {host}\r\n\
          Upgrade: websocket\r\n\
          Connection: Upgrade\r\n\
          Sec-WebSocket-Key: {key}\r\n\
+         {extensions}\
          Sec-WebSocket-Version: 13\r\n\r\n"
     )
     .into_bytes()
+}
+
+/// The values of every `name` header in an HTTP head (case-insensitive name), trimmed.
+pub fn header_values(head: &[u8], name: &str) -> Vec<String> {
+    let text = String::from_utf8_lossy(head);
+    text.split("\r\n")
+        .skip(1)
+        .filter_map(|line| line.split_once(':'))
+        .filter(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim().to_owned())
+        .collect()
 }
 
 /// The length of an HTTP head through its blank line, once it is complete.
@@ -153,6 +180,446 @@ pub fn encode_header(out: &mut Vec<u8>, opcode: u8, len: usize, mask: Option<[u8
 pub fn apply_mask(payload: &mut [u8], key: [u8; 4], offset: usize) {
     for (i, b) in payload.iter_mut().enumerate() {
         *b ^= key[(offset + i) % 4];
+    }
+}
+
+/// The client side of permessage-deflate (RFC 7692) for `loadgen --deflate`: reading
+/// the server's answer to our offer, and compressing and inflating whole messages
+/// (raw DEFLATE, a sync flush per message with its `00 00 ff ff` tail stripped on
+/// sending and restored on receiving, context kept or reset as negotiated).
+pub mod pmd {
+    use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
+
+    /// The extension's registered name.
+    pub const NAME: &str = "permessage-deflate";
+
+    /// What `loadgen --deflate` offers: the extension with every default (context
+    /// takeover allowed both ways, 32 KiB windows), and `client_max_window_bits`, which
+    /// lets the server limit our window (as browsers offer it).
+    pub const DEFAULT_OFFER: &str = "permessage-deflate; client_max_window_bits";
+
+    /// The tail of a sync flush (§7.2.1).
+    pub const SYNC_TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
+
+    /// What the server's 101 agreed to.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Agreed {
+        /// The server resets its compressor per message: we reset our inflater.
+        pub server_no_context_takeover: bool,
+        /// We must reset our compressor per message.
+        pub client_no_context_takeover: bool,
+        /// The server's window (informational: our inflater always has 15 bits).
+        pub server_max_window_bits: u8,
+        /// Our compressor's window.
+        pub client_max_window_bits: u8,
+        /// The response value as sent.
+        pub response: String,
+    }
+
+    impl Agreed {
+        /// Both directions keep their context between messages.
+        pub fn takeover_both_ways(&self) -> bool {
+            !self.server_no_context_takeover && !self.client_no_context_takeover
+        }
+    }
+
+    fn bits(name: &str, value: Option<&str>) -> Result<u8, String> {
+        let value = value
+            .map(|v| v.trim_matches('"'))
+            .ok_or_else(|| format!("{name} without a value in the response"))?;
+        match value.parse::<u8>() {
+            Ok(b @ 8..=15) if !value.starts_with('0') => Ok(b),
+            _ => Err(format!("{name}={value}: not 8..15")),
+        }
+    }
+
+    /// Reads the `Sec-WebSocket-Extensions` values of a 101 answering our offer of
+    /// permessage-deflate (with `client_max_window_bits`). `Ok(None)`: no extension was
+    /// agreed. An answer we did not offer or cannot honour is an error (RFC 6455 §9.1:
+    /// the client must fail the connection).
+    pub fn parse_response(values: &[String]) -> Result<Option<Agreed>, String> {
+        let mut agreed: Option<Agreed> = None;
+        for value in values {
+            for ext in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+                let mut parts = ext.split(';').map(str::trim);
+                let name = parts.next().unwrap_or_default();
+                if !name.eq_ignore_ascii_case(NAME) {
+                    return Err(format!(
+                        "the server answered an extension not offered: {ext:?}"
+                    ));
+                }
+                if agreed.is_some() {
+                    return Err("the server answered permessage-deflate twice".into());
+                }
+                let mut a = Agreed {
+                    server_no_context_takeover: false,
+                    client_no_context_takeover: false,
+                    server_max_window_bits: 15,
+                    client_max_window_bits: 15,
+                    response: ext.to_owned(),
+                };
+                let mut seen: Vec<String> = Vec::new();
+                for param in parts.filter(|p| !p.is_empty()) {
+                    let (pname, pvalue) = match param.split_once('=') {
+                        Some((n, v)) => (n.trim(), Some(v.trim())),
+                        None => (param, None),
+                    };
+                    let pname = pname.to_ascii_lowercase();
+                    if seen.contains(&pname) {
+                        return Err(format!("{pname} repeated in the response"));
+                    }
+                    seen.push(pname.clone());
+                    match (pname.as_str(), pvalue) {
+                        ("server_no_context_takeover", None) => a.server_no_context_takeover = true,
+                        ("client_no_context_takeover", None) => a.client_no_context_takeover = true,
+                        ("server_max_window_bits", v) => {
+                            a.server_max_window_bits = bits(&pname, v)?
+                        }
+                        ("client_max_window_bits", v) => {
+                            let b = bits(&pname, v)?;
+                            if b < 9 {
+                                // zlib cannot write raw DEFLATE with a 256-byte window.
+                                return Err(
+                                    "client_max_window_bits=8: zlib cannot honour it".into()
+                                );
+                            }
+                            a.client_max_window_bits = b;
+                        }
+                        _ => {
+                            return Err(format!("unexpected parameter in the response: {param:?}"))
+                        }
+                    }
+                }
+                agreed = Some(a);
+            }
+        }
+        Ok(agreed)
+    }
+
+    /// Compression state that can serve every connection: without context takeover a
+    /// compressor or inflater holds nothing between messages, so, as the server does,
+    /// one of each (per window size) is reset after every message and shared. Per
+    /// connection state with 100 connections would be ~30 MB of zlib state cycling
+    /// through the client's caches, and the client, not the server, would set the pace.
+    pub struct Shared {
+        level: u32,
+        /// Compressors by window bits 9..=15.
+        compressors: [Option<Compress>; 7],
+        inflater: Option<Decompress>,
+    }
+
+    impl Shared {
+        pub fn new(level: u32) -> Shared {
+            Shared {
+                level: level.min(9),
+                compressors: Default::default(),
+                inflater: None,
+            }
+        }
+
+        fn compressor(&mut self, bits: u8) -> &mut Compress {
+            let level = self.level;
+            self.compressors[usize::from(bits.clamp(9, 15) - 9)]
+                .get_or_insert_with(|| new_compressor(level, bits))
+        }
+
+        fn inflater(&mut self) -> &mut Decompress {
+            self.inflater.get_or_insert_with(new_inflater)
+        }
+    }
+
+    fn new_compressor(level: u32, bits: u8) -> Compress {
+        Compress::new_with_window_bits(Compression::new(level.min(9)), false, bits.clamp(9, 15))
+    }
+
+    fn new_inflater() -> Decompress {
+        // 15 bits inflates a stream of any window size.
+        Decompress::new_with_window_bits(false, 15)
+    }
+
+    /// One connection's compression: its own compressor only if it keeps its context
+    /// (no `client_no_context_takeover`), its own inflater only if the server keeps
+    /// its context (no `server_no_context_takeover`); otherwise the shared ones.
+    pub struct ClientDeflate {
+        agreed: Agreed,
+        level: u32,
+        compress: Option<Compress>,
+        decompress: Option<Decompress>,
+    }
+
+    impl ClientDeflate {
+        pub fn new(agreed: Agreed, level: u32) -> ClientDeflate {
+            ClientDeflate {
+                agreed,
+                level: level.min(9),
+                compress: None,
+                decompress: None,
+            }
+        }
+
+        pub fn agreed(&self) -> &Agreed {
+            &self.agreed
+        }
+
+        /// Replaces `out` with the payload of a compressed message (to send with RSV1).
+        pub fn compress(&mut self, shared: &mut Shared, message: &[u8], out: &mut Vec<u8>) {
+            let bits = self.agreed.client_max_window_bits;
+            let reset = self.agreed.client_no_context_takeover;
+            let level = self.level;
+            let compress = if reset {
+                shared.compressor(bits)
+            } else {
+                self.compress
+                    .get_or_insert_with(|| new_compressor(level, bits))
+            };
+            out.clear();
+            let start = compress.total_in();
+            loop {
+                let consumed = (compress.total_in() - start) as usize;
+                if out.capacity() - out.len() < 64 {
+                    out.reserve(message.len() / 2 + 64);
+                }
+                // Cannot fail: only misuse of the stream errors.
+                let _ = compress.compress_vec(&message[consumed..], out, FlushCompress::Sync);
+                // The flush is complete once all input is in and output space is left.
+                let all_in = (compress.total_in() - start) as usize == message.len();
+                if all_in && out.len() < out.capacity() {
+                    break;
+                }
+            }
+            if out.ends_with(&SYNC_TAIL) {
+                out.truncate(out.len() - SYNC_TAIL.len());
+            }
+            if out.is_empty() {
+                // Nothing to flush (an empty message with the context kept): §7.2.3.6
+                // asks for one 0x00, an empty stored block once the tail is restored.
+                out.push(0x00);
+            }
+            if reset {
+                compress.reset();
+            }
+        }
+
+        /// Replaces `out` with the inflated payload of a compressed message (RSV1),
+        /// restoring the sync-flush tail; fails past `limit` bytes or on corrupt input.
+        pub fn inflate(
+            &mut self,
+            shared: &mut Shared,
+            payload: &[u8],
+            out: &mut Vec<u8>,
+            limit: usize,
+        ) -> Result<(), String> {
+            let reset = self.agreed.server_no_context_takeover;
+            let decompress = if reset {
+                shared.inflater()
+            } else {
+                self.decompress.get_or_insert_with(new_inflater)
+            };
+            let result = inflate_message(decompress, payload, out, limit);
+            // A final block ended the stream (the next message starts a new one), the
+            // server resets its context, or the stream is broken: start afresh.
+            if reset || !matches!(result, Ok(false)) {
+                decompress.reset(false);
+            }
+            result.map(|_| ())
+        }
+    }
+
+    /// Inflates one message's payload and the restored tail onto a cleared `out`;
+    /// true if a final block ended the DEFLATE stream.
+    fn inflate_message(
+        decompress: &mut Decompress,
+        payload: &[u8],
+        out: &mut Vec<u8>,
+        limit: usize,
+    ) -> Result<bool, String> {
+        out.clear();
+        for (input, tail) in [(payload, false), (&SYNC_TAIL[..], true)] {
+            let mut input = input;
+            loop {
+                if out.capacity() - out.len() < 256 {
+                    out.reserve((limit.min(1 << 20) + 256).max(out.len()));
+                }
+                let (in0, out0) = (decompress.total_in(), decompress.total_out());
+                let status = decompress
+                    .decompress_vec(input, out, FlushDecompress::Sync)
+                    .map_err(|e| format!("inflate: {e}"))?;
+                let consumed = (decompress.total_in() - in0) as usize;
+                let produced = (decompress.total_out() - out0) as usize;
+                input = &input[consumed..];
+                if out.len() > limit {
+                    return Err(format!("inflated echo longer than the {limit} bytes sent"));
+                }
+                if status == Status::StreamEnd {
+                    // BFINAL: the message ends here (the tail, if left, is ours).
+                    if !input.is_empty() && !tail {
+                        return Err("compressed data after the final block".into());
+                    }
+                    return Ok(true);
+                }
+                if input.is_empty() && out.len() < out.capacity() {
+                    break;
+                }
+                if consumed == 0 && produced == 0 && out.len() < out.capacity() {
+                    return Err("inflate made no progress (truncated stream?)".into());
+                }
+            }
+        }
+        Ok(false)
+    }
+}
+
+/// JSON-like text payloads (`loadgen --payload json`): an array of product-like
+/// objects (ids, names, categories, prices, quantities, timestamps, tags), exactly the
+/// requested size, different in every message.
+pub mod json {
+    use super::Rng;
+    use std::io::Write;
+
+    const ADJECTIVES: [&str; 16] = [
+        "Blue",
+        "Compact",
+        "Deluxe",
+        "Smart",
+        "Classic",
+        "Ultra",
+        "Eco",
+        "Portable",
+        "Wireless",
+        "Vintage",
+        "Heavy-Duty",
+        "Mini",
+        "Pro",
+        "Organic",
+        "Modular",
+        "Silent",
+    ];
+    const NOUNS: [&str; 16] = [
+        "Widget", "Kettle", "Speaker", "Backpack", "Monitor", "Lamp", "Sprocket", "Blender",
+        "Keyboard", "Tent", "Drill", "Mug", "Router", "Jacket", "Charger", "Camera",
+    ];
+    const CATEGORIES: [&str; 8] = [
+        "hardware", "kitchen", "audio", "outdoor", "office", "lighting", "tools", "apparel",
+    ];
+    const TAGS: [&str; 8] = [
+        "sale",
+        "new",
+        "bestseller",
+        "limited",
+        "refurbished",
+        "gift",
+        "clearance",
+        "eco",
+    ];
+    const WORDS: [&str; 16] = [
+        "ships",
+        "within",
+        "two",
+        "days",
+        "from",
+        "the",
+        "nearest",
+        "warehouse",
+        "and",
+        "includes",
+        "a",
+        "one",
+        "year",
+        "limited",
+        "warranty",
+        "returns",
+    ];
+
+    fn pick<'a>(rng: &mut Rng, list: &[&'a str]) -> &'a str {
+        list[(rng.next_u64() % list.len() as u64) as usize]
+    }
+
+    fn object(rng: &mut Rng, id: u64, ts_ms: u64, out: &mut Vec<u8>) {
+        let r = rng.next_u64();
+        let price = 99 + r % 99_900; // cents
+        let qty = (r >> 20) % 500;
+        let ts = ts_ms.saturating_sub((r >> 32) % 86_400_000);
+        let _ = write!(
+            out,
+            "{{\"id\":{id},\"name\":\"{} {} {}\",\"category\":\"{}\",\"price\":{}.{:02},\
+             \"qty\":{qty},\"in_stock\":{},\"updated_at\":{ts},\"tags\":[\"{}\",\"{}\"]}}",
+            pick(rng, &ADJECTIVES),
+            pick(rng, &NOUNS),
+            100 + (r >> 48) % 900,
+            pick(rng, &CATEGORIES),
+            price / 100,
+            price % 100,
+            r >> 61 != 0,
+            pick(rng, &TAGS),
+            pick(rng, &TAGS),
+        );
+    }
+
+    /// Replaces `out` with a JSON text of exactly `size` bytes (ASCII). Object ids
+    /// continue from `*next_id`, so no two messages of one generator are alike.
+    pub fn payload(rng: &mut Rng, size: usize, next_id: &mut u64, ts_ms: u64, out: &mut Vec<u8>) {
+        out.clear();
+        if size < 48 {
+            // Too small for an object: a JSON string (or a lone digit).
+            if size == 0 {
+                return;
+            } else if size == 1 {
+                out.push(b'0' + (*next_id % 10) as u8);
+            } else {
+                // The id's last digits, so consecutive messages differ.
+                let digits = next_id.to_string();
+                let k = size - 2;
+                out.push(b'"');
+                out.resize(1 + k.saturating_sub(digits.len()), b'x');
+                out.extend_from_slice(&digits.as_bytes()[digits.len().saturating_sub(k)..]);
+                out.push(b'"');
+            }
+            *next_id += 1;
+            return;
+        }
+        out.push(b'[');
+        let mut item = Vec::with_capacity(256);
+        loop {
+            item.clear();
+            object(rng, *next_id, ts_ms, &mut item);
+            let sep = usize::from(out.len() > 1);
+            if out.len() + sep + item.len() + 1 > size {
+                break;
+            }
+            if sep == 1 {
+                out.push(b',');
+            }
+            out.extend_from_slice(&item);
+            *next_id += 1;
+        }
+        if out.len() == 1 {
+            // Not even one whole object fits: a small one, stretched below.
+            let _ = write!(out, "{{\"id\":{}}}", *next_id);
+            *next_id += 1;
+        }
+        let gap = size - out.len() - 1;
+        if gap >= 11 {
+            // Stretch the last object with a note of words to the exact size.
+            out.pop(); // its '}'
+            out.extend_from_slice(b",\"note\":\"");
+            let end = size - 3; // then `"}]`
+            while out.len() < end {
+                let word = pick(rng, &WORDS);
+                let room = end - out.len();
+                if room > word.len() {
+                    out.extend_from_slice(word.as_bytes());
+                    out.push(b' ');
+                } else {
+                    out.extend_from_slice(&word.as_bytes()[..room]);
+                }
+            }
+            out.extend_from_slice(b"\"}");
+        } else {
+            // Under 11 bytes short: whitespace before the bracket.
+            out.resize(size - 1, b' ');
+        }
+        out.push(b']');
+        debug_assert_eq!(out.len(), size);
     }
 }
 
@@ -345,6 +812,182 @@ mod tests {
             connection: Upgrade\r\nsec-websocket-accept: AAAA\r\n\r\n";
         assert!(check_upgrade_response(bad, key).is_err());
         assert!(check_upgrade_response(b"HTTP/1.1 404 Not Found\r\n\r\n", key).is_err());
+    }
+
+    #[test]
+    fn offer_in_the_request_and_headers_read_back() {
+        let req = upgrade_request_with_extensions("h:1", "/echo", "k", Some(pmd::DEFAULT_OFFER));
+        let text = String::from_utf8(req.clone()).unwrap();
+        assert!(text.ends_with("\r\n\r\n"));
+        assert_eq!(
+            header_values(&req, "sec-websocket-extensions"),
+            [pmd::DEFAULT_OFFER]
+        );
+        assert!(header_values(
+            &upgrade_request("h:1", "/", "k"),
+            "Sec-WebSocket-Extensions"
+        )
+        .is_empty());
+    }
+
+    #[test]
+    fn deflate_responses() {
+        let parse =
+            |v: &[&str]| pmd::parse_response(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(parse(&[]), Ok(None));
+        let a =
+            parse(&["permessage-deflate; server_no_context_takeover; client_no_context_takeover"])
+                .unwrap()
+                .unwrap();
+        assert!(a.server_no_context_takeover && a.client_no_context_takeover);
+        assert!(!a.takeover_both_ways());
+        let a = parse(&["permessage-deflate"]).unwrap().unwrap();
+        assert!(a.takeover_both_ways());
+        assert_eq!(
+            (a.server_max_window_bits, a.client_max_window_bits),
+            (15, 15)
+        );
+        let a = parse(&[
+            "permessage-deflate; server_max_window_bits=10; client_max_window_bits=\"12\"",
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (a.server_max_window_bits, a.client_max_window_bits),
+            (10, 12)
+        );
+        for bad in [
+            "x-other",
+            "permessage-deflate; foo",
+            "permessage-deflate; client_max_window_bits",
+            "permessage-deflate; client_max_window_bits=8",
+            "permessage-deflate; server_max_window_bits=16",
+            "permessage-deflate; server_no_context_takeover; server_no_context_takeover",
+            "permessage-deflate, permessage-deflate",
+        ] {
+            assert!(parse(&[bad]).is_err(), "{bad:?}");
+        }
+    }
+
+    fn agreed(snct: bool, cnct: bool) -> pmd::Agreed {
+        pmd::Agreed {
+            server_no_context_takeover: snct,
+            client_no_context_takeover: cnct,
+            server_max_window_bits: 15,
+            client_max_window_bits: 15,
+            response: String::new(),
+        }
+    }
+
+    #[test]
+    fn deflate_round_trips_with_and_without_takeover() {
+        let mut rng = Rng::new(7);
+        for (snct, cnct) in [(true, true), (false, false), (true, false), (false, true)] {
+            // Our compressor talks to a peer inflater with the same agreement (the
+            // peer plays the server's inflater: it resets when the client does not
+            // keep its context, which is what `server_no_context_takeover` means to
+            // the receiving side here).
+            let mut client = pmd::ClientDeflate::new(agreed(snct, cnct), 6);
+            let mut peer = pmd::ClientDeflate::new(agreed(cnct, snct), 6);
+            let (mut shared, mut peer_shared) = (pmd::Shared::new(6), pmd::Shared::new(6));
+            let (mut plain, mut wire, mut back) = (Vec::new(), Vec::new(), Vec::new());
+            let mut id = 1;
+            let mut sizes = Vec::new();
+            for size in [1024, 1024, 1024, 5, 0, 200_000, 1024] {
+                json::payload(&mut rng, size, &mut id, 1_767_225_600_000, &mut plain);
+                client.compress(&mut shared, &plain, &mut wire);
+                assert!(!wire.ends_with(&pmd::SYNC_TAIL));
+                sizes.push(wire.len());
+                peer.inflate(&mut peer_shared, &wire, &mut back, plain.len())
+                    .unwrap();
+                assert_eq!(back, plain, "{snct} {cnct} {size}");
+            }
+            // Context takeover pays from the second 1 KiB message on.
+            if cnct {
+                assert!(sizes[1] * 10 > sizes[0] * 8, "{sizes:?}");
+            } else {
+                assert!(sizes[1] < sizes[0], "{sizes:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn inflate_limit_and_corruption() {
+        for (snct, cnct) in [(true, true), (false, false)] {
+            let mut c = pmd::ClientDeflate::new(agreed(snct, cnct), 6);
+            let mut shared = pmd::Shared::new(6);
+            let mut wire = Vec::new();
+            c.compress(&mut shared, &[b'a'; 10_000], &mut wire);
+            let mut out = Vec::new();
+            assert!(c.inflate(&mut shared, &wire, &mut out, 9_999).is_err());
+            // A failed message leaves the inflater fresh, ready for a new stream.
+            let mut fresh = pmd::ClientDeflate::new(agreed(true, true), 6);
+            fresh.compress(&mut pmd::Shared::new(6), &[b'a'; 10_000], &mut wire);
+            assert!(c.inflate(&mut shared, &wire, &mut out, 10_000).is_ok());
+            assert_eq!(out, [b'a'; 10_000]);
+            assert!(c
+                .inflate(&mut shared, &[0xff, 0xff, 0xff], &mut out, 100)
+                .is_err());
+        }
+    }
+
+    #[test]
+    fn shared_state_serves_many_connections_without_takeover() {
+        // Interleaved messages of several connections through one Shared: exactly the
+        // bytes each connection would produce with state of its own.
+        let mut rng = Rng::new(11);
+        let mut shared = pmd::Shared::new(6);
+        let mut conns: Vec<_> = (0..3)
+            .map(|_| pmd::ClientDeflate::new(agreed(true, true), 6))
+            .collect();
+        let (mut plain, mut wire, mut own_wire, mut back) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut id = 1;
+        for round in 0..4 {
+            for c in conns.iter_mut() {
+                json::payload(
+                    &mut rng,
+                    1024 + round,
+                    &mut id,
+                    1_767_225_600_000,
+                    &mut plain,
+                );
+                c.compress(&mut shared, &plain, &mut wire);
+                pmd::ClientDeflate::new(agreed(true, true), 6).compress(
+                    &mut pmd::Shared::new(6),
+                    &plain,
+                    &mut own_wire,
+                );
+                assert_eq!(wire, own_wire);
+                c.inflate(&mut shared, &wire, &mut back, plain.len())
+                    .unwrap();
+                assert_eq!(back, plain);
+            }
+        }
+    }
+
+    #[test]
+    fn json_payloads_have_the_exact_size_and_vary() {
+        let mut rng = Rng::new(3);
+        let mut id = 1_000_000_000;
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for size in (1..600).chain([1024, 1025, 4096, 65_536]) {
+            json::payload(&mut rng, size, &mut id, 1_767_225_600_000, &mut a);
+            json::payload(&mut rng, size, &mut id, 1_767_225_600_000, &mut b);
+            assert_eq!((a.len(), b.len()), (size, size));
+            assert!(a.is_ascii());
+            if size > 2 {
+                assert_ne!(a, b, "{size}");
+            }
+            if size >= 48 {
+                assert_eq!(
+                    (a[0], a[size - 1]),
+                    (b'[', b']'),
+                    "{}",
+                    String::from_utf8_lossy(&a)
+                );
+            }
+        }
     }
 
     #[test]

@@ -139,6 +139,16 @@ impl Receiver {
         }
     }
 
+    /// Releases the buffers kept from earlier messages (to be reused by the next ones),
+    /// unless a message is half received: for a connection that has gone quiet.
+    pub fn shed_buffers(&mut self) {
+        if !self.is_mid_message() {
+            self.assembled = Vec::new();
+            self.control = None;
+            self.delivered_from_buffers = false;
+        }
+    }
+
     /// Whether a message, frame or header is partly received: at a clean boundary the
     /// receiver holds no peer data at all.
     pub fn is_mid_message(&self) -> bool {
@@ -869,6 +879,23 @@ mod tests {
 
     fn feed_whole_deflate(stream: &[u8]) -> (Vec<Owned>, Option<ProtocolError>) {
         feed(&mut deflate_receiver(1 << 20), stream, &[])
+    }
+
+    #[test]
+    fn shedding_frees_buffers_but_never_a_half_received_message() {
+        let mut rx = Receiver::new(1 << 20);
+        let stream = [frame(false, 0x2, &[1; 5000]), frame(true, 0x0, &[2; 5000])].concat();
+        feed(&mut rx, &stream, &[]);
+        assert!(rx.assembled.capacity() >= 10_000);
+        rx.shed_buffers();
+        assert_eq!(rx.assembled.capacity(), 0);
+        // Half a fragmented message stays put.
+        feed(&mut rx, &frame(false, 0x2, &[3; 5000]), &[]);
+        rx.shed_buffers();
+        assert_eq!(rx.assembled.len(), 5000);
+        let (events, error) = feed(&mut rx, &frame(true, 0x0, &[4; 10]), &[]);
+        assert_eq!(error, None);
+        assert_eq!(events.len(), 1);
     }
 
     /// One message of a generated stream: how it is fragmented and what is interleaved.

@@ -25,7 +25,24 @@
 //!
 //! `--idle`: open N connections, complete the handshakes, hold them idle, and report
 //! the server's VmRSS before and after (bytes per connection); then send one message on
-//! every connection to prove they were all still open.
+//! every connection to prove they were all still open. `--idle-prime` first exchanges
+//! one message on every connection (so the server holds whatever state a used
+//! connection keeps, e.g. compression context), then holds them idle.
+//!
+//! `--payload json` and `--deflate` switch to message mode: each message is built
+//! afresh (`json`: a text frame of JSON-like text, exactly `--size` bytes, different
+//! every time; otherwise the binary pattern, stamped), the echo is buffered whole,
+//! its header checked (FIN, no RSV2/3, same opcode, unmasked), inflated if RSV1 is
+//! set, and compared with the message sent. `--deflate` offers permessage-deflate
+//! (RFC 7692; `permessage-deflate; client_max_window_bits` unless `--deflate-offer`
+//! says otherwise), fails a connection whose 101 does not accept it, and honours what
+//! the server answered: every message is compressed (raw DEFLATE, sync flush, the
+//! `00 00 ff ff` tail stripped, RSV1 set), our compressor is reset per message if the
+//! answer has `client_no_context_takeover` and our inflater if it has
+//! `server_no_context_takeover`. `--deflate-takeover` makes the same offer (which
+//! allows takeover both ways) and fails a connection unless the server keeps context
+//! in both directions. The result line then also reports the bytes on the wire per
+//! message, each way, against the uncompressed size.
 //!
 //! Every run is bounded: connection set-up by `--connect-timeout`, the load by
 //! `--warmup` + `--seconds`, the idle check by `--settle` and `--verify-timeout`.
@@ -37,8 +54,10 @@ use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
+use wsreactor_bench::pmd::{self, ClientDeflate};
 use wsreactor_bench::{
-    check_upgrade_response, client_key, encode_header, head_end, procfs, upgrade_request, Args, Rng,
+    check_upgrade_response, client_key, encode_header, head_end, header_values, json, procfs,
+    upgrade_request_with_extensions, Args, Rng,
 };
 
 const USAGE: &str = "\
@@ -59,6 +78,15 @@ loadgen: closed-loop WebSocket echo load generator (prints one JSON line)
   --connect-timeout S     give up connecting after S           [60]
   --verify-timeout S      idle: time for the final echo check  [20]
   --drain                 always read until WouldBlock (default: stop at a short read)
+  --payload KIND          pattern (binary frames) | json (text frames of JSON-like
+                          text, exactly --size bytes, different every message) [pattern]
+  --deflate               offer permessage-deflate, require it in the 101, compress
+                          every message, inflate compressed echoes
+  --deflate-takeover      as --deflate, and require context takeover both ways
+  --deflate-offer VALUE   the Sec-WebSocket-Extensions offer
+                          [permessage-deflate; client_max_window_bits]
+  --deflate-level N       our zlib level, 0..9                [6]
+  --idle-prime            idle: exchange one message per connection before the hold
 ";
 
 const READ_BUF: usize = 256 * 1024;
@@ -92,6 +120,160 @@ struct Conn {
     in_flight: bool,
     sent_at: Instant,
     writable_interest: bool,
+    /// Message mode (`--payload json`, `--deflate`): every message built afresh and
+    /// every echo buffered whole. `None`: the fixed-pattern path above.
+    msg: Option<Box<MsgConn>>,
+}
+
+/// One connection's state in message mode.
+struct MsgConn {
+    rng: Rng,
+    /// JSON object ids continue from here (unique per connection and message).
+    next_id: u64,
+    json: bool,
+    size: usize,
+    opcode: u8,
+    /// The current message, uncompressed.
+    plain: Vec<u8>,
+    /// The compressed payload being built, then the inflated echo.
+    scratch: Vec<u8>,
+    /// The echo's bytes so far.
+    rx: Vec<u8>,
+    /// Payload bytes of the current message as sent (compressed or not).
+    wire_payload: usize,
+    deflate: Option<ClientDeflate>,
+}
+
+impl MsgConn {
+    /// Builds the next message and its masked frame.
+    fn next(
+        &mut self,
+        shared: &mut pmd::Shared,
+        id: u64,
+        seq: u64,
+        mask: [u8; 4],
+        frame: &mut Vec<u8>,
+    ) {
+        if self.json {
+            let ts_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            json::payload(
+                &mut self.rng,
+                self.size,
+                &mut self.next_id,
+                ts_ms,
+                &mut self.plain,
+            );
+        } else {
+            let stamp = ((id << 40) | (seq & ((1 << 40) - 1))).to_le_bytes();
+            let n = self.plain.len().min(8);
+            self.plain[..n].copy_from_slice(&stamp[..n]);
+        }
+        let compressed = self.deflate.is_some();
+        let payload: &[u8] = match &mut self.deflate {
+            Some(deflate) => {
+                deflate.compress(shared, &self.plain, &mut self.scratch);
+                &self.scratch
+            }
+            None => &self.plain,
+        };
+        frame.clear();
+        encode_header(frame, self.opcode, payload.len(), Some(mask));
+        if compressed {
+            frame[0] |= 0x40; // RSV1: a compressed message (RFC 7692 §6)
+        }
+        let at = frame.len();
+        frame.extend_from_slice(payload);
+        mask_in_place(&mut frame[at..], mask);
+        self.wire_payload = payload.len();
+        self.rx.clear();
+    }
+
+    /// Checks a whole echo frame in `rx` against the message sent; returns its payload
+    /// length and whether it came compressed.
+    fn check_echo(&mut self, shared: &mut pmd::Shared) -> Result<(usize, bool), String> {
+        let (b0, b1) = (self.rx[0], self.rx[1]);
+        if b0 & 0x80 == 0 {
+            return Err("echo without FIN (fragmented)".into());
+        }
+        if b0 & 0x30 != 0 {
+            return Err(format!("echo with RSV2/RSV3 set ({b0:#04x})"));
+        }
+        if b0 & 0x0f != self.opcode {
+            return Err(format!(
+                "echo opcode {:#x}, sent {:#x}",
+                b0 & 0x0f,
+                self.opcode
+            ));
+        }
+        if b1 & 0x80 != 0 {
+            return Err("the server masked its frame".into());
+        }
+        let header = 2 + match b1 & 0x7f {
+            126 => 2,
+            127 => 8,
+            _ => 0,
+        };
+        let payload = &self.rx[header..];
+        let compressed = b0 & 0x40 != 0;
+        let got: &[u8] = if compressed {
+            let deflate = self
+                .deflate
+                .as_mut()
+                .ok_or("RSV1 set, but no permessage-deflate was agreed")?;
+            deflate.inflate(shared, payload, &mut self.scratch, self.plain.len())?;
+            &self.scratch
+        } else {
+            payload
+        };
+        if got != &self.plain[..] {
+            let at = got
+                .iter()
+                .zip(&self.plain)
+                .position(|(a, b)| a != b)
+                .unwrap_or(got.len().min(self.plain.len()));
+            return Err(format!(
+                "{}echo differs from the message at byte {at} (length {}, sent {})",
+                if compressed { "inflated " } else { "" },
+                got.len(),
+                self.plain.len()
+            ));
+        }
+        Ok((payload.len(), compressed))
+    }
+}
+
+/// The length of the frame at the front of `buf` (header included), once its header
+/// is in.
+fn frame_len(buf: &[u8]) -> Option<u64> {
+    let b1 = *buf.get(1)?;
+    let (ext, len) = match b1 & 0x7f {
+        126 => (
+            2,
+            u64::from(u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?)),
+        ),
+        127 => (8, u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?)),
+        n => (0, u64::from(n)),
+    };
+    let mask = if b1 & 0x80 != 0 { 4 } else { 0 };
+    Some(2 + ext + mask + len)
+}
+
+/// XORs a frame payload with the mask key, a word at a time.
+fn mask_in_place(payload: &mut [u8], key: [u8; 4]) {
+    let key8 = u64::from_ne_bytes([
+        key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3],
+    ]);
+    let mut chunks = payload.chunks_exact_mut(8);
+    for chunk in &mut chunks {
+        let word = u64::from_ne_bytes(chunk.try_into().expect("8 bytes")) ^ key8;
+        chunk.copy_from_slice(&word.to_ne_bytes());
+    }
+    // The remainder starts at a multiple of 8, so of 4: the key lines up again.
+    for (i, b) in chunks.into_remainder().iter_mut().enumerate() {
+        *b ^= key[i % 4];
+    }
 }
 
 impl Conn {
@@ -115,6 +297,14 @@ struct Stats {
     payload_bytes: u64,
     measuring: bool,
     samples_ns: Vec<u64>,
+    /// Echoes completed, measured or not (idle priming counts these).
+    completed: u64,
+    /// Message mode, over the measured messages: frame and payload bytes each way.
+    sent_frame_bytes: u64,
+    sent_payload_bytes: u64,
+    echo_frame_bytes: u64,
+    echo_payload_bytes: u64,
+    echoes_compressed: u64,
 }
 
 impl Stats {
@@ -131,6 +321,15 @@ struct Gen {
     raw: bool,
     /// Idle mode: no load; one verifying echo per connection at the end.
     idle: bool,
+    /// Message mode: JSON text payloads.
+    json: bool,
+    /// Message mode: permessage-deflate.
+    deflate: Option<DeflateOptions>,
+    /// Compressor and inflater shared by connections that reset them per message.
+    shared: pmd::Shared,
+    /// The first permessage-deflate answer seen, and whether others differed.
+    agreed: Option<String>,
+    agreed_mixed: bool,
     size: usize,
     drain: bool,
     poll: Poll,
@@ -177,13 +376,58 @@ impl Gen {
             Interest::READABLE | Interest::WRITABLE,
         )?;
         let key = client_key(rng);
-        let request = upgrade_request(host, path, &key);
+        let offer = self.deflate.as_ref().map(|d| d.offer.as_str());
+        let request = upgrade_request_with_extensions(host, path, &key, offer);
         let mask = rng.mask_key();
         let size = self.size;
         // Payload: a per-connection pattern; the first 8 bytes are re-stamped per message.
         let payload: Vec<u8> = (0..size)
             .map(|i| (i as u64).wrapping_mul(31).wrapping_add(id * 7 + 1) as u8)
             .collect();
+        let msg = (self.json || self.deflate.is_some()).then(|| {
+            Box::new(MsgConn {
+                rng: Rng::new(rng.next_u64()),
+                next_id: (id + 1) * 1_000_000_000,
+                json: self.json,
+                size,
+                opcode: if self.json { 0x1 } else { 0x2 },
+                plain: if self.json {
+                    Vec::new()
+                } else {
+                    payload.clone()
+                },
+                scratch: Vec::new(),
+                rx: Vec::new(),
+                wire_payload: 0,
+                deflate: None,
+            })
+        });
+        if msg.is_some() {
+            // Frames are built per message.
+            self.conns.push(Conn {
+                stream,
+                id,
+                phase: Phase::Connecting,
+                key,
+                request,
+                request_written: 0,
+                head: Vec::new(),
+                mask,
+                frame: Vec::with_capacity(size + 14),
+                frame_payload_at: 0,
+                expected: Vec::new(),
+                expected_payload_at: 0,
+                seq: 0,
+                written: 0,
+                received: 0,
+                in_flight: false,
+                sent_at: Instant::now(),
+                writable_interest: true,
+                msg,
+            });
+            self.in_handshake += 1;
+            return Ok(());
+        }
         let mut frame = Vec::with_capacity(size + 14);
         encode_header(&mut frame, 0x2, size, Some(mask));
         let frame_payload_at = frame.len();
@@ -219,6 +463,7 @@ impl Gen {
             in_flight: false,
             sent_at: Instant::now(),
             writable_interest: true,
+            msg: None,
         });
         self.in_handshake += 1;
         Ok(())
@@ -301,6 +546,32 @@ impl Gen {
                     return Ok(());
                 };
                 check_upgrade_response(&conn.head[..end], &conn.key)?;
+                let answered = header_values(&conn.head[..end], "sec-websocket-extensions");
+                match (&self.deflate, conn.msg.as_deref_mut()) {
+                    (Some(options), Some(msg)) => {
+                        let agreed = pmd::parse_response(&answered)?.ok_or(
+                            "the 101 accepts no permessage-deflate (server without --deflate?)",
+                        )?;
+                        if options.require_takeover && !agreed.takeover_both_ways() {
+                            return Err(format!(
+                                "context takeover required, the server answered {:?}",
+                                agreed.response
+                            ));
+                        }
+                        match &self.agreed {
+                            None => self.agreed = Some(agreed.response.clone()),
+                            Some(first) if *first != agreed.response => self.agreed_mixed = true,
+                            Some(_) => {}
+                        }
+                        msg.deflate = Some(ClientDeflate::new(agreed, options.level));
+                    }
+                    _ if !answered.is_empty() => {
+                        return Err(format!(
+                            "the 101 answers extensions not offered: {answered:?}"
+                        ));
+                    }
+                    _ => {}
+                }
                 if end != conn.head.len() {
                     return Err(format!(
                         "{} unexpected bytes after the 101",
@@ -324,7 +595,11 @@ impl Gen {
                     write_frame(conn, registry, slot)?;
                 }
                 if readable {
-                    self.readable(slot)?;
+                    if conn.msg.is_some() {
+                        self.readable_msg(slot)?;
+                    } else {
+                        self.readable(slot)?;
+                    }
                 }
                 Ok(())
             }
@@ -372,6 +647,7 @@ impl Gen {
             if conn.received == conn.expected.len() {
                 let now = Instant::now();
                 conn.in_flight = false;
+                self.stats.completed += 1;
                 if self.stats.measuring {
                     self.stats.msgs += 1;
                     self.stats.payload_bytes += self.size as u64;
@@ -380,7 +656,7 @@ impl Gen {
                         .push(now.duration_since(conn.sent_at).as_nanos() as u64);
                 }
                 if !self.stopping && !self.idle {
-                    start_message(conn, registry, slot, self.raw, now)?;
+                    start_message(conn, registry, &mut self.shared, slot, self.raw, now)?;
                 }
             }
             // A read that did not fill the buffer emptied the socket: Linux signals the
@@ -393,14 +669,92 @@ impl Gen {
     }
 }
 
+impl Gen {
+    /// Message mode: buffers the echo, and checks it (header, inflated payload) when it
+    /// is whole, then starts the next message.
+    fn readable_msg(&mut self, slot: usize) -> Result<(), String> {
+        let registry = self.poll.registry();
+        let conn = &mut self.conns[slot];
+        loop {
+            let n = match (&conn.stream).read(&mut self.buf) {
+                Ok(0) if self.stopping => return Ok(()),
+                Ok(0) => return Err("server closed the connection".into()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) if self.stopping => return Ok(()),
+                Err(e) => return Err(format!("read: {e}")),
+            };
+            if !conn.in_flight {
+                return Err(format!("{n} bytes with no message in flight"));
+            }
+            let msg = conn.msg.as_deref_mut().expect("message mode");
+            msg.rx.extend_from_slice(&self.buf[..n]);
+            if let Some(total) = frame_len(&msg.rx) {
+                // An echo is never larger than the message plus a header, even
+                // uncompressed (the server may send any message uncompressed).
+                let bound = (msg.plain.len().max(conn.frame.len()) + 14) as u64;
+                if total > bound {
+                    return Err(format!(
+                        "echo frame of {total} bytes for a {bound}-byte bound"
+                    ));
+                }
+                let total = total as usize;
+                if msg.rx.len() > total {
+                    return Err(format!("{} bytes more than the echo", msg.rx.len() - total));
+                }
+                if msg.rx.len() == total {
+                    let (echo_payload, compressed) = if self.raw {
+                        if msg.rx != conn.frame {
+                            return Err("raw echo differs from the frame sent".into());
+                        }
+                        (total, false)
+                    } else {
+                        msg.check_echo(&mut self.shared)?
+                    };
+                    let now = Instant::now();
+                    conn.in_flight = false;
+                    let stats = &mut self.stats;
+                    stats.completed += 1;
+                    if stats.measuring {
+                        stats.msgs += 1;
+                        stats.payload_bytes += msg.plain.len() as u64;
+                        stats
+                            .samples_ns
+                            .push(now.duration_since(conn.sent_at).as_nanos() as u64);
+                        stats.sent_frame_bytes += conn.frame.len() as u64;
+                        stats.sent_payload_bytes += msg.wire_payload as u64;
+                        stats.echo_frame_bytes += total as u64;
+                        stats.echo_payload_bytes += echo_payload as u64;
+                        stats.echoes_compressed += u64::from(compressed);
+                    }
+                    if !self.stopping && !self.idle {
+                        start_message(conn, registry, &mut self.shared, slot, self.raw, now)?;
+                    }
+                }
+            }
+            if n < self.buf.len() && !self.drain {
+                return Ok(());
+            }
+        }
+    }
+}
+
 fn start_message(
     conn: &mut Conn,
     registry: &Registry,
+    shared: &mut pmd::Shared,
     slot: usize,
     raw: bool,
     now: Instant,
 ) -> Result<(), String> {
-    conn.stamp(raw);
+    match conn.msg.as_deref_mut() {
+        Some(msg) => {
+            conn.seq += 1;
+            msg.next(shared, conn.id, conn.seq, conn.mask, &mut conn.frame);
+        }
+        None => conn.stamp(raw),
+    }
     conn.written = 0;
     conn.received = 0;
     conn.in_flight = true;
@@ -487,10 +841,30 @@ struct Options {
     connect_timeout: Duration,
     verify_timeout: Duration,
     drain: bool,
+    json: bool,
+    deflate: Option<DeflateOptions>,
+    idle_prime: bool,
+}
+
+#[derive(Clone)]
+struct DeflateOptions {
+    /// The `Sec-WebSocket-Extensions` value offered.
+    offer: String,
+    level: u32,
+    /// Fail connections the server does not grant context takeover both ways.
+    require_takeover: bool,
 }
 
 fn options() -> Result<Options, String> {
-    let args = Args::parse(&["--raw", "--idle", "--drain", "--help"])?;
+    let args = Args::parse(&[
+        "--raw",
+        "--idle",
+        "--drain",
+        "--help",
+        "--deflate",
+        "--deflate-takeover",
+        "--idle-prime",
+    ])?;
     if args.has("--help") {
         print!("{USAGE}");
         std::process::exit(0);
@@ -510,12 +884,43 @@ fn options() -> Result<Options, String> {
         "--connect-timeout",
         "--verify-timeout",
         "--drain",
+        "--payload",
+        "--deflate",
+        "--deflate-takeover",
+        "--deflate-offer",
+        "--deflate-level",
+        "--idle-prime",
     ])?;
     let host: String = args.get("--addr", "127.0.0.1:9998".to_owned())?;
     let addr: SocketAddr = host
         .parse()
         .map_err(|_| format!("--addr: not an address: {host}"))?;
     let pid: u32 = args.get("--server-pid", 0)?;
+    let json = match args.get("--payload", "pattern".to_owned())?.as_str() {
+        "pattern" => false,
+        "json" => true,
+        other => return Err(format!("--payload: pattern or json, not {other:?}")),
+    };
+    let deflate =
+        (args.has("--deflate") || args.has("--deflate-takeover")).then(|| DeflateOptions {
+            offer: String::new(),
+            level: 6,
+            require_takeover: args.has("--deflate-takeover"),
+        });
+    let deflate = match deflate {
+        Some(mut d) => {
+            d.offer = args.get("--deflate-offer", pmd::DEFAULT_OFFER.to_owned())?;
+            d.level = args.get("--deflate-level", 6)?;
+            if d.level > 9 {
+                return Err("--deflate-level must be 0..=9".into());
+            }
+            Some(d)
+        }
+        None if args.has("--deflate-offer") || args.has("--deflate-level") => {
+            return Err("--deflate-offer and --deflate-level need --deflate".into())
+        }
+        None => None,
+    };
     let options = Options {
         addr,
         host,
@@ -532,7 +937,16 @@ fn options() -> Result<Options, String> {
         connect_timeout: args.seconds("--connect-timeout", 60.0)?,
         verify_timeout: args.seconds("--verify-timeout", 20.0)?,
         drain: args.has("--drain"),
+        json,
+        deflate,
+        idle_prime: args.has("--idle-prime"),
     };
+    if options.raw && options.deflate.is_some() {
+        return Err("--raw and --deflate exclude each other (rawecho negotiates nothing)".into());
+    }
+    if options.idle_prime && !options.idle {
+        return Err("--idle-prime needs --idle".into());
+    }
     if options.conns == 0 || options.ramp == 0 {
         return Err("--conns and --ramp must be positive".into());
     }
@@ -652,6 +1066,11 @@ fn run(options: &Options) -> Result<u64, String> {
     let mut gen = Gen {
         raw: options.raw,
         idle: options.idle,
+        json: options.json,
+        deflate: options.deflate.clone(),
+        shared: pmd::Shared::new(options.deflate.as_ref().map_or(6, |d| d.level)),
+        agreed: None,
+        agreed_mixed: false,
         size: options.size,
         drain: options.drain,
         poll: Poll::new().map_err(|e| format!("poll: {e}"))?,
@@ -664,6 +1083,12 @@ fn run(options: &Options) -> Result<u64, String> {
             payload_bytes: 0,
             measuring: false,
             samples_ns: Vec::new(),
+            completed: 0,
+            sent_frame_bytes: 0,
+            sent_payload_bytes: 0,
+            echo_frame_bytes: 0,
+            echo_payload_bytes: 0,
+            echoes_compressed: 0,
         },
         stopping: false,
         opened: 0,
@@ -698,6 +1123,43 @@ fn line_errors(line: &str) -> u64 {
         .unwrap_or(1)
 }
 
+/// Message mode's extra fields (a leading comma; empty otherwise): the payload kind,
+/// the permessage-deflate answer, and the bytes on the wire per measured message.
+fn message_json(gen: &Gen, wire: bool) -> String {
+    if !gen.json && gen.deflate.is_none() {
+        return String::new();
+    }
+    let agreed = match &gen.agreed {
+        Some(a) if gen.agreed_mixed => json_str(&format!("{a} (and others)")),
+        Some(a) => json_str(a),
+        None => "null".into(),
+    };
+    let mut out = format!(
+        ",\"payload\":\"{}\",\"deflate\":{agreed}",
+        if gen.json { "json" } else { "pattern" }
+    );
+    if wire {
+        let s = &gen.stats;
+        let per = |v: u64| (s.msgs > 0).then(|| v as f64 / s.msgs as f64);
+        let ratio = |v: u64| (s.payload_bytes > 0).then(|| v as f64 / s.payload_bytes as f64);
+        out.push_str(&format!(
+            ",\"wire\":{{\"plain_bytes_per_msg\":{},\"sent_frame_bytes_per_msg\":{},\
+             \"sent_payload_bytes_per_msg\":{},\"echo_frame_bytes_per_msg\":{},\
+             \"echo_payload_bytes_per_msg\":{},\"sent_ratio\":{},\"echo_ratio\":{},\
+             \"echoes_compressed\":{}}}",
+            opt(per(s.payload_bytes)),
+            opt(per(s.sent_frame_bytes)),
+            opt(per(s.sent_payload_bytes)),
+            opt(per(s.echo_frame_bytes)),
+            opt(per(s.echo_payload_bytes)),
+            opt(ratio(s.sent_payload_bytes)),
+            opt(ratio(s.echo_payload_bytes)),
+            opt(per(s.echoes_compressed)),
+        ));
+    }
+    out
+}
+
 fn errors_json(stats: &Stats) -> String {
     let samples: Vec<String> = stats.error_samples.iter().map(|s| json_str(s)).collect();
     format!(
@@ -718,7 +1180,14 @@ fn run_load(
     for slot in 0..gen.conns.len() {
         if gen.conns[slot].phase == Phase::Open {
             let registry = gen.poll.registry();
-            if let Err(why) = start_message(&mut gen.conns[slot], registry, slot, gen.raw, now) {
+            if let Err(why) = start_message(
+                &mut gen.conns[slot],
+                registry,
+                &mut gen.shared,
+                slot,
+                gen.raw,
+                now,
+            ) {
                 gen.fail(slot, why);
             }
         }
@@ -749,6 +1218,7 @@ fn run_load(
         .map(|c| end.duration_since(c.sent_at).as_secs_f64() * 1000.0)
         .fold(0.0, f64::max);
 
+    let extra = message_json(gen, true);
     let stats = &mut gen.stats;
     stats.samples_ns.sort_unstable();
     let samples = &stats.samples_ns;
@@ -779,7 +1249,7 @@ fn run_load(
          \"msgs_per_server_cpu_sec\":{},\"server_cpu_util\":{},\"client_cpu_util\":{:.3},\
          \"server_minflt_per_msg\":{},\"server_ctxsw_per_msg\":{},\
          \"server_run_wait\":{},\"client_run_wait\":{},\
-         \"oldest_in_flight_ms\":{oldest_in_flight_ms:.1},{}}}",
+         \"oldest_in_flight_ms\":{oldest_in_flight_ms:.1}{extra},{}}}",
         options.conns,
         gen.opened,
         options.size,
@@ -812,6 +1282,37 @@ fn run_idle(
     rss_before: Option<u64>,
     open_secs: f64,
 ) -> Result<String, String> {
+    if options.idle_prime {
+        // One message on every connection first, so the server holds whatever a used
+        // connection keeps (compression context, buffers).
+        let open = gen.conns.iter().filter(|c| c.phase == Phase::Open).count() as u64;
+        let now = Instant::now();
+        for slot in 0..gen.conns.len() {
+            if gen.conns[slot].phase == Phase::Open {
+                let registry = gen.poll.registry();
+                if let Err(why) = start_message(
+                    &mut gen.conns[slot],
+                    registry,
+                    &mut gen.shared,
+                    slot,
+                    gen.raw,
+                    now,
+                ) {
+                    gen.fail(slot, why);
+                }
+            }
+        }
+        let deadline = now + options.verify_timeout;
+        while gen.stats.completed < open && Instant::now() < deadline {
+            poll_once(gen, events, Duration::from_millis(50))?;
+        }
+        if gen.stats.completed < open {
+            gen.stats.error(format!(
+                "priming: only {} of {open} connections echoed within {:?}",
+                gen.stats.completed, options.verify_timeout
+            ));
+        }
+    }
     // Hold them idle; any byte a server sends now is an error (no message in flight).
     run_until(gen, events, Instant::now() + options.settle)?;
     let rss_after = options.server_pid.and_then(procfs::vm_rss_bytes);
@@ -821,7 +1322,14 @@ fn run_idle(
     for slot in 0..gen.conns.len() {
         if gen.conns[slot].phase == Phase::Open {
             let registry = gen.poll.registry();
-            if let Err(why) = start_message(&mut gen.conns[slot], registry, slot, gen.raw, now) {
+            if let Err(why) = start_message(
+                &mut gen.conns[slot],
+                registry,
+                &mut gen.shared,
+                slot,
+                gen.raw,
+                now,
+            ) {
                 gen.fail(slot, why);
             }
         }
@@ -842,9 +1350,13 @@ fn run_idle(
         (Some(a), Some(b)) if open_now > 0 => Some((b as f64 - a as f64) / open_now as f64),
         _ => None,
     };
+    let mut extra = message_json(gen, false);
+    if options.idle_prime {
+        extra.push_str(&format!(",\"primed\":true,\"size\":{}", options.size));
+    }
     Ok(format!(
         "{{\"mode\":\"idle\",\"conns\":{},\"opened\":{},\"open_secs\":{open_secs:.3},\
-         \"rss_before\":{},\"rss_after\":{},\"rss_per_conn\":{},\"verified\":{verified},{}}}",
+         \"rss_before\":{},\"rss_after\":{},\"rss_per_conn\":{},\"verified\":{verified}{extra},{}}}",
         options.conns,
         open_now,
         opt(rss_before.map(|b| b as f64)),
