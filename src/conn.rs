@@ -303,9 +303,9 @@ impl<S> Conn<S> {
 
     /// Sends raw bytes (an HTTP response), bypassing the queue cap.
     ///
-    /// Not corked: it is the only thing this connection sends in its event, and a
-    /// corked 101 would leave every idle connection holding the queue buffer it was
-    /// copied into.
+    /// Not corked: written straight through, so that the 101 of a connection that then
+    /// stays idle does not leave it holding a queue buffer (frames the handler sends in
+    /// `on_open` are corked after it, in order).
     pub fn send_bytes(&mut self, registry: &Registry, token: Token, bytes: &[u8]) -> SendStatus {
         self.send_parts(registry, token, bytes, &[], false)
     }
