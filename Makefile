@@ -36,7 +36,20 @@ lint:
 # so we remove it to let the next run retry instead of trusting a broken one.
 $(VENV)/bin/pip:
 	rm -rf $(VENV)
-	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); exit 1; }
+	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); $(MAKE) --no-print-directory python3-venv && $(PYTHON) -m venv $(VENV); } \
+	  || { rm -rf $(VENV); exit 1; }
+
+# Debian's python3 cannot make venvs until python3-venv is installed: do it when we
+# can (root with apt), so that `make test` is all a fresh machine needs.
+.PHONY: python3-venv
+python3-venv:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "python3 -m venv failed: installing python3-venv"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y python3-venv \
+	    || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y python3-venv; }; \
+	else \
+	  echo "python3 -m venv failed: install python3-venv (e.g. sudo apt-get install python3-venv)"; exit 1; \
+	fi
 
 $(KOSOKU_STAMP): | $(VENV)/bin/pip
 	$(VENV)/bin/pip install --disable-pip-version-check --quiet 'kosoku==$(KOSOKU_VERSION)'
