@@ -8,7 +8,7 @@
 
 use crate::conn::ConnDeflate;
 use crate::proto::deflate::{Deflater, Inflater};
-use crate::proto::frame::{FrameHeader, Opcode, MAX_HEADER_LEN};
+use crate::proto::frame::{FrameHeader, Opcode};
 use crate::proto::Receiver;
 
 /// Spare inflaters kept for lending; more are dropped when returned.
@@ -67,16 +67,7 @@ impl Compression {
             .get_or_insert_with(|| Box::new(Deflater::new(level, bits)));
         let mut payload = Vec::new();
         deflater.compress(message, &mut payload, true);
-        let header = FrameHeader {
-            rsv: 0b100,
-            ..FrameHeader::server(opcode, payload.len())
-        };
-        let mut bytes = [0u8; MAX_HEADER_LEN];
-        let header_len = header.encode(&mut bytes);
-        let mut frame = Vec::with_capacity(header_len + payload.len());
-        frame.extend_from_slice(&bytes[..header_len]);
-        frame.extend_from_slice(&payload);
-        frame
+        FrameHeader::server_compressed(opcode, payload.len()).frame_with(&payload)
     }
 
     /// Lends a spare inflater to a receiver that may need one for this read.

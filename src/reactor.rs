@@ -795,16 +795,6 @@ fn internal_error(why: &str) -> HttpResponse {
     HttpResponse::text(StatusCode::INTERNAL_SERVER_ERROR, "internal server error\n")
 }
 
-/// A whole unfragmented server frame, header and payload, ready to send to many.
-fn encode(opcode: Opcode, payload: &[u8]) -> Vec<u8> {
-    let mut header = [0u8; MAX_HEADER_LEN];
-    let header_len = FrameHeader::server(opcode, payload.len()).encode(&mut header);
-    let mut frame = Vec::with_capacity(header_len + payload.len());
-    frame.extend_from_slice(&header[..header_len]);
-    frame.extend_from_slice(payload);
-    frame
-}
-
 impl Payload {
     fn parts(&self) -> (Opcode, &[u8]) {
         match self {
@@ -978,10 +968,7 @@ impl<S> Core<S> {
         let status = match &mut conn.deflate {
             Some(deflate) if compress => {
                 let compressed = self.compression.compress(deflate, payload);
-                let header = FrameHeader {
-                    rsv: 0b100,
-                    ..FrameHeader::server(opcode, compressed.len())
-                };
+                let header = FrameHeader::server_compressed(opcode, compressed.len());
                 conn.send_with_header(registry, Token(slot), header, compressed, max_queue)
             }
             _ => conn.send_frame(registry, Token(slot), opcode, payload, max_queue),
@@ -1009,7 +996,7 @@ impl<S> Core<S> {
     /// Sends one message to each open connection in `slots`, encoded once (and
     /// compressed once, for receivers that can share a compressed frame).
     fn fanout(&mut self, slots: &[usize], opcode: Opcode, payload: &[u8]) -> Fanout {
-        let plain = encode(opcode, payload);
+        let plain = FrameHeader::server(opcode, payload.len()).frame_with(payload);
         self.stats.fanout_frames_encoded += 1;
         let bits = self.config.deflate_window_bits.clamp(9, 15);
         let shares_compressed = |conn: &Conn<S>| {

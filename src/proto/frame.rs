@@ -170,6 +170,26 @@ impl FrameHeader {
         at
     }
 
+    /// The header of an unmasked, unfragmented server frame carrying a message
+    /// compressed by permessage-deflate (RSV1 set, RFC 7692 §6).
+    pub fn server_compressed(opcode: Opcode, payload_len: usize) -> FrameHeader {
+        FrameHeader {
+            rsv: 0b100,
+            ..FrameHeader::server(opcode, payload_len)
+        }
+    }
+
+    /// This header followed by `payload`: a whole frame in one buffer, for sending the
+    /// same frame to many connections.
+    pub fn frame_with(&self, payload: &[u8]) -> Vec<u8> {
+        let mut header = [0u8; MAX_HEADER_LEN];
+        let header_len = self.encode(&mut header);
+        let mut frame = Vec::with_capacity(header_len + payload.len());
+        frame.extend_from_slice(&header[..header_len]);
+        frame.extend_from_slice(payload);
+        frame
+    }
+
     /// The header of an unmasked, unfragmented server frame.
     pub fn server(opcode: Opcode, payload_len: usize) -> FrameHeader {
         FrameHeader {
