@@ -5,8 +5,9 @@
 //! are recognised as stale when they come out (no connection in the slot, or its
 //! recorded deadline differs) and dropped. An entry outliving its connection and
 //! meeting the slot's next one can only wake that one early, and the connection's own
-//! deadline decides what happens, so entries need no generation: 16 bytes each. Insertion and removal are O(log n), and
-//! nothing scans every connection per tick. A deadline that moves *later* (the usual
+//! deadline decides what happens, so entries need no generation: 12 bytes each (see
+//! [`Entry`]). Insertion and removal are O(log n), and nothing scans every connection
+//! per tick. A deadline that moves *later* (the usual
 //! case: activity pushes the idle deadline back) costs nothing until the old entry
 //! surfaces, when it is re-inserted once at the new time.
 
@@ -77,29 +78,55 @@ pub(crate) fn millis(duration: Duration) -> Option<Millis> {
     }
 }
 
+/// One queued deadline: `(when, slot)` as three 32-bit words, high half of `when`
+/// first, so that the derived order is the deadline order. A `(u64, u32)` would be
+/// padded to 16 bytes; every open connection has an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Entry([u32; 3]);
+
+impl Entry {
+    fn new(when: Millis, slot: usize) -> Entry {
+        // Slots are bounded by the file descriptors a process can have.
+        Entry([(when >> 32) as u32, when as u32, slot as u32])
+    }
+
+    fn when(self) -> Millis {
+        (Millis::from(self.0[0]) << 32) | Millis::from(self.0[1])
+    }
+
+    fn slot(self) -> usize {
+        self.0[2] as usize
+    }
+}
+
 /// Pending deadlines of connections, earliest first.
 #[derive(Debug, Default)]
 pub(crate) struct DeadlineQueue {
-    heap: BinaryHeap<Reverse<(Millis, u32)>>,
+    heap: BinaryHeap<Reverse<Entry>>,
 }
 
 impl DeadlineQueue {
+    pub fn with_capacity(entries: usize) -> DeadlineQueue {
+        DeadlineQueue {
+            heap: BinaryHeap::with_capacity(entries),
+        }
+    }
+
     pub fn push(&mut self, when: Millis, slot: usize) {
-        // Slots are bounded by the file descriptors a process can have.
-        self.heap.push(Reverse((when, slot as u32)));
+        self.heap.push(Reverse(Entry::new(when, slot)));
     }
 
     /// The earliest deadline, stale or not (a stale one only causes an early wake-up).
     pub fn next(&self) -> Option<Millis> {
-        self.heap.peek().map(|Reverse((when, _))| *when)
+        self.heap.peek().map(|Reverse(entry)| entry.when())
     }
 
     /// Removes and returns an entry that is due at `now`.
     pub fn pop_due(&mut self, now: Millis) -> Option<(Millis, usize)> {
         match self.heap.peek() {
-            Some(Reverse((when, _))) if *when <= now => {
-                let Reverse((when, slot)) = self.heap.pop()?;
-                Some((when, slot as usize))
+            Some(Reverse(entry)) if entry.when() <= now => {
+                let Reverse(entry) = self.heap.pop()?;
+                Some((entry.when(), entry.slot()))
             }
             _ => None,
         }
@@ -127,6 +154,18 @@ mod tests {
         assert_eq!(queue.pop_due(25), Some((20, 2)));
         assert_eq!(queue.pop_due(25), None);
         assert_eq!(queue.len(), 1);
+    }
+
+    #[test]
+    fn deadlines_past_32_bits_keep_their_order() {
+        let mut queue = DeadlineQueue::default();
+        queue.push(1 << 33, 7);
+        queue.push((1 << 32) - 1, 8);
+        queue.push(1 << 32, 9);
+        assert_eq!(std::mem::size_of::<Entry>(), 12);
+        assert_eq!(queue.pop_due(u64::MAX), Some(((1 << 32) - 1, 8)));
+        assert_eq!(queue.pop_due(u64::MAX), Some((1 << 32, 9)));
+        assert_eq!(queue.pop_due(u64::MAX), Some((1 << 33, 7)));
     }
 
     #[test]
