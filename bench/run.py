@@ -604,8 +604,10 @@ def main():
                    "measured after warm-up):", ""]
         for a in allocs:
             if a.get("case") == "idle":
-                report.append(f"- idle: {a['heap_bytes_per_conn']:,.0f} heap bytes held per open "
-                              f"connection ({a['conns']} open, in-process; capacity, not RSS)")
+                report.append(f"- idle: {a['heap_bytes_per_conn']:,.0f} heap bytes allocated per open "
+                              f"connection after start-up ({a['conns']} open, in-process; the "
+                              f"connection slots reserved at start-up are not in it: (e) "
+                              f"measures RSS)")
                 continue
             report.append(f"- {a['case']}: {a['allocs_per_msg']:.3f} allocs + "
                           f"{a['reallocs_per_msg']:.3f} reallocs per message, "
