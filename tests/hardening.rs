@@ -113,6 +113,52 @@ fn peer_that_answers_pings_stays_connected() {
     raw.close_cleanly();
 }
 
+/// Remembers the id of every connection it opens, for closing them through a `Handle`.
+#[derive(Default)]
+struct RememberIds {
+    ids: Arc<Mutex<Vec<ConnId>>>,
+}
+
+impl Handler for RememberIds {
+    type Session = ();
+
+    fn on_open(&mut self, cx: &mut Ctx<'_>) {
+        self.ids.lock().unwrap().push(cx.id());
+    }
+
+    fn on_message(&mut self, _cx: &mut Ctx<'_>, _message: Message<'_>) {}
+}
+
+/// A connection keeps one timestamp for its keepalive ping and its close: a close that
+/// begins while a ping is unanswered still gets the whole close timeout, counted from
+/// the close rather than from the ping.
+#[test]
+fn a_close_begun_while_a_ping_is_unanswered_gets_the_whole_close_timeout() {
+    let config = Config {
+        idle_timeout: Duration::from_millis(100),
+        pong_timeout: Duration::from_secs(30),
+        close_timeout: Duration::from_millis(1000),
+        ..Config::default()
+    };
+    let handler = RememberIds::default();
+    let ids = handler.ids.clone();
+    let server = spawn_server(config, handler);
+    let mut raw = Raw::open(server.addr);
+    assert_eq!(raw.read_frame().opcode, PING);
+    // Leave the ping unanswered for most of a close timeout, then close from outside.
+    std::thread::sleep(Duration::from_millis(800));
+    let id = ids.lock().unwrap()[0];
+    server.handle.close(id, CloseCode::NORMAL, "bye").unwrap();
+    raw.expect_close(1000);
+    let started = Instant::now();
+    raw.expect_eof();
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(800) && took < Duration::from_secs(5),
+        "dropped {took:?} after the close (about 200 ms if timed from the ping)"
+    );
+}
+
 #[test]
 fn peer_that_never_answers_our_close_is_dropped_after_the_close_timeout() {
     let config = Config {
