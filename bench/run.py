@@ -18,7 +18,8 @@ message (benches/alloc_per_message.rs).
 
 Knobs (environment):
   BENCH_SECONDS=5     measured seconds per run        BENCH_WARMUP=1   warm-up seconds
-  BENCH_RUNS=3        runs per server and workload (medians are reported)
+  BENCH_RUNS=5        runs per server and workload (medians are reported; 5 because
+                      this machine drifts between a fast and a slow state for minutes)
   BENCH_QUICK=1       1 run x 1 s, 1,000 idle connections, very short criterion
   BENCH_SERVERS=wsreactor,rawecho,tokio-tungstenite,fastwebsockets
   BENCH_WORKLOADS=a,b,c,d,e
@@ -65,7 +66,7 @@ def env_num(name, default, kind=float):
 QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")
 SECONDS = env_num("BENCH_SECONDS", 1.0 if QUICK else 5.0)
 WARMUP = env_num("BENCH_WARMUP", 0.3 if QUICK else 1.0)
-RUNS = env_num("BENCH_RUNS", 1 if QUICK else 3, int)
+RUNS = env_num("BENCH_RUNS", 1 if QUICK else 5, int)
 IDLE_CONNS = env_num("BENCH_IDLE_CONNS", 1000 if QUICK else 10000, int)
 CRITERION = os.environ.get("BENCH_CRITERION", "1") != "0"
 ALLOCS = os.environ.get("BENCH_ALLOCS", "1") != "0"
