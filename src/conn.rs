@@ -83,8 +83,9 @@ impl Extras {
 }
 
 /// A peer's address in 19 bytes instead of `SocketAddr`'s 32: every byte of a
-/// connection counts once per connection. (IPv6 flow info and scope id are not kept;
-/// the address is for logs and for the handler's `on_request`, which gets the full one.)
+/// connection counts once per connection. IPv6 flow info and scope id are not kept:
+/// the address serves logs, `Handler::on_request` and `Ctx::peer_addr`, and the
+/// handler is told so.
 #[derive(Clone, Copy)]
 pub(crate) struct PeerAddr {
     ip: [u8; 16],

@@ -163,6 +163,8 @@ pub trait Handler {
 
     /// Accept or reject an upgrade request (path, Origin, subprotocols, any header),
     /// building the connection's session from it. The default accepts every request.
+    /// `peer` is the client's address (for IPv6 without flow info and scope id, which
+    /// connections do not keep).
     fn on_request(&mut self, request: &Request<'_>, peer: SocketAddr) -> Decision<Self::Session> {
         let _ = (request, peer);
         Decision::accept()
