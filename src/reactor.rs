@@ -145,10 +145,10 @@ impl<H: Handler> Server<H> {
             listener: Some(listener),
             local_addr,
             core: Core {
-                conns: Slab::with_capacity(reserved_slots(&config)),
+                conns: Slab::with_capacity(reserved_slots::<H::Session>(&config)),
                 registry: poll.registry().try_clone()?,
                 timeouts: config.timeouts(),
-                timers: DeadlineQueue::with_capacity(reserved_slots(&config)),
+                timers: DeadlineQueue::with_capacity(reserved_slots::<H::Session>(&config)),
                 topics: Topics::default(),
                 stats: Stats::default(),
                 clock,
@@ -647,8 +647,11 @@ impl<H: Handler> Drop for Server<H> {
 /// a slab grown by doubling copies every connection during an accept burst (a latency
 /// spike in the loop) and leaves the old copy behind in the allocator, which showed as
 /// about 20 bytes of RSS per idle connection. Past this many the slab grows as usual.
-fn reserved_slots(config: &Config) -> usize {
-    config.max_connections.min(1 << 16)
+/// Capped at 65,536 slots and at about 16 MiB of address space (a large `Session` makes
+/// fewer), so that a strict overcommit policy is not asked for much up front.
+fn reserved_slots<S>(config: &Config) -> usize {
+    let by_size = (16 << 20) / std::mem::size_of::<Conn<S>>();
+    config.max_connections.min(1 << 16).min(by_size)
 }
 
 fn is_resource_exhaustion(error: &io::Error) -> bool {
