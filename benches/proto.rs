@@ -7,43 +7,29 @@
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use std::hint::black_box;
+use wsreactor::proto::frame::MAX_HEADER_LEN;
 use wsreactor::proto::handshake::{accept_response, HeadReader, Request};
 use wsreactor::proto::mask;
 use wsreactor::proto::utf8::Utf8Validator;
-use wsreactor::proto::{Event, FrameHeader, Receiver};
+use wsreactor::proto::{Event, FrameHeader, Opcode, Receiver};
 
-/// The header of a masked client frame (FIN set, binary, minimal length encoding).
-fn masked_header(len: usize, key: [u8; 4]) -> Vec<u8> {
-    let mut header = vec![0x82];
-    push_len_and_key(&mut header, len, key);
-    header
-}
-
-fn push_len_and_key(out: &mut Vec<u8>, len: usize, key: [u8; 4]) {
-    match len {
-        n if n < 126 => out.push(0x80 | n as u8),
-        n if n <= 0xFFFF => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
+/// The header of a masked client frame (FIN set, minimal length encoding).
+fn masked_header(opcode: Opcode, len: usize, key: [u8; 4]) -> FrameHeader {
+    FrameHeader {
+        fin: true,
+        rsv: 0,
+        opcode,
+        mask: Some(key),
+        payload_len: len as u64,
     }
-    out.extend_from_slice(&key);
 }
 
 /// A masked client frame (FIN set) with a minimal length encoding.
-fn client_frame(opcode: u8, payload: &[u8], key: [u8; 4]) -> Vec<u8> {
-    let mut out = vec![0x80 | opcode];
-    push_len_and_key(&mut out, payload.len(), key);
-    let start = out.len();
-    out.extend_from_slice(payload);
-    for (i, b) in out[start..].iter_mut().enumerate() {
-        *b ^= key[i % 4];
-    }
-    out
+fn client_frame(opcode: Opcode, payload: &[u8], key: [u8; 4]) -> Vec<u8> {
+    let mut frame = masked_header(opcode, payload.len(), key).frame_with(payload);
+    let start = frame.len() - payload.len();
+    mask::apply(&mut frame[start..], key, 0);
+    frame
 }
 
 fn frame_header_decode(c: &mut Criterion) {
@@ -54,10 +40,12 @@ fn frame_header_decode(c: &mut Criterion) {
         ("16bit_512B", 512),
         ("64bit_16MiB", 16 << 20),
     ] {
-        let header = masked_header(len, key);
+        let mut header = [0u8; MAX_HEADER_LEN];
+        let header_len = masked_header(Opcode::Binary, len, key).encode(&mut header);
+        let header = &header[..header_len];
         group.throughput(Throughput::Elements(1));
         group.bench_function(name, |b| {
-            b.iter(|| FrameHeader::decode(black_box(&header)).unwrap().unwrap())
+            b.iter(|| FrameHeader::decode(black_box(header)).unwrap().unwrap())
         });
     }
     group.finish();
@@ -212,9 +200,9 @@ fn receiver(c: &mut Criterion) {
     let mut group = c.benchmark_group("receiver");
     let frames = 1000;
     for (name, opcode, size) in [
-        ("binary_20B", 0x2u8, 20usize),
-        ("binary_512B", 0x2, 512),
-        ("text_20B", 0x1, 20),
+        ("binary_20B", Opcode::Binary, 20usize),
+        ("binary_512B", Opcode::Binary, 512),
+        ("text_20B", Opcode::Text, 20),
     ] {
         let payload: Vec<u8> = (0..size).map(|i| b'a' + (i % 26) as u8).collect();
         let stream: Vec<u8> = (0..frames)
@@ -223,7 +211,7 @@ fn receiver(c: &mut Criterion) {
         group.throughput(Throughput::Elements(frames as u64));
         group.bench_function(BenchmarkId::new("1000_frames_in_one_buffer", name), |b| {
             let mut rx = Receiver::new(16 << 20);
-            if opcode == 0x2 {
+            if opcode == Opcode::Binary {
                 // Unmasking is its own inverse: each pass leaves the buffer masked or
                 // unmasked, and the receiver does the same work either way (binary
                 // payloads are not inspected), so no per-iteration copy is needed.
@@ -241,7 +229,7 @@ fn receiver(c: &mut Criterion) {
     }
     // A large frame arriving in 64 KiB reads: the copy into the assembly buffer.
     let big = vec![7u8; 1 << 20];
-    let stream = client_frame(0x2, &big, [9, 8, 7, 6]);
+    let stream = client_frame(Opcode::Binary, &big, [9, 8, 7, 6]);
     group.throughput(Throughput::Bytes(big.len() as u64));
     group.bench_function("1MiB_frame_in_64KiB_reads", |b| {
         let mut rx = Receiver::new(16 << 20);
