@@ -790,6 +790,28 @@ impl Args {
     }
 }
 
+/// The flags of the peer echo servers (`tokio-tungstenite-echo`, `fastwebsockets-echo`):
+/// `--listen ADDR [--path /echo]`. Prints a usage line and exits with 2 on bad flags.
+pub fn peer_server_args(name: &str, default_listen: &str) -> (std::net::SocketAddr, String) {
+    fn usage(name: &str, why: &str) -> ! {
+        eprintln!("{name}: {why}\nusage: {name} --listen ADDR [--path /echo]");
+        std::process::exit(2)
+    }
+    let args = Args::parse(&[])
+        .and_then(|a| a.only(&["--listen", "--path"]).map(|()| a))
+        .unwrap_or_else(|e| usage(name, &e));
+    let listen = args
+        .get(
+            "--listen",
+            default_listen.parse().expect("a valid default address"),
+        )
+        .unwrap_or_else(|e| usage(name, &e));
+    let path = args
+        .get("--path", "/echo".to_owned())
+        .unwrap_or_else(|e| usage(name, &e));
+    (listen, path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,9 +11,8 @@ use hyper::body::{Bytes, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use std::net::SocketAddr;
 use tokio::net::TcpListener;
-use wsreactor_bench::{procfs, Args};
+use wsreactor_bench::{peer_server_args, procfs};
 
 const LIMIT: usize = 64 << 20;
 
@@ -52,25 +51,8 @@ async fn server_upgrade(
 }
 
 fn main() {
-    let args = Args::parse(&[])
-        .and_then(|a| a.only(&["--listen", "--path"]).map(|()| a))
-        .unwrap_or_else(|e| {
-            eprintln!("fastwebsockets-echo: {e}\nusage: --listen ADDR [--path /echo]");
-            std::process::exit(2)
-        });
-    let listen: SocketAddr = args
-        .get("--listen", "127.0.0.1:9995".to_owned())
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            eprintln!("fastwebsockets-echo: bad --listen");
-            std::process::exit(2)
-        });
-    let path: &'static str = Box::leak(
-        args.get("--path", "/echo".to_owned())
-            .unwrap_or_default()
-            .into_boxed_str(),
-    );
+    let (listen, path) = peer_server_args("fastwebsockets-echo", "127.0.0.1:9995");
+    let path: &'static str = Box::leak(path.into_boxed_str());
     procfs::raise_nofile_limit();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()

@@ -308,6 +308,17 @@ struct Stats {
 }
 
 impl Stats {
+    /// Counts a whole, verified echo of a `payload`-byte message sent at `sent_at`.
+    fn echoed(&mut self, payload: usize, sent_at: Instant, now: Instant) {
+        self.completed += 1;
+        if self.measuring {
+            self.msgs += 1;
+            self.payload_bytes += payload as u64;
+            self.samples_ns
+                .push(now.duration_since(sent_at).as_nanos() as u64);
+        }
+    }
+
     fn error(&mut self, why: String) {
         self.errors += 1;
         if self.error_samples.len() < 5 {
@@ -612,18 +623,9 @@ impl Gen {
         let registry = self.poll.registry();
         let conn = &mut self.conns[slot];
         loop {
-            let n = match (&conn.stream).read(&mut self.buf) {
-                Ok(0) if self.stopping => return Ok(()),
-                Ok(0) => return Err("server closed the connection".into()),
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) if self.stopping => return Ok(()),
-                Err(e) => return Err(format!("read: {e}")),
+            let Some(n) = read_echo(conn, &mut self.buf, self.stopping)? else {
+                return Ok(());
             };
-            if !conn.in_flight {
-                return Err(format!("{n} bytes with no message in flight"));
-            }
             let want = conn.expected.len() - conn.received;
             if n > want {
                 return Err(format!("{} bytes more than the echo", n - want));
@@ -647,14 +649,7 @@ impl Gen {
             if conn.received == conn.expected.len() {
                 let now = Instant::now();
                 conn.in_flight = false;
-                self.stats.completed += 1;
-                if self.stats.measuring {
-                    self.stats.msgs += 1;
-                    self.stats.payload_bytes += self.size as u64;
-                    self.stats
-                        .samples_ns
-                        .push(now.duration_since(conn.sent_at).as_nanos() as u64);
-                }
+                self.stats.echoed(self.size, conn.sent_at, now);
                 if !self.stopping && !self.idle {
                     start_message(conn, registry, &mut self.shared, slot, self.raw, now)?;
                 }
@@ -676,18 +671,9 @@ impl Gen {
         let registry = self.poll.registry();
         let conn = &mut self.conns[slot];
         loop {
-            let n = match (&conn.stream).read(&mut self.buf) {
-                Ok(0) if self.stopping => return Ok(()),
-                Ok(0) => return Err("server closed the connection".into()),
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) if self.stopping => return Ok(()),
-                Err(e) => return Err(format!("read: {e}")),
+            let Some(n) = read_echo(conn, &mut self.buf, self.stopping)? else {
+                return Ok(());
             };
-            if !conn.in_flight {
-                return Err(format!("{n} bytes with no message in flight"));
-            }
             let msg = conn.msg.as_deref_mut().expect("message mode");
             msg.rx.extend_from_slice(&self.buf[..n]);
             if let Some(total) = frame_len(&msg.rx) {
@@ -715,13 +701,8 @@ impl Gen {
                     let now = Instant::now();
                     conn.in_flight = false;
                     let stats = &mut self.stats;
-                    stats.completed += 1;
+                    stats.echoed(msg.plain.len(), conn.sent_at, now);
                     if stats.measuring {
-                        stats.msgs += 1;
-                        stats.payload_bytes += msg.plain.len() as u64;
-                        stats
-                            .samples_ns
-                            .push(now.duration_since(conn.sent_at).as_nanos() as u64);
                         stats.sent_frame_bytes += conn.frame.len() as u64;
                         stats.sent_payload_bytes += msg.wire_payload as u64;
                         stats.echo_frame_bytes += total as u64;
@@ -737,6 +718,26 @@ impl Gen {
                 return Ok(());
             }
         }
+    }
+}
+
+/// Reads echo bytes from an open connection: `Ok(None)` when there is nothing more to
+/// read now (`WouldBlock`, or the run is ending and the server hung up).
+fn read_echo(conn: &Conn, buf: &mut [u8], stopping: bool) -> Result<Option<usize>, String> {
+    loop {
+        let n = match (&conn.stream).read(buf) {
+            Ok(0) if stopping => return Ok(None),
+            Ok(0) => return Err("server closed the connection".into()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) if stopping => return Ok(None),
+            Err(e) => return Err(format!("read: {e}")),
+        };
+        if !conn.in_flight {
+            return Err(format!("{n} bytes with no message in flight"));
+        }
+        return Ok(Some(n));
     }
 }
 

@@ -8,31 +8,16 @@
 //! sure). Buffers keep their defaults (128 KiB read buffer, 128 KiB write target).
 
 use futures_util::{future, StreamExt, TryStreamExt};
-use std::net::SocketAddr;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use wsreactor_bench::{procfs, Args};
+use wsreactor_bench::{peer_server_args, procfs};
 
 const LIMIT: usize = 64 << 20;
 
 fn main() {
-    let args = Args::parse(&[])
-        .and_then(|a| a.only(&["--listen", "--path"]).map(|()| a))
-        .unwrap_or_else(|e| {
-            eprintln!("tokio-tungstenite-echo: {e}\nusage: --listen ADDR [--path /echo]");
-            std::process::exit(2)
-        });
-    let listen: SocketAddr = args
-        .get("--listen", "127.0.0.1:9996".to_owned())
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            eprintln!("tokio-tungstenite-echo: bad --listen");
-            std::process::exit(2)
-        });
-    let path: String = args.get("--path", "/echo".to_owned()).unwrap_or_default();
+    let (listen, path) = peer_server_args("tokio-tungstenite-echo", "127.0.0.1:9996");
     procfs::raise_nofile_limit();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
