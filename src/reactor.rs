@@ -140,15 +140,16 @@ impl<H: Handler> Server<H> {
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let waker = Waker::new(poll.registry(), WAKER)?;
         let clock = Clock::new();
+        let reserved = reserved_slots::<H::Session>(&config);
         Ok(Server {
             events: Events::with_capacity(1024),
             listener: Some(listener),
             local_addr,
             core: Core {
-                conns: Slab::with_capacity(reserved_slots::<H::Session>(&config)),
+                conns: Slab::with_capacity(reserved),
                 registry: poll.registry().try_clone()?,
                 timeouts: config.timeouts(),
-                timers: DeadlineQueue::with_capacity(reserved_slots::<H::Session>(&config)),
+                timers: DeadlineQueue::with_capacity(reserved),
                 topics: Topics::default(),
                 stats: Stats::default(),
                 clock,
@@ -476,14 +477,12 @@ impl<H: Handler> Server<H> {
                     }
                 }
                 Command::Broadcast(payload) => {
-                    let slots: Vec<usize> = core.conns.iter().map(|(slot, _)| slot).collect();
                     let (opcode, bytes) = payload.parts();
-                    core.fanout(&slots, opcode, bytes);
+                    core.broadcast(opcode, bytes);
                 }
                 Command::Publish(topic, payload) => {
-                    let slots = core.topics.members(&topic).to_vec();
                     let (opcode, bytes) = payload.parts();
-                    core.fanout(&slots, opcode, bytes);
+                    core.publish(&topic, opcode, bytes);
                 }
                 Command::Close(id, code, reason) => {
                     if let Some(slot) = core.slot_of(id) {
@@ -518,11 +517,8 @@ impl<H: Handler> Server<H> {
         }
         if let Some(deadline) = self.shutdown_deadline {
             if deadline <= now {
-                for (_, conn) in self.core.conns.iter_mut() {
-                    conn.phase = Phase::Closed;
-                }
-                let slots: Vec<usize> = self.core.conns.iter().map(|(slot, _)| slot).collect();
-                for slot in slots {
+                for slot in self.core.slots() {
+                    self.core.conns[slot].phase = Phase::Closed;
                     self.settle_conn(slot);
                 }
             }
@@ -553,8 +549,7 @@ impl<H: Handler> Server<H> {
             let _ = self.poll.registry().deregister(&mut listener);
         }
         self.shutdown_deadline = Some(self.core.now + self.core.timeouts.close.unwrap_or(0));
-        let slots: Vec<usize> = self.core.conns.iter().map(|(slot, _)| slot).collect();
-        for slot in slots {
+        for slot in self.core.slots() {
             let conn = &mut self.core.conns[slot];
             match conn.phase {
                 Phase::Handshake => conn.phase = Phase::Closed,
@@ -1008,6 +1003,23 @@ impl<S> Core<S> {
         }
     }
 
+    /// Every connection's slot: a copy, so the table can change while they are visited.
+    fn slots(&self) -> Vec<usize> {
+        self.conns.iter().map(|(slot, _)| slot).collect()
+    }
+
+    /// Sends one message to every open connection (encoded once).
+    fn broadcast(&mut self, opcode: Opcode, payload: &[u8]) -> Fanout {
+        let slots = self.slots();
+        self.fanout(&slots, opcode, payload)
+    }
+
+    /// Sends one message to every subscriber of `topic` (encoded once).
+    fn publish(&mut self, topic: &str, opcode: Opcode, payload: &[u8]) -> Fanout {
+        let slots = self.topics.members(topic).to_vec();
+        self.fanout(&slots, opcode, payload)
+    }
+
     /// Sends one message to each open connection in `slots`, encoded once (and
     /// compressed once, for receivers that can share a compressed frame).
     fn fanout(&mut self, slots: &[usize], opcode: Opcode, payload: &[u8]) -> Fanout {
@@ -1259,9 +1271,7 @@ impl<S> Ctx<'_, S> {
     /// Sends a message to every open connection, this one included. The frame is
     /// encoded once; each receiver's queue cap applies to it separately.
     pub fn broadcast(&mut self, message: Message<'_>) -> Fanout {
-        let slots: Vec<usize> = self.core.conns.iter().map(|(slot, _)| slot).collect();
-        self.core
-            .fanout(&slots, opcode_of(&message), message.as_bytes())
+        self.core.broadcast(opcode_of(&message), message.as_bytes())
     }
 
     /// Subscribes this connection to `topic`; false if it already was.
@@ -1290,9 +1300,8 @@ impl<S> Ctx<'_, S> {
 
     /// Sends a message to every subscriber of `topic` (encoded once).
     pub fn publish(&mut self, topic: &str, message: Message<'_>) -> Fanout {
-        let slots = self.core.topics.members(topic).to_vec();
         self.core
-            .fanout(&slots, opcode_of(&message), message.as_bytes())
+            .publish(topic, opcode_of(&message), message.as_bytes())
     }
 
     /// Starts a graceful shutdown of the whole server after this callback.
