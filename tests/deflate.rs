@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
-use wsreactor::Config;
+use wsreactor::{Config, Ctx, Handler, Message};
 
 fn deflate_config() -> Config {
     Config {
@@ -124,6 +124,50 @@ fn compressed_messages_are_echoed_compressed_and_small_ones_plain() {
     ));
     raw.expect_echo(TEXT, b"hi");
     raw.close_cleanly();
+}
+
+/// Sends nothing of its own: the test drives it through its `Handle`.
+struct Silent;
+
+impl Handler for Silent {
+    type Session = ();
+
+    fn on_message(&mut self, _cx: &mut Ctx<'_>, _message: Message<'_>) {}
+}
+
+#[test]
+fn a_broadcast_reaches_those_that_agreed_compressed_and_the_rest_plain() {
+    let server = spawn_server(deflate_config(), Silent);
+    let (mut a, head_a) = open_with(server.addr, "permessage-deflate");
+    let (mut b, head_b) = open_with(server.addr, "permessage-deflate; client_max_window_bits");
+    let (mut plain, head_plain) = open_with(server.addr, "x-unknown-extension");
+    assert_eq!(
+        (head_a.status, head_b.status, head_plain.status),
+        (101, 101, 101)
+    );
+    assert_eq!(head_plain.header("Sec-WebSocket-Extensions"), None);
+    let json = r#"{"symbol":"ACME","bid":101.25,"ask":101.27,"size":300}"#.repeat(20);
+    // Twice: without context takeover each message inflates on its own.
+    for round in 0..2 {
+        let text = format!("{round}{json}");
+        server.handle.broadcast_text(text.as_str()).unwrap();
+        for raw in [&mut a, &mut b] {
+            let frame = raw.read_frame();
+            assert_eq!((frame.fin, frame.rsv, frame.opcode), (true, 0b100, TEXT));
+            assert!(
+                frame.payload.len() < text.len() / 4,
+                "{} bytes",
+                frame.payload.len()
+            );
+            assert_eq!(inflate(&frame.payload), text.as_bytes());
+        }
+        plain.expect_echo(TEXT, text.as_bytes());
+    }
+    // Under the threshold nobody gets it compressed.
+    server.handle.broadcast_text("hi").unwrap();
+    for raw in [&mut a, &mut b, &mut plain] {
+        raw.expect_echo(TEXT, b"hi");
+    }
 }
 
 #[test]
