@@ -43,31 +43,22 @@ impl Compression {
     pub fn compress(&mut self, conn: &mut ConnDeflate, message: &[u8]) -> &[u8] {
         let bits = conn.params.server_max_window_bits.clamp(9, 15);
         let reset = conn.params.server_no_context_takeover;
-        let level = self.level;
         let deflater = if reset {
-            self.shared[usize::from(bits - 9)]
-                .get_or_insert_with(|| Box::new(Deflater::new(level, bits)))
+            shared_deflater(&mut self.shared, self.level, bits)
         } else {
+            let level = self.level;
             conn.deflater
                 .get_or_insert_with(|| Box::new(Deflater::new(level, bits)))
         };
-        if self.out.capacity() > RETAINED_OUTPUT_CAPACITY {
-            self.out = Vec::new();
-        }
-        deflater.compress(message, &mut self.out, reset);
-        &self.out
+        compress_into(deflater, message, reset, &mut self.out)
     }
 
     /// A whole compressed frame (RSV1 set) for sending to many connections that all
     /// negotiated no server context takeover and a `bits` window.
     pub fn encode_shared(&mut self, bits: u8, opcode: Opcode, message: &[u8]) -> Vec<u8> {
-        let bits = bits.clamp(9, 15);
-        let level = self.level;
-        let deflater = self.shared[usize::from(bits - 9)]
-            .get_or_insert_with(|| Box::new(Deflater::new(level, bits)));
-        let mut payload = Vec::new();
-        deflater.compress(message, &mut payload, true);
-        FrameHeader::server_compressed(opcode, payload.len()).frame_with(&payload)
+        let deflater = shared_deflater(&mut self.shared, self.level, bits.clamp(9, 15));
+        let payload = compress_into(deflater, message, true, &mut self.out);
+        FrameHeader::server_compressed(opcode, payload.len()).frame_with(payload)
     }
 
     /// Lends a spare inflater to a receiver that may need one for this read.
@@ -87,4 +78,24 @@ impl Compression {
             }
         }
     }
+}
+
+/// The loop's compressor for a `bits` window (9..=15), made on first use.
+fn shared_deflater(shared: &mut [Option<Box<Deflater>>; 7], level: u32, bits: u8) -> &mut Deflater {
+    shared[usize::from(bits - 9)].get_or_insert_with(|| Box::new(Deflater::new(level, bits)))
+}
+
+/// Compresses into the loop's output buffer, first releasing it if the last message
+/// made it large.
+fn compress_into<'a>(
+    deflater: &mut Deflater,
+    message: &[u8],
+    reset: bool,
+    out: &'a mut Vec<u8>,
+) -> &'a [u8] {
+    if out.capacity() > RETAINED_OUTPUT_CAPACITY {
+        *out = Vec::new();
+    }
+    deflater.compress(message, out, reset);
+    out
 }
