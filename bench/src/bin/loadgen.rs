@@ -665,6 +665,20 @@ impl Gen {
 }
 
 impl Gen {
+    /// Starts a message on every open connection, all at the moment `now`.
+    fn start_all(&mut self, now: Instant) {
+        for slot in 0..self.conns.len() {
+            if self.conns[slot].phase != Phase::Open {
+                continue;
+            }
+            let registry = self.poll.registry();
+            let conn = &mut self.conns[slot];
+            if let Err(why) = start_message(conn, registry, &mut self.shared, slot, self.raw, now) {
+                self.fail(slot, why);
+            }
+        }
+    }
+
     /// Message mode: buffers the echo, and checks it (header, inflated payload) when it
     /// is whole, then starts the next message.
     fn readable_msg(&mut self, slot: usize) -> Result<(), String> {
@@ -1178,21 +1192,7 @@ fn run_load(
 ) -> Result<String, String> {
     // Every connection starts its first message at the same moment.
     let now = Instant::now();
-    for slot in 0..gen.conns.len() {
-        if gen.conns[slot].phase == Phase::Open {
-            let registry = gen.poll.registry();
-            if let Err(why) = start_message(
-                &mut gen.conns[slot],
-                registry,
-                &mut gen.shared,
-                slot,
-                gen.raw,
-                now,
-            ) {
-                gen.fail(slot, why);
-            }
-        }
-    }
+    gen.start_all(now);
     run_until(gen, events, now + options.warmup)?;
     let expected_samples = (options.conns as f64 * options.seconds.as_secs_f64() * 50_000.0)
         .min(50_000_000.0) as usize;
@@ -1288,21 +1288,7 @@ fn run_idle(
         // connection keeps (compression context, buffers).
         let open = gen.conns.iter().filter(|c| c.phase == Phase::Open).count() as u64;
         let now = Instant::now();
-        for slot in 0..gen.conns.len() {
-            if gen.conns[slot].phase == Phase::Open {
-                let registry = gen.poll.registry();
-                if let Err(why) = start_message(
-                    &mut gen.conns[slot],
-                    registry,
-                    &mut gen.shared,
-                    slot,
-                    gen.raw,
-                    now,
-                ) {
-                    gen.fail(slot, why);
-                }
-            }
-        }
+        gen.start_all(now);
         let deadline = now + options.verify_timeout;
         while gen.stats.completed < open && Instant::now() < deadline {
             poll_once(gen, events, Duration::from_millis(50))?;
@@ -1320,21 +1306,7 @@ fn run_idle(
     let open_now = gen.conns.iter().filter(|c| c.phase == Phase::Open).count();
     // Prove they were open: one echo on every connection.
     let now = Instant::now();
-    for slot in 0..gen.conns.len() {
-        if gen.conns[slot].phase == Phase::Open {
-            let registry = gen.poll.registry();
-            if let Err(why) = start_message(
-                &mut gen.conns[slot],
-                registry,
-                &mut gen.shared,
-                slot,
-                gen.raw,
-                now,
-            ) {
-                gen.fail(slot, why);
-            }
-        }
-    }
+    gen.start_all(now);
     gen.stats.measuring = true;
     let deadline = now + options.verify_timeout;
     while gen.stats.msgs < open_now as u64 && Instant::now() < deadline {
