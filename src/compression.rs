@@ -27,6 +27,8 @@ pub(crate) struct Compression {
     spare_inflaters: Vec<Box<Inflater>>,
     /// The last compressed message.
     out: Vec<u8>,
+    /// Inflaters held by receivers now (lent from the pool or made for them).
+    lent: usize,
 }
 
 impl Compression {
@@ -36,6 +38,7 @@ impl Compression {
             shared: Default::default(),
             spare_inflaters: Vec::new(),
             out: Vec::new(),
+            lent: 0,
         }
     }
 
@@ -61,6 +64,11 @@ impl Compression {
         FrameHeader::server_compressed(opcode, payload.len()).frame_with(payload)
     }
 
+    /// Inflaters held by receivers now.
+    pub fn lent(&self) -> usize {
+        self.lent
+    }
+
     /// Lends a spare inflater to a receiver that may need one for this read.
     pub fn lend_inflater(&mut self, rx: &mut Receiver) {
         if rx.wants_inflater() {
@@ -70,12 +78,36 @@ impl Compression {
         }
     }
 
-    /// Takes back an inflater the receiver will not need before its next message.
-    pub fn reclaim_inflater(&mut self, rx: &mut Receiver) {
+    /// Takes back an inflater the receiver will not need before its next message, and
+    /// keeps the count of held inflaters: `had` says whether the receiver held one
+    /// before the reads this follows (it may have made one meanwhile).
+    pub fn reclaim_inflater(&mut self, rx: &mut Receiver, had: bool) {
         if let Some(inflater) = rx.reclaim_inflater() {
-            if self.spare_inflaters.len() < MAX_SPARE_INFLATERS {
-                self.spare_inflaters.push(inflater);
-            }
+            self.give_back(inflater);
+        }
+        self.recount(had, rx.holds_inflater());
+    }
+
+    /// Takes everything back from a receiver whose connection is failed or gone.
+    pub fn release(&mut self, rx: &mut Receiver) {
+        let had = rx.holds_inflater();
+        if let Some(inflater) = rx.release() {
+            self.give_back(inflater);
+        }
+        self.recount(had, false);
+    }
+
+    fn recount(&mut self, had: bool, has: bool) {
+        match (had, has) {
+            (false, true) => self.lent += 1,
+            (true, false) => self.lent -= 1,
+            _ => {}
+        }
+    }
+
+    fn give_back(&mut self, inflater: Box<Inflater>) {
+        if self.spare_inflaters.len() < MAX_SPARE_INFLATERS {
+            self.spare_inflaters.push(inflater);
         }
     }
 }

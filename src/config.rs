@@ -83,6 +83,36 @@ pub struct Config {
     /// Messages shorter than this are sent uncompressed: the savings would not pay for
     /// the CPU. Default: 128 bytes.
     pub deflate_threshold: usize,
+    /// The most bytes the whole loop holds for incoming messages that are not complete
+    /// yet: fragments being assembled, inflated output of compressed messages, frames
+    /// that straddle reads, and the inflaters lent to them. Without it, every
+    /// connection may hold up to `max_message_size`, and a client that sends the first
+    /// fragment of a message (or 15 KiB of a compressed one that inflates to 15 MiB) and
+    /// then goes quiet holds that much for as long as it likes. When a connection needs
+    /// more than is left, the loop first takes back buffers that idle connections kept
+    /// for reuse, then closes connections whose half-received message has stalled
+    /// (longest-stalled first), then the largest holder if it holds more than the one
+    /// asking, each with 1013 (try again later); if that does not make room, the
+    /// connection asking is closed with 1013. Default: 256 MiB — sixteen largest
+    /// messages at once.
+    pub incoming_budget: usize,
+    /// The most bytes the whole loop holds queued for sending, over all connections; a
+    /// frame broadcast to many connections is stored once and counted once. When a send
+    /// would take the total past it, the connections with the largest queues (readers
+    /// that stopped reading) are dropped (reported to the handler as
+    /// [`CloseReason::OutgoingBudget`](crate::CloseReason::OutgoingBudget), code 1008)
+    /// until it fits; the send is refused if it still does not. Per-connection queues
+    /// stay capped by `max_send_queue`. Default: 256 MiB.
+    pub outgoing_budget: usize,
+    /// A message that is half received and gets no more of its bytes for this long is
+    /// closed with 1008, so a stalled fragment cannot hold memory forever. Pings and
+    /// pongs do not count as progress. Default: 30 s; zero turns it off (the incoming
+    /// budget still bounds the total).
+    pub message_timeout: Duration,
+    /// New connections accepted per loop turn at most, so that a connect flood cannot
+    /// keep the loop in `accept` while open connections wait for their reads; the rest
+    /// wait in the kernel's backlog for the next turn. Default: 64.
+    pub max_accepts_per_turn: usize,
     /// Commands a [`Handle`](crate::Handle) may queue before calls fail with
     /// [`HandleError::Full`](crate::HandleError::Full). Default: 65,536.
     pub handle_queue_capacity: usize,
@@ -105,6 +135,10 @@ impl Default for Config {
             max_handshakes: 1024,
             allowed_origins: Vec::new(),
             handle_queue_capacity: 1 << 16,
+            incoming_budget: 256 << 20,
+            outgoing_budget: 256 << 20,
+            message_timeout: Duration::from_secs(30),
+            max_accepts_per_turn: 64,
             deflate: false,
             deflate_context_takeover: false,
             deflate_window_bits: 15,
@@ -129,6 +163,7 @@ impl Config {
             idle: millis(self.idle_timeout),
             pong: millis(self.pong_timeout),
             send_stall: millis(self.send_stall_timeout),
+            message: millis(self.message_timeout),
         }
     }
 
@@ -153,6 +188,7 @@ pub(crate) struct Timeouts {
     pub idle: Option<Millis>,
     pub pong: Option<Millis>,
     pub send_stall: Option<Millis>,
+    pub message: Option<Millis>,
 }
 
 /// The soft limit on open files (`RLIMIT_NOFILE`), or 1024 if it cannot be read.

@@ -12,6 +12,7 @@
 
 use crate::config::{Config, Timeouts};
 use crate::handler::{CloseReason, SendStatus};
+use crate::outbox::{Meter, Outbox, SharedFrame};
 use crate::proto::deflate::{DeflateParams, Deflater};
 use crate::proto::frame::{FrameHeader, Opcode, MAX_HEADER_LEN};
 use crate::proto::handshake::HeadReader;
@@ -21,13 +22,35 @@ use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 use std::io::{self, IoSlice, Write};
 use std::net::{Shutdown, SocketAddr};
+use std::sync::Arc;
 
 /// Frames up to this size are corked (copied into the queue and written once per
 /// event); larger ones are written straight from the caller's buffer.
 const CORK_LIMIT: usize = 16 * 1024;
 
-/// A send queue that drained this far is released rather than kept for reuse.
-const RETAINED_QUEUE_CAPACITY: usize = 64 * 1024;
+/// What every connection's I/O goes through: the poller's registry (for WRITABLE
+/// interest) and the loop-wide count of queued bytes.
+pub(crate) struct Io {
+    pub registry: Registry,
+    pub meter: Meter,
+}
+
+/// What a connection is waiting for when its deadline comes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wait {
+    /// The upgrade request to complete (`handshake_timeout`).
+    Handshake,
+    /// Any sign of life, after which a keepalive ping is sent (`idle_timeout`).
+    Idle,
+    /// An answer to our keepalive ping (`pong_timeout`).
+    Pong,
+    /// Room in a send queue that is over its cap (`send_stall_timeout`).
+    SendStall,
+    /// More of a message that is half received (`message_timeout`).
+    MessageProgress,
+    /// The peer's side of the close (`close_timeout`).
+    Close,
+}
 
 /// permessage-deflate state of one connection.
 #[derive(Debug)]
@@ -137,59 +160,6 @@ pub(crate) struct Handshake {
     pub reader: HeadReader,
 }
 
-/// Bytes accepted for sending that the socket has not taken yet.
-#[derive(Debug, Default)]
-pub(crate) struct Outbox {
-    bytes: Vec<u8>,
-    /// How much of `bytes` has been written already.
-    sent: usize,
-}
-
-impl Outbox {
-    pub fn pending(&self) -> usize {
-        self.bytes.len() - self.sent
-    }
-
-    /// Releases the buffer if nothing waits in it.
-    pub fn shed(&mut self) {
-        if self.pending() == 0 {
-            self.bytes = Vec::new();
-            self.sent = 0;
-        }
-    }
-
-    fn push(&mut self, parts: &[&[u8]]) {
-        if self.sent > 0 && self.sent >= self.bytes.len() / 2 {
-            // Compact instead of growing without end while the front drains.
-            self.bytes.drain(..self.sent);
-            self.sent = 0;
-        }
-        for part in parts {
-            self.bytes.extend_from_slice(part);
-        }
-    }
-
-    /// Writes as much as the socket takes; `Ok(true)` once the queue is empty.
-    fn write_to(&mut self, mut socket: &TcpStream) -> io::Result<bool> {
-        while self.sent < self.bytes.len() {
-            match socket.write(&self.bytes[self.sent..]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => self.sent += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        self.sent = 0;
-        if self.bytes.capacity() > RETAINED_QUEUE_CAPACITY {
-            self.bytes = Vec::new();
-        } else {
-            self.bytes.clear();
-        }
-        Ok(true)
-    }
-}
-
 /// One client connection.
 pub(crate) struct Conn<S> {
     pub socket: TcpStream,
@@ -223,8 +193,9 @@ pub(crate) struct Conn<S> {
     pub last_seen: Millis,
     /// Since when sends have been refused for a full queue.
     pub stalled_since: When,
-    /// The deadline this connection is scheduled for in the timer queue.
-    pub deadline: When,
+    /// When the message being received last grew (or began): a half-received message
+    /// that stops growing is closed after `message_timeout`.
+    pub progress: When,
 }
 
 impl<S: Default> Conn<S> {
@@ -252,7 +223,7 @@ impl<S: Default> Conn<S> {
             since: When::at(now),
             last_seen: now,
             stalled_since: When::NONE,
-            deadline: When::NONE,
+            progress: When::NONE,
         }
     }
 }
@@ -312,24 +283,33 @@ impl<S> Conn<S> {
         )
     }
 
-    /// The next moment something must happen on this connection if nothing else does.
-    pub fn next_deadline(&self, timeouts: &Timeouts) -> Option<Millis> {
-        let after = |start: Option<Millis>, timeout: Option<Millis>| Some(start? + timeout?);
+    /// The next moment something must happen on this connection if nothing else does,
+    /// and what it waits for then.
+    pub fn next_deadline(&self, timeouts: &Timeouts) -> Option<(Millis, Wait)> {
+        let after = |start: When, timeout: Option<Millis>, wait: Wait| {
+            Some((start.get()?.saturating_add(timeout?), wait))
+        };
         match self.phase {
-            Phase::Handshake => after(self.since.get(), timeouts.handshake),
+            Phase::Handshake => after(self.since, timeouts.handshake, Wait::Handshake),
             Phase::Open => {
-                let keepalive = match self.since.get() {
-                    Some(pinged) => after(Some(pinged), timeouts.pong),
-                    None => after(Some(self.last_seen), timeouts.idle),
+                let keepalive = if self.since.is_some() {
+                    after(self.since, timeouts.pong, Wait::Pong)
+                } else {
+                    after(When::at(self.last_seen), timeouts.idle, Wait::Idle)
                 };
-                let stall = after(self.stalled_since.get(), timeouts.send_stall);
-                match (keepalive, stall) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                }
+                let stall = after(self.stalled_since, timeouts.send_stall, Wait::SendStall);
+                let message = if self.rx.is_mid_message() {
+                    after(self.progress, timeouts.message, Wait::MessageProgress)
+                } else {
+                    None
+                };
+                [keepalive, stall, message]
+                    .into_iter()
+                    .flatten()
+                    .min_by_key(|(at, _)| *at)
             }
             Phase::CloseSent | Phase::Finishing | Phase::Draining => {
-                after(self.since.get(), timeouts.close)
+                after(self.since, timeouts.close, Wait::Close)
             }
             Phase::Closed => None,
         }
@@ -344,20 +324,20 @@ impl<S> Conn<S> {
     /// queued and queueing only what the socket did not take.
     pub fn send_frame(
         &mut self,
-        registry: &Registry,
+        io: &Io,
         token: Token,
         opcode: Opcode,
         payload: &[u8],
         max_queue: usize,
     ) -> SendStatus {
         let header = FrameHeader::server(opcode, payload.len());
-        self.send_with_header(registry, token, header, payload, max_queue)
+        self.send_with_header(io, token, header, payload, max_queue)
     }
 
     /// Sends one frame with the given header (e.g. RSV1 for a compressed message).
     pub fn send_with_header(
         &mut self,
-        registry: &Registry,
+        io: &Io,
         token: Token,
         header: FrameHeader,
         payload: &[u8],
@@ -370,21 +350,27 @@ impl<S> Conn<S> {
         if self.out.pending() + total > max_queue {
             return SendStatus::Refused;
         }
-        self.send_parts(registry, token, &header[..header_len], payload, true)
+        self.send_parts(io, token, &header[..header_len], payload, true)
     }
 
-    /// Sends an already encoded frame (a broadcast encodes once for every receiver).
-    pub fn send_encoded(
+    /// Sends a frame encoded once for many receivers (broadcast, publish). A receiver
+    /// that is behind queues a reference to it, not a copy.
+    pub fn send_shared(
         &mut self,
-        registry: &Registry,
+        io: &Io,
         token: Token,
-        frame: &[u8],
+        frame: &Arc<SharedFrame>,
         max_queue: usize,
     ) -> SendStatus {
-        if self.out.pending() + frame.len() > max_queue {
+        let bytes = frame.bytes();
+        if self.out.pending() + bytes.len() > max_queue {
             return SendStatus::Refused;
         }
-        self.send_parts(registry, token, frame, &[], true)
+        if self.writable_interest && !matches!(self.phase, Phase::Closed | Phase::Draining) {
+            self.out.push_shared(&io.meter, frame);
+            return SendStatus::Queued(self.out.pending());
+        }
+        self.send_parts(io, token, bytes, &[], true)
     }
 
     /// Sends raw bytes (an HTTP response), bypassing the queue cap.
@@ -392,13 +378,13 @@ impl<S> Conn<S> {
     /// Not corked: written straight through, so that the 101 of a connection that then
     /// stays idle does not leave it holding a queue buffer (frames the handler sends in
     /// `on_open` are corked after it, in order).
-    pub fn send_bytes(&mut self, registry: &Registry, token: Token, bytes: &[u8]) -> SendStatus {
-        self.send_parts(registry, token, bytes, &[], false)
+    pub fn send_bytes(&mut self, io: &Io, token: Token, bytes: &[u8]) -> SendStatus {
+        self.send_parts(io, token, bytes, &[], false)
     }
 
     fn send_parts(
         &mut self,
-        registry: &Registry,
+        io: &Io,
         token: Token,
         first: &[u8],
         second: &[u8],
@@ -411,13 +397,13 @@ impl<S> Conn<S> {
         if cork && total <= CORK_LIMIT && !self.writable_interest {
             // Cork: small frames wait in the queue until the loop settles this
             // connection, so the replies to many frames of one read leave in one write.
-            self.out.push(&[first, second]);
+            self.out.push(&io.meter, &[first, second]);
             self.unflushed = true;
             return SendStatus::Written;
         }
         if self.unflushed {
             // Keep the order: what was corked goes before this larger frame.
-            self.flush(registry, token);
+            self.flush(io, token);
         }
         let mut written = 0;
         if self.out.pending() == 0 {
@@ -448,22 +434,17 @@ impl<S> Conn<S> {
             return SendStatus::Written;
         }
         if written < first.len() {
-            self.out.push(&[&first[written..], second]);
+            self.out.push(&io.meter, &[&first[written..], second]);
         } else {
-            self.out.push(&[&second[written - first.len()..]]);
+            self.out
+                .push(&io.meter, &[&second[written - first.len()..]]);
         }
-        self.want_writable(registry, token, true);
+        self.want_writable(&io.registry, token, true);
         SendStatus::Queued(self.out.pending())
     }
 
     /// Sends a close frame with `code` and `reason` (truncated to fit 125 bytes).
-    pub fn send_close(
-        &mut self,
-        registry: &Registry,
-        token: Token,
-        code: Option<CloseCode>,
-        reason: &str,
-    ) {
+    pub fn send_close(&mut self, io: &Io, token: Token, code: Option<CloseCode>, reason: &str) {
         let mut payload = [0u8; 125];
         let len = match code {
             None => 0,
@@ -478,17 +459,17 @@ impl<S> Conn<S> {
             }
         };
         // A close frame is never refused for the queue cap: it ends the queue's growth.
-        let _ = self.send_frame(registry, token, Opcode::Close, &payload[..len], usize::MAX);
+        let _ = self.send_frame(io, token, Opcode::Close, &payload[..len], usize::MAX);
     }
 
     /// Writes queued bytes (after a WRITABLE event, or corked ones when the loop settles
     /// the connection); moves `Finishing` on once empty.
-    pub fn flush(&mut self, registry: &Registry, token: Token) {
+    pub fn flush(&mut self, io: &Io, token: Token) {
         self.unflushed = false;
         if self.out.pending() > 0 {
             match self.out.write_to(&self.socket) {
-                Ok(true) => self.want_writable(registry, token, false),
-                Ok(false) => return self.want_writable(registry, token, true),
+                Ok(true) => self.want_writable(&io.registry, token, false),
+                Ok(false) => return self.want_writable(&io.registry, token, true),
                 Err(e) => return self.fail_io(e),
             }
         }
@@ -503,9 +484,9 @@ impl<S> Conn<S> {
     }
 
     /// Stops parsing input; once the queue is flushed the connection shuts down.
-    pub fn finish(&mut self, registry: &Registry, token: Token) {
+    pub fn finish(&mut self, io: &Io, token: Token) {
         self.enter_closing(Phase::Finishing);
-        self.flush(registry, token);
+        self.flush(io, token);
     }
 
     /// The socket failed: nothing more can be sent or received.

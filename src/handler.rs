@@ -132,6 +132,13 @@ pub enum CloseReason {
     SendStalled,
     /// The server shut down; closed with 1001.
     Shutdown,
+    /// A half-received message got none of its bytes for `Config::message_timeout`;
+    /// closed with 1008.
+    MessageTimeout,
+    /// Dropped without a close handshake because its send queue was among the largest
+    /// when the loop's outgoing budget ran out (a reader that stopped reading);
+    /// reported as 1008.
+    OutgoingBudget,
     /// The TCP connection ended without a close handshake (reported as 1006).
     Abnormal,
 }
@@ -143,7 +150,9 @@ impl CloseReason {
             CloseReason::Peer { code, .. } | CloseReason::Local { code } => *code,
             CloseReason::Protocol(error) => error.close_code(),
             CloseReason::HandlerPanic | CloseReason::KeepaliveTimeout => CloseCode::INTERNAL_ERROR,
-            CloseReason::SendStalled => CloseCode::POLICY_VIOLATION,
+            CloseReason::SendStalled
+            | CloseReason::MessageTimeout
+            | CloseReason::OutgoingBudget => CloseCode::POLICY_VIOLATION,
             CloseReason::Shutdown => CloseCode::GOING_AWAY,
             CloseReason::Abnormal => CloseCode::ABNORMAL,
         }

@@ -72,6 +72,7 @@ pub mod config;
 mod conn;
 mod handle;
 pub mod handler;
+mod outbox;
 pub mod proto;
 mod reactor;
 mod stats;

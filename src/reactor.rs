@@ -11,9 +11,10 @@
 use crate::compression::Compression;
 use crate::config::{Config, Timeouts};
 use crate::conn::ConnDeflate;
-use crate::conn::{Conn, Handshake, Phase};
+use crate::conn::{Conn, Handshake, Io, Phase, Wait};
 use crate::handle::{Command, Handle, Inbox, Payload};
 use crate::handler::{CloseReason, ConnId, Decision, Handler, SendStatus};
+use crate::outbox::{Meter, SharedFrame};
 use crate::proto::deflate::{self, DeflateParams};
 use crate::proto::extension::parse_offers;
 use crate::proto::frame::{FrameHeader, Opcode, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN};
@@ -25,7 +26,7 @@ use crate::stats::Stats;
 use crate::timer::{Clock, DeadlineQueue, Millis, When};
 use crate::topics::Topics;
 use mio::net::{TcpListener, TcpStream};
-use mio::{Events, Interest, Poll, Registry, Token, Waker};
+use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -53,7 +54,12 @@ const ACCEPT_BACKOFF: Millis = 100;
 /// a [`Ctx`] lends to the handler.
 struct Core<S> {
     conns: Slab<Conn<S>>,
-    registry: Registry,
+    io: Io,
+    /// Bytes the receivers hold now (`Stats::incoming_bytes`), against
+    /// `Config::incoming_budget`.
+    incoming: usize,
+    /// Budget closes not yet logged: logged once per burst, not per connection.
+    budget_log: BurstLog,
     config: Config,
     timeouts: Timeouts,
     timers: DeadlineQueue,
@@ -105,6 +111,9 @@ pub struct Server<H: Handler> {
     accept_paused_until: Option<Millis>,
     /// Out of descriptors since the last successful accept (logged once).
     accept_exhausted: bool,
+    /// The last turn stopped accepting at `max_accepts_per_turn`: the listener may
+    /// hold more connections, and (edge-triggered) will raise no new event for them.
+    accept_more: bool,
     /// Set once shutdown began: connections get until then to finish closing.
     shutdown_deadline: Option<Millis>,
     finished: bool,
@@ -147,7 +156,12 @@ impl<H: Handler> Server<H> {
             local_addr,
             core: Core {
                 conns: Slab::with_capacity(reserved),
-                registry: poll.registry().try_clone()?,
+                io: Io {
+                    registry: poll.registry().try_clone()?,
+                    meter: Meter::default(),
+                },
+                incoming: 0,
+                budget_log: BurstLog::default(),
                 timeouts: config.timeouts(),
                 timers: DeadlineQueue::with_capacity(reserved),
                 topics: Topics::default(),
@@ -173,6 +187,7 @@ impl<H: Handler> Server<H> {
             commands: VecDeque::new(),
             accept_paused_until: None,
             accept_exhausted: false,
+            accept_more: false,
             shutdown_deadline: None,
             finished: false,
         })
@@ -243,6 +258,9 @@ impl<H: Handler> Server<H> {
             self.read(slot, true);
             self.settle_conn(slot);
         }
+        if std::mem::take(&mut self.accept_more) {
+            self.accept();
+        }
         // Move the events out so handling them can borrow `self` mutably.
         let events = std::mem::replace(&mut self.events, Events::with_capacity(0));
         for event in events.iter() {
@@ -273,11 +291,14 @@ impl<H: Handler> Server<H> {
         }
         self.expire_deadlines();
         self.settle();
+        self.core.enforce_outgoing_budget();
+        self.settle();
+        self.core.update_gauges();
         Ok(())
     }
 
     fn poll_timeout(&self, requested: Option<Duration>) -> Option<Duration> {
-        if !self.core.backlog.is_empty() {
+        if !self.core.backlog.is_empty() || self.accept_more {
             return Some(Duration::ZERO);
         }
         let now = self.core.clock.now();
@@ -298,11 +319,13 @@ impl<H: Handler> Server<H> {
         }
     }
 
+    /// Accepts up to `max_accepts_per_turn` connections: a connect flood must not
+    /// keep the loop here while open connections wait for their reads and writes.
     fn accept(&mut self) {
         if self.accept_paused_until.is_some() {
             return;
         }
-        loop {
+        for _ in 0..self.core.config.max_accepts_per_turn.max(1) {
             let Some(listener) = &self.listener else {
                 return;
             };
@@ -341,6 +364,8 @@ impl<H: Handler> Server<H> {
             }
             self.core.add(socket, peer);
         }
+        // The cap was reached before WouldBlock: come back next turn.
+        self.accept_more = self.listener.is_some();
     }
 
     fn writable(&mut self, slot: usize) {
@@ -348,7 +373,7 @@ impl<H: Handler> Server<H> {
         let Some(conn) = core.conns.get_mut(slot) else {
             return;
         };
-        conn.flush(&core.registry, Token(slot));
+        conn.flush(&core.io, Token(slot));
         if conn.stalled_since.is_some() && conn.out.pending() <= core.config.max_send_queue / 2 {
             conn.stalled_since = When::NONE;
         }
@@ -389,12 +414,20 @@ impl<H: Handler> Server<H> {
             match conn.phase {
                 Phase::Handshake => self.handshake(slot, n),
                 Phase::Open | Phase::CloseSent => {
+                    let was = (conn.rx.is_mid_message(), conn.rx.data_received());
                     frames(
                         &mut self.core,
                         &mut self.handler,
                         slot,
                         &mut self.read_buf[..n],
                     );
+                    if let Some(conn) = self.core.conns.get_mut(slot) {
+                        let now = (conn.rx.is_mid_message(), conn.rx.data_received());
+                        // A message that began or grew: its stall clock starts again.
+                        if now.0 && (!was.0 || was.1 != now.1) {
+                            conn.progress = When::at(self.core.now);
+                        }
+                    }
                 }
                 // Discarding: the stream is over as far as we are concerned.
                 Phase::Finishing | Phase::Draining | Phase::Closed => {}
@@ -453,8 +486,8 @@ impl<H: Handler> Server<H> {
             Err(e) => {
                 log::debug!("{}: {e}", conn.peer);
                 core.stats.http_responses += 1;
-                let _ = conn.send_bytes(&core.registry, Token(slot), &e.response().to_bytes());
-                return conn.finish(&core.registry, Token(slot));
+                let _ = conn.send_bytes(&core.io, Token(slot), &e.response().to_bytes());
+                return conn.finish(&core.io, Token(slot));
             }
         };
         let bytes = match &mut owned {
@@ -500,19 +533,25 @@ impl<H: Handler> Server<H> {
     /// Acts on every deadline that has passed.
     fn expire_deadlines(&mut self) {
         let now = self.core.now;
-        while let Some((when, slot)) = self.core.timers.pop_due(now) {
-            let Some(conn) = self.core.conns.get_mut(slot) else {
+        while let Some(slot) = self.core.timers.due(now) {
+            let Some(conn) = self.core.conns.get(slot) else {
+                self.core.timers.remove(slot);
                 continue;
             };
-            match conn.deadline.get() {
-                Some(deadline) if deadline <= now => {
-                    conn.deadline = When::NONE;
-                    self.core.on_deadline(slot);
+            match conn.next_deadline(&self.core.timeouts) {
+                Some((at, wait)) if at <= now => {
+                    self.core.timers.remove(slot);
+                    self.core.on_deadline(slot, wait);
                     self.settle_conn(slot);
+                    // Every wait moves the connection on; should one not, it must not
+                    // spin this loop.
+                    if self.core.timers.queued(slot).is_some_and(|at| at <= now) {
+                        self.core.timers.set(slot, now + 1);
+                    }
                 }
-                // The deadline moved later since this entry was queued: queue it anew.
-                Some(deadline) if deadline > when => self.core.timers.push(deadline, slot),
-                _ => {}
+                // The deadline moved later since the entry was queued: move the entry.
+                Some((at, _)) => self.core.timers.set(slot, at),
+                None => self.core.timers.remove(slot),
             }
         }
         if let Some(deadline) = self.shutdown_deadline {
@@ -606,7 +645,7 @@ impl<H: Handler> Server<H> {
             return;
         };
         if conn.unflushed {
-            conn.flush(&core.registry, Token(slot));
+            conn.flush(&core.io, Token(slot));
         }
         if conn.counted_as_handshake && conn.phase != Phase::Handshake {
             conn.counted_as_handshake = false;
@@ -614,18 +653,17 @@ impl<H: Handler> Server<H> {
         }
         if matches!(conn.phase, Phase::Closed) {
             let mut conn = core.conns.remove(slot);
-            let _ = core.registry.deregister(&mut conn.socket);
+            core.timers.remove(slot);
+            let held = conn.rx.held();
+            core.compression.release(&mut conn.rx);
+            core.adjust_incoming(held, 0);
+            let _ = core.io.registry.deregister(&mut conn.socket);
             log::debug!("{}: disconnected", conn.peer);
             return;
         }
-        let next = conn.next_deadline(&core.timeouts);
-        if next != conn.deadline.get() {
-            if let Some(at) = next {
-                if conn.deadline.get().is_none_or(|current| at < current) {
-                    core.timers.push(at, slot);
-                }
-            }
-            conn.deadline = When::from(next);
+        match conn.next_deadline(&core.timeouts) {
+            Some((at, _)) => core.timers.schedule(slot, at),
+            None => core.timers.remove(slot),
         }
     }
 }
@@ -682,11 +720,11 @@ fn upgrade<H: Handler>(
     let conn = &mut core.conns[slot];
     let peer = conn.peer.get();
     let (response, accepted) = answer(handler, &core.config, &bytes[..end], peer);
-    let _ = conn.send_bytes(&core.registry, Token(slot), &response.to_bytes());
+    let _ = conn.send_bytes(&core.io, Token(slot), &response.to_bytes());
     let Some(accepted) = accepted else {
         log::debug!("{peer}: answered HTTP {}", response.status.0);
         core.stats.http_responses += 1;
-        return conn.finish(&core.registry, Token(slot));
+        return conn.finish(&core.io, Token(slot));
     };
     conn.phase = Phase::Open;
     conn.since = When::NONE;
@@ -843,7 +881,7 @@ fn guard<S>(core: &mut Core<S>, slot: usize, callback: impl FnOnce(&mut Ctx<'_, 
         // Stop parsing: whatever the peer sends next, the handler is not trusted with it.
         let conn = &mut core.conns[slot];
         if matches!(conn.phase, Phase::CloseSent) {
-            conn.finish(&core.registry, Token(slot));
+            conn.finish(&core.io, Token(slot));
         }
     }
 }
@@ -855,20 +893,47 @@ fn guard<S>(core: &mut Core<S>, slot: usize, callback: impl FnOnce(&mut Ctx<'_, 
 /// handler's [`Ctx`].
 fn frames<H: Handler>(core: &mut Core<H::Session>, handler: &mut H, slot: usize, input: &mut [u8]) {
     let mut rx = std::mem::take(&mut core.conns[slot].rx);
+    let (held, had_inflater) = (rx.held(), rx.holds_inflater());
     core.compression.lend_inflater(&mut rx);
+    core.adjust_incoming(held, rx.held());
+    let parsing =
+        |core: &Core<H::Session>| matches!(core.conns[slot].phase, Phase::Open | Phase::CloseSent);
     let mut pos = 0;
-    while pos < input.len() && matches!(core.conns[slot].phase, Phase::Open | Phase::CloseSent) {
-        match rx.read(&mut input[pos..]) {
+    while pos < input.len() && parsing(core) {
+        let held = rx.held();
+        // Every growth asks the budget first (which may close others to make room);
+        // what was granted is in `core.incoming` already.
+        let mut granted = 0;
+        let result = rx.read_within(&mut input[pos..], &mut |holds, bytes| {
+            let ok = core.grant_incoming(slot, holds, bytes);
+            granted += if ok { bytes } else { 0 };
+            ok
+        });
+        match result {
             Ok(Progress { consumed, event }) => {
                 pos += consumed;
                 if let Some(event) = event {
                     on_event(core, handler, slot, event);
                 }
             }
-            Err(error) => core.fail(slot, error),
+            Err(error) => {
+                if error == ProtocolError::OverBudget {
+                    core.stats.incoming_budget_closes += 1;
+                    core.budget_log
+                        .note("incoming budget full: closing connections with 1013");
+                }
+                core.fail(slot, error);
+            }
         }
+        core.adjust_incoming(held + granted, rx.held());
     }
-    core.compression.reclaim_inflater(&mut rx);
+    let held = rx.held();
+    core.compression.reclaim_inflater(&mut rx, had_inflater);
+    if !parsing(core) {
+        // Failed or finishing: nothing more will be parsed, so nothing is kept.
+        core.compression.release(&mut rx);
+    }
+    core.adjust_incoming(held, rx.held());
     core.conns[slot].rx = rx;
 }
 
@@ -890,7 +955,7 @@ fn on_event<H: Handler>(
         Event::Message(_) => {}
         Event::Ping(payload) if open => {
             let _ = conn.send_frame(
-                &core.registry,
+                &core.io,
                 Token(slot),
                 Opcode::Pong,
                 payload,
@@ -902,7 +967,7 @@ fn on_event<H: Handler>(
             if open {
                 // §5.5.1: answer with a close, echoing the peer's code.
                 let code = frame.map(|f| f.code);
-                conn.send_close(&core.registry, Token(slot), code, "");
+                conn.send_close(&core.io, Token(slot), code, "");
                 conn.set_close_reason(CloseReason::Peer {
                     code: code.unwrap_or(CloseCode::NO_STATUS),
                     reason: frame.map(|f| f.reason.to_owned()).unwrap_or_default(),
@@ -910,7 +975,7 @@ fn on_event<H: Handler>(
                 log::debug!("{}: peer sent close {:?}", conn.peer, code);
             }
             // Either way the close handshake is complete: the server closes TCP first.
-            conn.finish(&core.registry, Token(slot));
+            conn.finish(&core.io, Token(slot));
         }
     }
 }
@@ -922,6 +987,7 @@ impl<S: Default> Core<S> {
         let entry = self.conns.vacant_entry();
         let slot = entry.key();
         if let Err(e) = self
+            .io
             .registry
             .register(&mut socket, Token(slot), Interest::READABLE)
         {
@@ -967,11 +1033,19 @@ impl<S> Core<S> {
 
     /// Sends one frame to an open connection, counting it and noting a stall.
     fn send(&mut self, slot: usize, opcode: Opcode, payload: &[u8]) -> SendStatus {
-        let conn = &mut self.conns[slot];
-        if !conn.is_open() {
+        if !self.conns[slot].is_open() {
+            self.stats.sends_refused += 1;
             return SendStatus::Refused;
         }
-        let (registry, max_queue) = (&self.registry, self.config.max_send_queue);
+        // A connection that is behind queues whatever it is sent: it needs room in
+        // the outgoing budget first. (One that is not writes through; what the socket
+        // does not take is queued and the budget is enforced at the end of the turn.)
+        if self.conns[slot].out.pending() > 0 && !self.outgoing_room(slot, payload.len()) {
+            self.count_send(slot, SendStatus::Refused, payload.len());
+            return SendStatus::Refused;
+        }
+        let conn = &mut self.conns[slot];
+        let (io, max_queue) = (&self.io, self.config.max_send_queue);
         let compress = payload.len() >= self.config.deflate_threshold
             && matches!(opcode, Opcode::Text | Opcode::Binary);
         let deflate = conn.extras.as_mut().and_then(|e| e.deflate.as_mut());
@@ -979,9 +1053,9 @@ impl<S> Core<S> {
             Some(deflate) if compress => {
                 let compressed = self.compression.compress(deflate, payload);
                 let header = FrameHeader::server_compressed(opcode, compressed.len());
-                conn.send_with_header(registry, Token(slot), header, compressed, max_queue)
+                conn.send_with_header(io, Token(slot), header, compressed, max_queue)
             }
-            _ => conn.send_frame(registry, Token(slot), opcode, payload, max_queue),
+            _ => conn.send_frame(io, Token(slot), opcode, payload, max_queue),
         };
         self.count_send(slot, status, payload.len());
         status
@@ -994,6 +1068,7 @@ impl<S> Core<S> {
                 self.stats.bytes_out += len as u64;
             }
             SendStatus::Refused => {
+                self.stats.sends_refused += 1;
                 let conn = &mut self.conns[slot];
                 if conn.is_open() && conn.stalled_since.is_none() {
                     conn.stalled_since = When::at(self.now);
@@ -1021,9 +1096,11 @@ impl<S> Core<S> {
     }
 
     /// Sends one message to each open connection in `slots`, encoded once (and
-    /// compressed once, for receivers that can share a compressed frame).
+    /// compressed once, for receivers that can share a compressed frame). Receivers
+    /// that are behind queue the one shared copy.
     fn fanout(&mut self, slots: &[usize], opcode: Opcode, payload: &[u8]) -> Fanout {
-        let plain = FrameHeader::server(opcode, payload.len()).frame_with(payload);
+        let encoded = FrameHeader::server(opcode, payload.len()).frame_with(payload);
+        let plain = SharedFrame::new(encoded, &self.io.meter);
         self.stats.fanout_frames_encoded += 1;
         let bits = self.config.deflate_window_bits.clamp(9, 15);
         let shares_compressed = |conn: &Conn<S>| {
@@ -1038,12 +1115,13 @@ impl<S> Core<S> {
                 .any(|&slot| self.conns.get(slot).is_some_and(shares_compressed)))
         .then(|| {
             self.stats.fanout_frames_encoded += 1;
-            self.compression.encode_shared(bits, opcode, payload)
+            let frame = self.compression.encode_shared(bits, opcode, payload);
+            SharedFrame::new(frame, &self.io.meter)
         });
         let payload_len = payload.len();
         let mut fanout = Fanout::default();
         for &slot in slots {
-            let Some(conn) = self.conns.get_mut(slot) else {
+            let Some(conn) = self.conns.get(slot) else {
                 continue;
             };
             if !conn.is_open() {
@@ -1053,12 +1131,13 @@ impl<S> Core<S> {
                 Some(compressed) if shares_compressed(conn) => compressed,
                 _ => &plain,
             };
-            let status = conn.send_encoded(
-                &self.registry,
-                Token(slot),
-                frame,
-                self.config.max_send_queue,
-            );
+            let behind = conn.out.pending() > 0;
+            let status = if behind && !self.outgoing_room(slot, frame.bytes().len()) {
+                SendStatus::Refused
+            } else {
+                let max_queue = self.config.max_send_queue;
+                self.conns[slot].send_shared(&self.io, Token(slot), frame, max_queue)
+            };
             match status {
                 SendStatus::Refused => fanout.refused += 1,
                 _ => {
@@ -1078,7 +1157,7 @@ impl<S> Core<S> {
         if !conn.is_open() {
             return;
         }
-        conn.send_close(&self.registry, Token(slot), Some(code), reason);
+        conn.send_close(&self.io, Token(slot), Some(code), reason);
         conn.set_close_reason(why);
         if conn.is_open() {
             conn.enter_closing(Phase::CloseSent);
@@ -1092,72 +1171,249 @@ impl<S> Core<S> {
         log::debug!("{}: protocol error: {error}", conn.peer);
         if conn.is_open() {
             conn.send_close(
-                &self.registry,
+                &self.io,
                 Token(slot),
                 Some(error.close_code()),
                 &error.to_string(),
             );
             conn.set_close_reason(CloseReason::Protocol(error));
         }
-        conn.finish(&self.registry, Token(slot));
+        conn.finish(&self.io, Token(slot));
     }
 
-    /// A connection's deadline passed: whatever it was waiting for did not happen.
-    fn on_deadline(&mut self, slot: usize) {
+    /// A connection's deadline passed: what it was waiting for did not happen.
+    fn on_deadline(&mut self, slot: usize, wait: Wait) {
         let now = self.now;
-        let timeouts = self.timeouts;
         let conn = &mut self.conns[slot];
-        let expired = |start: Option<Millis>, timeout: Option<Millis>| match (start, timeout) {
-            (Some(start), Some(timeout)) => start + timeout <= now,
-            _ => false,
-        };
-        match conn.phase {
-            Phase::Handshake => {
-                if expired(conn.since.get(), timeouts.handshake) {
-                    log::debug!("{}: handshake timed out", conn.peer);
-                    conn.phase = Phase::Closed;
-                }
+        match wait {
+            Wait::Handshake => {
+                log::debug!("{}: handshake timed out", conn.peer);
+                conn.phase = Phase::Closed;
             }
-            Phase::Open => {
-                if expired(conn.stalled_since.get(), timeouts.send_stall) {
-                    log::debug!("{}: send queue full for too long", conn.peer);
-                    let why = CloseReason::SendStalled;
-                    self.close(slot, CloseCode::POLICY_VIOLATION, "send queue full", why);
-                } else if expired(conn.since.get(), timeouts.pong) {
-                    log::debug!("{}: no answer to keepalive ping", conn.peer);
-                    conn.send_close(
-                        &self.registry,
-                        Token(slot),
-                        Some(CloseCode::INTERNAL_ERROR),
-                        "keepalive timeout",
-                    );
-                    conn.set_close_reason(CloseReason::KeepaliveTimeout);
-                    // A peer that does not answer pings will not answer a close either.
-                    conn.phase = Phase::Closed;
-                } else if conn.since.is_none() && expired(Some(conn.last_seen), timeouts.idle) {
-                    let _ = conn.send_frame(
-                        &self.registry,
-                        Token(slot),
-                        Opcode::Ping,
-                        b"keepalive",
-                        usize::MAX,
-                    );
-                    conn.since = When::at(now);
-                    // Quiet for a whole idle period: give back the buffers its last
-                    // messages left (they are kept while traffic flows, so that the
-                    // echo path allocates nothing per message).
-                    conn.flush(&self.registry, Token(slot));
-                    conn.out.shed();
-                    conn.rx.shed_buffers();
-                }
+            Wait::SendStall => {
+                log::debug!("{}: send queue full for too long", conn.peer);
+                let why = CloseReason::SendStalled;
+                self.close(slot, CloseCode::POLICY_VIOLATION, "send queue full", why);
             }
-            Phase::CloseSent | Phase::Finishing | Phase::Draining => {
-                if expired(conn.since.get(), timeouts.close) {
-                    log::debug!("{}: close timed out", conn.peer);
-                    conn.phase = Phase::Closed;
-                }
+            Wait::MessageProgress => {
+                log::debug!("{}: half-received message stalled", conn.peer);
+                self.stats.message_timeouts += 1;
+                conn.send_close(
+                    &self.io,
+                    Token(slot),
+                    Some(CloseCode::POLICY_VIOLATION),
+                    "message timeout",
+                );
+                conn.set_close_reason(CloseReason::MessageTimeout);
+                conn.finish(&self.io, Token(slot));
+                self.release_incoming(slot);
             }
-            Phase::Closed => {}
+            Wait::Pong => {
+                log::debug!("{}: no answer to keepalive ping", conn.peer);
+                conn.send_close(
+                    &self.io,
+                    Token(slot),
+                    Some(CloseCode::INTERNAL_ERROR),
+                    "keepalive timeout",
+                );
+                conn.set_close_reason(CloseReason::KeepaliveTimeout);
+                // A peer that does not answer pings will not answer a close either.
+                conn.phase = Phase::Closed;
+            }
+            Wait::Idle => {
+                let _ = conn.send_frame(
+                    &self.io,
+                    Token(slot),
+                    Opcode::Ping,
+                    b"keepalive",
+                    usize::MAX,
+                );
+                conn.since = When::at(now);
+                // Quiet for a whole idle period: give back the buffers its last
+                // messages left (they are kept while traffic flows, so that the
+                // echo path allocates nothing per message).
+                conn.flush(&self.io, Token(slot));
+                conn.out.shed();
+                let held = conn.rx.held();
+                conn.rx.shed_buffers();
+                let after = conn.rx.held();
+                self.adjust_incoming(held, after);
+            }
+            Wait::Close => {
+                log::debug!("{}: close timed out", conn.peer);
+                conn.phase = Phase::Closed;
+            }
+        }
+    }
+
+    /// Brings the incoming total up to date after a receiver went from holding
+    /// `before` bytes to `after`.
+    fn adjust_incoming(&mut self, before: usize, after: usize) {
+        self.incoming = (self.incoming + after).saturating_sub(before);
+    }
+
+    /// Takes back everything a connection's receiver holds (it will parse no more).
+    fn release_incoming(&mut self, slot: usize) {
+        let rx = &mut self.conns[slot].rx;
+        let held = rx.held();
+        self.compression.release(rx);
+        self.adjust_incoming(held, 0);
+    }
+
+    /// Lets `asking` (whose receiver is out of the table, reading) hold `bytes` more,
+    /// if the incoming budget has room or can be made to have it. `asking_holds` is
+    /// what it holds already.
+    fn grant_incoming(&mut self, asking: usize, asking_holds: usize, bytes: usize) -> bool {
+        let budget = self.config.incoming_budget;
+        if self.incoming + bytes > budget {
+            self.make_incoming_room(asking, asking_holds + bytes, self.incoming + bytes - budget);
+        }
+        if self.incoming + bytes > budget {
+            return false;
+        }
+        self.incoming += bytes;
+        true
+    }
+
+    /// Frees at least `needed` bytes of the incoming budget if it can, for a connection
+    /// that would then hold `wanted`: first the buffers idle connections keep for
+    /// reuse, then stalled half-received messages (longest stalled first), then any
+    /// holder larger than `wanted` (largest first). Closed ones get 1013.
+    fn make_incoming_room(&mut self, asking: usize, wanted: usize, needed: usize) {
+        let target = self.incoming.saturating_sub(needed);
+        // Buffers kept for reuse by connections between messages: free, no harm done.
+        for (slot, conn) in self.conns.iter_mut() {
+            if self.incoming <= target {
+                return;
+            }
+            if slot != asking && !conn.rx.is_mid_message() && conn.rx.held() > 0 {
+                let held = conn.rx.held();
+                conn.rx.shed_buffers();
+                self.incoming = (self.incoming + conn.rx.held()).saturating_sub(held);
+            }
+        }
+        let stalled_before = self.now.saturating_sub(STALL_GRACE);
+        let mut holders: Vec<(bool, Millis, usize, usize)> = self
+            .conns
+            .iter()
+            .filter(|&(slot, conn)| {
+                slot != asking
+                    && conn.rx.is_mid_message()
+                    && conn.rx.held() > 0
+                    && matches!(conn.phase, Phase::Open | Phase::CloseSent)
+            })
+            .map(|(slot, conn)| {
+                let progress = conn.progress.get().unwrap_or(0);
+                let stalled = progress <= stalled_before;
+                (stalled, progress, conn.rx.held(), slot)
+            })
+            .filter(|&(stalled, _, held, _)| stalled || held > wanted)
+            .collect();
+        // Stalled first, longest stalled first; then the largest.
+        holders.sort_unstable_by(|a, b| {
+            b.0.cmp(&a.0)
+                .then_with(|| if a.0 { a.1.cmp(&b.1) } else { b.2.cmp(&a.2) })
+        });
+        for (_, _, _, slot) in holders {
+            if self.incoming <= target {
+                return;
+            }
+            self.stats.incoming_budget_closes += 1;
+            self.budget_log
+                .note("incoming budget full: closing connections with 1013");
+            self.release_incoming(slot);
+            self.fail(slot, ProtocolError::OverBudget);
+            self.touched.push(slot);
+        }
+    }
+
+    /// Whether `bytes` more may be queued for `slot`, after dropping the largest queues
+    /// of other connections if the outgoing budget is short.
+    fn outgoing_room(&mut self, slot: usize, bytes: usize) -> bool {
+        let budget = self.config.outgoing_budget;
+        if self.io.meter.get() + bytes <= budget {
+            return true;
+        }
+        self.make_outgoing_room(Some(slot), bytes);
+        self.io.meter.get() + bytes <= budget
+    }
+
+    /// Called at the end of every turn: write-through sends that the socket did not
+    /// take may have queued past the budget.
+    fn enforce_outgoing_budget(&mut self) {
+        if self.io.meter.get() > self.config.outgoing_budget {
+            self.make_outgoing_room(None, 0);
+        }
+    }
+
+    /// Drops connections with the largest send queues — readers that stopped reading —
+    /// until `bytes` more fit with an eighth of the budget to spare (so that a stream
+    /// of sends does not rescan every connection each time).
+    fn make_outgoing_room(&mut self, except: Option<usize>, bytes: usize) {
+        let budget = self.config.outgoing_budget;
+        let target = (budget - budget / 8).saturating_sub(bytes);
+        let mut queues: Vec<(usize, usize)> = self
+            .conns
+            .iter()
+            .filter(|&(slot, conn)| Some(slot) != except && conn.out.pending() > 0)
+            .map(|(slot, conn)| (conn.out.pending(), slot))
+            .collect();
+        queues.sort_unstable_by(|a, b| b.cmp(a));
+        for (_, slot) in queues {
+            if self.io.meter.get() <= target {
+                break;
+            }
+            let conn = &mut self.conns[slot];
+            log::debug!(
+                "{}: dropped: its send queue took the outgoing budget",
+                conn.peer
+            );
+            conn.out.clear();
+            conn.note_close_reason(CloseReason::OutgoingBudget);
+            conn.phase = Phase::Closed;
+            self.stats.outgoing_budget_closes += 1;
+            self.budget_log
+                .note("outgoing budget full: dropped the connections with the largest send queues");
+            self.touched.push(slot);
+        }
+    }
+
+    /// Copies the gauges into the stats, and logs budget closes once per burst.
+    fn update_gauges(&mut self) {
+        self.stats.handshakes_in_progress = self.handshaking as u64;
+        self.stats.deadline_entries = self.timers.len() as u64;
+        self.stats.incoming_bytes = self.incoming as u64;
+        self.stats.outgoing_bytes = self.io.meter.get() as u64;
+        self.stats.topic_memberships = self.topics.memberships() as u64;
+        self.stats.inflaters_lent = self.compression.lent() as u64;
+        self.budget_log.report(self.now);
+    }
+}
+
+/// A half-received message that has not grown for this long counts as stalled when the
+/// incoming budget needs room: its connection is closed before any that is sending.
+const STALL_GRACE: Millis = 1000;
+
+/// Counts events worth a warning and logs them at most once a second, so that an
+/// attack that closes thousands of connections leaves a few lines, not thousands.
+#[derive(Debug, Default)]
+struct BurstLog {
+    what: &'static str,
+    count: u64,
+    last: Option<Millis>,
+}
+
+impl BurstLog {
+    fn note(&mut self, what: &'static str) {
+        self.what = what;
+        self.count += 1;
+    }
+
+    fn report(&mut self, now: Millis) {
+        if self.count > 0 && self.last.is_none_or(|last| now >= last + 1000) {
+            log::warn!("{} ({} since the last report)", self.what, self.count);
+            self.count = 0;
+            self.last = Some(now);
         }
     }
 }

@@ -34,6 +34,33 @@ pub struct Stats {
     pub handler_panics: u64,
     /// Closed WebSocket connections, by close code (1006 for a lost TCP connection).
     pub closes: Vec<(u16, u64)>,
+    /// Sends refused: the receiver's queue was over `max_send_queue`, the loop's
+    /// outgoing budget had no room, or the connection was closing. Broadcast and
+    /// publish receivers count one by one.
+    pub sends_refused: u64,
+    /// Connections closed (1013) to make room in the incoming budget, or because the
+    /// room they needed was not there.
+    pub incoming_budget_closes: u64,
+    /// Connections dropped (1008) because their queues took the outgoing budget.
+    pub outgoing_budget_closes: u64,
+    /// Connections closed (1008) because a half-received message stopped growing for
+    /// `message_timeout`.
+    pub message_timeouts: u64,
+    /// Gauge: connections still in the upgrade handshake.
+    pub handshakes_in_progress: u64,
+    /// Gauge: entries in the loop's deadline queue (at most one per connection).
+    pub deadline_entries: u64,
+    /// Gauge: bytes held for incoming messages that are not complete yet (assembly
+    /// buffers kept for reuse and lent inflaters included), against `incoming_budget`.
+    pub incoming_bytes: u64,
+    /// Gauge: bytes queued for sending over all connections (a shared broadcast frame
+    /// once), against `outgoing_budget`.
+    pub outgoing_bytes: u64,
+    /// Gauge: topic subscriptions, over all topics and connections.
+    pub topic_memberships: u64,
+    /// Gauge: inflaters held by connections (lent from the loop's pool, or kept with
+    /// context takeover).
+    pub inflaters_lent: u64,
 }
 
 impl Stats {
@@ -53,7 +80,7 @@ impl fmt::Display for Stats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "open {} accepted {} refused {} handshakes {} http {} msgs in/out {}/{} bytes in/out {}/{} protocol errors {} panics {} closes",
+            "open {} accepted {} refused {} handshakes {} http {} msgs in/out {}/{} bytes in/out {}/{} fanout encodes/deliveries {}/{} sends refused {} held in/out {}/{} budget closes in/out {}/{} message timeouts {} protocol errors {} panics {} closes",
             self.open_connections,
             self.accepted,
             self.refused,
@@ -63,6 +90,14 @@ impl fmt::Display for Stats {
             self.messages_out,
             self.bytes_in,
             self.bytes_out,
+            self.fanout_frames_encoded,
+            self.fanout_deliveries,
+            self.sends_refused,
+            self.incoming_bytes,
+            self.outgoing_bytes,
+            self.incoming_budget_closes,
+            self.outgoing_budget_closes,
+            self.message_timeouts,
             self.protocol_errors,
             self.handler_panics,
         )?;

@@ -7,6 +7,8 @@ use std::collections::HashMap;
 #[derive(Debug, Default)]
 pub(crate) struct Topics {
     members: HashMap<Box<str>, Vec<usize>>,
+    /// Subscriptions over all topics (for `Stats::topic_memberships`).
+    memberships: usize,
 }
 
 impl Topics {
@@ -17,6 +19,7 @@ impl Topics {
             return false;
         }
         members.push(slot);
+        self.memberships += 1;
         true
     }
 
@@ -29,10 +32,15 @@ impl Topics {
             return false;
         };
         members.swap_remove(at);
+        self.memberships -= 1;
         if members.is_empty() {
             self.members.remove(topic);
         }
         true
+    }
+
+    pub fn memberships(&self) -> usize {
+        self.memberships
     }
 
     pub fn members(&self, topic: &str) -> &[usize] {
@@ -53,8 +61,10 @@ mod tests {
         assert_eq!(topics.members("news"), [1, 2]);
         assert!(topics.unsubscribe("news", 1));
         assert!(!topics.unsubscribe("news", 1));
+        assert_eq!(topics.memberships(), 1);
         assert!(topics.unsubscribe("news", 2));
         assert!(topics.members.is_empty());
+        assert_eq!(topics.memberships(), 0);
         assert_eq!(topics.members("news"), [] as [usize; 0]);
     }
 }

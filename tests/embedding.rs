@@ -39,10 +39,10 @@ enum Report {
     /// A broadcast or publish: its outcome, and the server's counters around it.
     Fanout {
         fanout: Fanout,
-        before: Stats,
-        after: Stats,
+        before: Box<Stats>,
+        after: Box<Stats>,
     },
-    Stats(Stats),
+    Stats(Box<Stats>),
     /// The outcome of a `send_to`.
     SendTo(SendStatus),
     /// `on_message` is about to block until the test opens the gate.
@@ -131,9 +131,9 @@ impl Handler for Hub {
         let text = match message {
             Message::Text(text) => text,
             Message::Binary(bytes) => {
-                let before = cx.stats().clone();
+                let before = Box::new(cx.stats().clone());
                 let fanout = cx.publish("feed", Message::Binary(bytes));
-                let after = cx.stats().clone();
+                let after = Box::new(cx.stats().clone());
                 return self.report(Report::Fanout {
                     fanout,
                     before,
@@ -143,15 +143,15 @@ impl Handler for Hub {
         };
         let (verb, argument) = text.split_once(':').unwrap_or((text, ""));
         match verb {
-            "stats" => self.report(Report::Stats(cx.stats().clone())),
+            "stats" => self.report(Report::Stats(Box::new(cx.stats().clone()))),
             "whoami" => {
                 let name = cx.session().name.clone();
                 let _ = cx.send_text(&name);
             }
             "broadcast" => {
-                let before = cx.stats().clone();
+                let before = Box::new(cx.stats().clone());
                 let fanout = cx.broadcast(Message::Text(argument));
-                let after = cx.stats().clone();
+                let after = Box::new(cx.stats().clone());
                 self.report(Report::Fanout {
                     fanout,
                     before,
@@ -168,9 +168,9 @@ impl Handler for Hub {
             }
             "pub" => {
                 let (topic, body) = argument.split_once(':').expect("pub:TOPIC:BODY");
-                let before = cx.stats().clone();
+                let before = Box::new(cx.stats().clone());
                 let fanout = cx.publish(topic, Message::Text(body));
-                let after = cx.stats().clone();
+                let after = Box::new(cx.stats().clone());
                 self.report(Report::Fanout {
                     fanout,
                     before,
@@ -231,7 +231,7 @@ impl Probe {
                 fanout,
                 before,
                 after,
-            } => (fanout, before, after),
+            } => (fanout, *before, *after),
             other => panic!("expected a fanout report, got {other:?}"),
         }
     }
@@ -239,7 +239,7 @@ impl Probe {
     fn stats(&self, raw: &mut Raw) -> Stats {
         raw.send(true, TEXT, b"stats");
         match self.report() {
-            Report::Stats(stats) => stats,
+            Report::Stats(stats) => *stats,
             other => panic!("expected stats, got {other:?}"),
         }
     }

@@ -190,6 +190,8 @@ pub enum InflateError {
     TooBig,
     /// Not a valid DEFLATE stream.
     Corrupt,
+    /// The output could not be stored: the memory it needs was refused.
+    NoMemory,
 }
 
 /// Inflates messages as their compressed bytes arrive.
@@ -235,7 +237,18 @@ impl Inflater {
         out: &mut Vec<u8>,
         limit: usize,
     ) -> Result<(), InflateError> {
-        self.inflate_part(input, out, limit, false)
+        self.inflate_into(input, &mut capped(out, limit))
+    }
+
+    /// Inflates `input`, handing the output to `emit` piece by piece (at most 16 KiB
+    /// each), so the caller decides where it goes and how much it may grow: an error
+    /// from `emit` stops inflating at once.
+    pub fn inflate_into(
+        &mut self,
+        input: &[u8],
+        emit: &mut dyn FnMut(&[u8]) -> Result<(), InflateError>,
+    ) -> Result<(), InflateError> {
+        self.inflate_part(input, emit, false)
     }
 
     /// `tail`: the input is our own sync-flush tail, which may run past the end of a
@@ -243,8 +256,7 @@ impl Inflater {
     fn inflate_part(
         &mut self,
         mut input: &[u8],
-        out: &mut Vec<u8>,
-        limit: usize,
+        emit: &mut dyn FnMut(&[u8]) -> Result<(), InflateError>,
         tail: bool,
     ) -> Result<(), InflateError> {
         if self.stream_ended {
@@ -262,10 +274,9 @@ impl Inflater {
                 .map_err(|_| InflateError::Corrupt)?;
             let consumed = (self.decompress.total_in() - in_before) as usize;
             let produced = (self.decompress.total_out() - out_before) as usize;
-            if out.len() + produced > limit {
-                return Err(InflateError::TooBig);
+            if produced > 0 {
+                emit(&self.chunk[..produced])?;
             }
-            out.extend_from_slice(&self.chunk[..produced]);
             input = &input[consumed..];
             if status == Status::StreamEnd {
                 // A final block (BFINAL) ends the DEFLATE stream; the message must end
@@ -295,13 +306,22 @@ impl Inflater {
         limit: usize,
         reset: bool,
     ) -> Result<(), InflateError> {
+        self.finish_into(&mut capped(out, limit), reset)
+    }
+
+    /// [`finish`](Self::finish), with the output handed to `emit`.
+    pub fn finish_into(
+        &mut self,
+        emit: &mut dyn FnMut(&[u8]) -> Result<(), InflateError>,
+        reset: bool,
+    ) -> Result<(), InflateError> {
         if self.stream_ended {
             // The stream already ended with a final block: there is no context to
             // keep and no tail to restore.
             self.reset();
             return Ok(());
         }
-        self.inflate_part(&SYNC_TAIL, out, limit, true)?;
+        self.inflate_part(&SYNC_TAIL, emit, true)?;
         if reset || self.stream_ended {
             self.reset();
         }
@@ -312,6 +332,17 @@ impl Inflater {
     pub fn reset(&mut self) {
         self.stream_ended = false;
         self.decompress.reset(false);
+    }
+}
+
+/// An output sink that appends to `out` and fails once it would pass `limit` bytes.
+fn capped(out: &mut Vec<u8>, limit: usize) -> impl FnMut(&[u8]) -> Result<(), InflateError> + '_ {
+    move |piece| {
+        if out.len() + piece.len() > limit {
+            return Err(InflateError::TooBig);
+        }
+        out.extend_from_slice(piece);
+        Ok(())
     }
 }
 

@@ -38,6 +38,10 @@ pub enum ProtocolError {
     MessageTooBig,
     /// A compressed message that is not a valid DEFLATE stream (RFC 7692).
     BadCompressedData,
+    /// Holding more of this incomplete message would take the loop past its budget
+    /// for incomplete messages (`Config::incoming_budget`): not the peer's fault as
+    /// such, so it is told to try again later.
+    OverBudget,
 }
 
 impl ProtocolError {
@@ -48,6 +52,7 @@ impl ProtocolError {
                 CloseCode::INVALID_PAYLOAD
             }
             ProtocolError::MessageTooBig => CloseCode::MESSAGE_TOO_BIG,
+            ProtocolError::OverBudget => CloseCode::TRY_AGAIN_LATER,
             _ => CloseCode::PROTOCOL_ERROR,
         }
     }
@@ -73,6 +78,7 @@ impl fmt::Display for ProtocolError {
             ProtocolError::InvalidUtf8 => f.write_str("invalid UTF-8"),
             ProtocolError::MessageTooBig => f.write_str("message over the size limit"),
             ProtocolError::BadCompressedData => f.write_str("invalid compressed data"),
+            ProtocolError::OverBudget => f.write_str("server busy: no memory for this message"),
         }
     }
 }

@@ -16,7 +16,7 @@
 use super::close::parse_close_payload;
 use super::deflate::{InflateError, Inflater};
 use super::error::ProtocolError;
-use super::frame::{FrameHeader, Opcode, MAX_HEADER_LEN};
+use super::frame::{FrameHeader, Opcode, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN};
 use super::mask;
 use super::message::{Event, Message};
 use super::utf8::Utf8Validator;
@@ -24,6 +24,36 @@ use super::utf8::Utf8Validator;
 /// Assembly buffers larger than this are released after their message is delivered,
 /// so that one large message does not pin memory on a connection that goes quiet.
 const RETAINED_BUFFER_CAPACITY: usize = 64 * 1024;
+
+/// What an inflater costs while a receiver holds one (zlib state with its 32 KiB
+/// window, and our 16 KiB output chunk), counted in [`Receiver::held`].
+pub const INFLATER_BYTES: usize = 56 * 1024;
+
+/// Asked before a receiver holds more of a peer's bytes, so that the caller can bound
+/// the memory of every connection together (the reactor's incoming budget). `grant`
+/// returns whether `bytes` more may be held by a receiver that holds `held` bytes now;
+/// a refusal fails the read with [`ProtocolError::OverBudget`].
+pub trait MemoryGrant {
+    /// May the receiver, holding `held` bytes, hold `bytes` more?
+    fn grant(&mut self, held: usize, bytes: usize) -> bool;
+}
+
+/// Grants everything: for a receiver used on its own, bounded only by its message
+/// size limit.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Unlimited;
+
+impl MemoryGrant for Unlimited {
+    fn grant(&mut self, _held: usize, _bytes: usize) -> bool {
+        true
+    }
+}
+
+impl<F: FnMut(usize, usize) -> bool> MemoryGrant for F {
+    fn grant(&mut self, held: usize, bytes: usize) -> bool {
+        self(held, bytes)
+    }
+}
 
 /// The kind of data message being received.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +103,9 @@ pub struct Receiver {
     compressed: bool,
     /// Inflates compressed messages; lent by the reactor, or made on first use.
     inflater: Option<Box<Inflater>>,
+    /// Payload bytes of data frames received, wrapping: lets the caller see whether
+    /// a half-received message is still growing.
+    data_received: u32,
 }
 
 /// How inflating works on this connection.
@@ -149,6 +182,44 @@ impl Receiver {
         }
     }
 
+    /// Bytes of memory this receiver holds: its assembly and control buffers and the
+    /// inflater it keeps, if any (counted as [`INFLATER_BYTES`]).
+    pub fn held(&self) -> usize {
+        self.assembled.capacity()
+            + self.control.as_ref().map_or(0, |c| c.capacity())
+            + if self.inflater.is_some() {
+                INFLATER_BYTES
+            } else {
+                0
+            }
+    }
+
+    /// Whether an inflater is held (lent, or made).
+    pub fn holds_inflater(&self) -> bool {
+        self.inflater.is_some()
+    }
+
+    /// Payload bytes of data frames received so far, wrapping at 2^32: a value that
+    /// did not change between two reads means the message in progress did not grow.
+    pub fn data_received(&self) -> u32 {
+        self.data_received
+    }
+
+    /// Gives up everything held, in the middle of a message or not: the connection
+    /// is being failed and will parse nothing more. Returns the inflater, reset, for
+    /// another connection to use.
+    pub fn release(&mut self) -> Option<Box<Inflater>> {
+        self.assembled = Vec::new();
+        self.control = None;
+        self.message = None;
+        self.frame = None;
+        self.compressed = false;
+        self.delivered_from_buffers = false;
+        let mut inflater = self.inflater.take()?;
+        inflater.reset();
+        Some(inflater)
+    }
+
     /// Whether a message, frame or header is partly received: at a clean boundary the
     /// receiver holds no peer data at all.
     pub fn is_mid_message(&self) -> bool {
@@ -161,6 +232,16 @@ impl Receiver {
     /// Call it again with `&mut input[consumed..]` until the input is used up. After an
     /// error the stream cannot be trusted: the caller must fail the connection.
     pub fn read<'a>(&'a mut self, input: &'a mut [u8]) -> Result<Progress<'a>, ProtocolError> {
+        self.read_within(input, &mut Unlimited)
+    }
+
+    /// [`read`](Self::read), asking `memory` before holding more of the peer's bytes
+    /// (growing the assembly or control buffer, or inflating into it).
+    pub fn read_within<'a>(
+        &'a mut self,
+        input: &'a mut [u8],
+        memory: &mut dyn MemoryGrant,
+    ) -> Result<Progress<'a>, ProtocolError> {
         if self.delivered_from_buffers {
             self.delivered_from_buffers = false;
             self.control = None;
@@ -212,18 +293,27 @@ impl Receiver {
             // Otherwise take what is here and keep it.
             let take = frame.remaining.min(available as u64) as usize;
             let chunk = &mut input[pos..pos + take];
-            pos += take;
-            mask::apply(chunk, frame.mask, usize::from(frame.mask_phase));
+            let others = self.held() - self.assembled.capacity();
             if frame.opcode.is_control() {
-                self.control
-                    .get_or_insert_with(Box::default)
-                    .extend_from_slice(chunk);
+                let others = self.held() - self.control.as_ref().map_or(0, |c| c.capacity());
+                let control = self.control.get_or_insert_with(Box::default);
+                grow(control, take, MAX_CONTROL_PAYLOAD, others, memory)?;
+                mask::apply(chunk, frame.mask, usize::from(frame.mask_phase));
+                control.extend_from_slice(chunk);
             } else if self.compressed {
+                mask::apply(chunk, frame.mask, usize::from(frame.mask_phase));
                 let before = self.assembled.len();
                 let max = self.max_message_size as usize;
+                if self.inflater.is_none() && !memory.grant(self.held(), INFLATER_BYTES) {
+                    return Err(ProtocolError::OverBudget);
+                }
+                let others = others + usize::from(self.inflater.is_none()) * INFLATER_BYTES;
+                let assembled = &mut self.assembled;
                 self.inflater
                     .get_or_insert_with(Box::default)
-                    .inflate(chunk, &mut self.assembled, max)
+                    .inflate_into(chunk, &mut |piece| {
+                        append(assembled, piece, max, others, memory)
+                    })
                     .map_err(inflate_error)?;
                 if self.message == Some(DataKind::Text) {
                     self.utf8
@@ -231,12 +321,21 @@ impl Receiver {
                         .map_err(|_| ProtocolError::InvalidUtf8)?;
                 }
             } else {
+                // Asked before anything changes, so a refusal leaves the stream as it
+                // was.
+                let max = self.max_message_size as usize;
+                grow(&mut self.assembled, take, max, others, memory)?;
+                mask::apply(chunk, frame.mask, usize::from(frame.mask_phase));
                 if self.message == Some(DataKind::Text) {
                     self.utf8
                         .feed(chunk)
                         .map_err(|_| ProtocolError::InvalidUtf8)?;
                 }
                 self.assembled.extend_from_slice(chunk);
+            }
+            pos += take;
+            if !frame.opcode.is_control() {
+                self.data_received = self.data_received.wrapping_add(take as u32);
             }
             let frame = FrameInProgress {
                 remaining: frame.remaining - take as u64,
@@ -263,7 +362,7 @@ impl Receiver {
             }
             if frame.fin {
                 if self.compressed {
-                    self.finish_inflating()?;
+                    self.finish_inflating(memory)?;
                 }
                 let kind = self.message.take();
                 self.delivered_from_buffers = true;
@@ -376,13 +475,22 @@ impl Receiver {
     }
 
     /// Inflates the sync-flush tail the sender left out, ending a compressed message.
-    fn finish_inflating(&mut self) -> Result<(), ProtocolError> {
+    fn finish_inflating(&mut self, memory: &mut dyn MemoryGrant) -> Result<(), ProtocolError> {
         let before = self.assembled.len();
         let reset = self.deflate.is_some_and(|mode| mode.reset_each_message);
         let max = self.max_message_size as usize;
+        if self.inflater.is_none() && !memory.grant(self.held(), INFLATER_BYTES) {
+            return Err(ProtocolError::OverBudget);
+        }
+        let others = self.held() - self.assembled.capacity()
+            + usize::from(self.inflater.is_none()) * INFLATER_BYTES;
+        let assembled = &mut self.assembled;
         self.inflater
             .get_or_insert_with(Box::default)
-            .finish(&mut self.assembled, max, reset)
+            .finish_into(
+                &mut |piece| append(assembled, piece, max, others, memory),
+                reset,
+            )
             .map_err(inflate_error)?;
         self.compressed = false;
         if self.message == Some(DataKind::Text) {
@@ -415,8 +523,55 @@ impl Receiver {
     }
 }
 
+/// Makes room in `buffer` for `extra` more bytes, asking `memory` for what the buffer
+/// grows by (the receiver holds `others` bytes besides the buffer). Growth doubles
+/// (capped at `max`, the most the buffer may ever need) so that a message arriving in
+/// many pieces is not copied once per piece; if the doubling is refused, exactly what
+/// is needed is asked for.
+fn grow(
+    buffer: &mut Vec<u8>,
+    extra: usize,
+    max: usize,
+    others: usize,
+    memory: &mut dyn MemoryGrant,
+) -> Result<(), ProtocolError> {
+    let needed = buffer.len() + extra;
+    let capacity = buffer.capacity();
+    if needed <= capacity {
+        return Ok(());
+    }
+    let held = others + capacity;
+    let doubled = capacity.saturating_mul(2).max(4096).min(max).max(needed);
+    if memory.grant(held, doubled - capacity) {
+        buffer.reserve_exact(doubled - buffer.len());
+        return Ok(());
+    }
+    if doubled > needed && memory.grant(held, needed - capacity) {
+        buffer.reserve_exact(extra);
+        return Ok(());
+    }
+    Err(ProtocolError::OverBudget)
+}
+
+/// Appends inflated output, within the message size limit and the memory granted.
+fn append(
+    buffer: &mut Vec<u8>,
+    piece: &[u8],
+    max: usize,
+    others: usize,
+    memory: &mut dyn MemoryGrant,
+) -> Result<(), InflateError> {
+    if buffer.len() + piece.len() > max {
+        return Err(InflateError::TooBig);
+    }
+    grow(buffer, piece.len(), max, others, memory).map_err(|_| InflateError::NoMemory)?;
+    buffer.extend_from_slice(piece);
+    Ok(())
+}
+
 fn inflate_error(error: InflateError) -> ProtocolError {
     match error {
+        InflateError::NoMemory => ProtocolError::OverBudget,
         InflateError::TooBig => ProtocolError::MessageTooBig,
         InflateError::Corrupt => ProtocolError::BadCompressedData,
     }
