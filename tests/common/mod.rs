@@ -613,3 +613,92 @@ pub fn text_of_len(len: usize) -> String {
     assert_eq!(out.len(), len);
     out
 }
+
+/// A server whose counters the test can read while it runs: the loop turns in a thread
+/// of its own and copies [`Stats`](wsreactor::Stats) after every turn, keeping the
+/// highest `deadline_entries` and `open_connections` it has seen.
+pub struct Watched {
+    pub addr: SocketAddr,
+    pub handle: Handle,
+    pub stats: Arc<Mutex<WatchedStats>>,
+}
+
+/// What [`Watched`] copies out of the loop.
+#[derive(Debug, Clone, Default)]
+pub struct WatchedStats {
+    pub now: wsreactor::Stats,
+    pub connections: usize,
+    pub max_deadline_entries: u64,
+    /// The highest value of `deadline_entries - 2 * connections` seen after any turn.
+    pub max_entries_over_twice_live: i64,
+    pub max_incoming_bytes: u64,
+    pub max_outgoing_bytes: u64,
+}
+
+impl Watched {
+    pub fn stats(&self) -> WatchedStats {
+        self.stats.lock().unwrap().clone()
+    }
+
+    /// Waits until `done` holds for the stats; panics after `within`.
+    pub fn wait_for(
+        &self,
+        what: &str,
+        within: Duration,
+        mut done: impl FnMut(&WatchedStats) -> bool,
+    ) -> WatchedStats {
+        let deadline = Instant::now() + within;
+        loop {
+            let stats = self.stats();
+            if done(&stats) {
+                return stats;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {stats:#?}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// Runs `handler` with `config` like [`spawn_server`], turning the loop by hand so the
+/// test can watch its counters.
+pub fn spawn_watched<H>(config: Config, handler: H) -> Watched
+where
+    H: Handler + Send + 'static,
+    H::Session: Send,
+{
+    let mut server = Server::bind("127.0.0.1:0".parse().unwrap(), config, handler).expect("bind");
+    let addr = server.local_addr();
+    let handle = server.handle();
+    let stats = Arc::new(Mutex::new(WatchedStats::default()));
+    let shared = stats.clone();
+    std::thread::Builder::new()
+        .name("wsreactor-watched".into())
+        .spawn(move || {
+            while !server.is_finished() {
+                server
+                    .turn(Some(Duration::from_millis(5)))
+                    .expect("event loop failed");
+                let now = server.stats().clone();
+                let connections = server.connection_count();
+                let mut watched = shared.lock().unwrap();
+                watched.max_deadline_entries =
+                    watched.max_deadline_entries.max(now.deadline_entries);
+                watched.max_entries_over_twice_live = watched
+                    .max_entries_over_twice_live
+                    .max(now.deadline_entries as i64 - 2 * connections as i64);
+                watched.max_incoming_bytes = watched.max_incoming_bytes.max(now.incoming_bytes);
+                watched.max_outgoing_bytes = watched.max_outgoing_bytes.max(now.outgoing_bytes);
+                watched.connections = connections;
+                watched.now = now;
+            }
+        })
+        .expect("spawn server thread");
+    Watched {
+        addr,
+        handle,
+        stats,
+    }
+}
