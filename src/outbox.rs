@@ -13,7 +13,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// A queue that drained keeps a buffer of up to this size for the next sends, so the
@@ -26,22 +26,38 @@ const CHUNK_TARGET: usize = 64 * 1024;
 /// Chunks handed to one vectored write.
 const MAX_IOVECS: usize = 64;
 
-/// Bytes held for sending by the whole loop. Shared with the frames it counts, which
-/// give their bytes back when the last queue lets go of them.
+/// Bytes held for sending by the whole loop, and the loop's clock as of this turn.
+/// Shared with the queues and frames it counts, which give their bytes back when they
+/// are dropped, and which stamp with the clock when a socket last took their bytes.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Meter(Arc<AtomicUsize>);
+pub(crate) struct Meter(Arc<MeterState>);
+
+#[derive(Debug, Default)]
+struct MeterState {
+    bytes: AtomicUsize,
+    now: AtomicU64,
+}
 
 impl Meter {
     pub fn get(&self) -> usize {
-        self.0.load(Ordering::Relaxed)
+        self.0.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Sets the loop's time (once per turn).
+    pub fn set_now(&self, now: u64) {
+        self.0.now.store(now, Ordering::Relaxed);
+    }
+
+    fn now(&self) -> u64 {
+        self.0.now.load(Ordering::Relaxed)
     }
 
     fn add(&self, bytes: usize) {
-        self.0.fetch_add(bytes, Ordering::Relaxed);
+        self.0.bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
     fn sub(&self, bytes: usize) {
-        self.0.fetch_sub(bytes, Ordering::Relaxed);
+        self.0.bytes.fetch_sub(bytes, Ordering::Relaxed);
     }
 }
 
@@ -110,6 +126,9 @@ struct Queue {
     owned: usize,
     /// What this queue has added to the meter.
     counted: usize,
+    /// When the socket last took bytes from this queue (or it was made): a reader
+    /// that stopped reading shows as a queue that has not moved for long.
+    moved: u64,
     meter: Meter,
 }
 
@@ -185,7 +204,10 @@ impl Queue {
             }
             match socket.write_vectored(&slices[..count]) {
                 Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => self.advance(n),
+                Ok(n) => {
+                    self.advance(n);
+                    self.moved = self.meter.now();
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(false),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => break Err(e),
@@ -244,6 +266,11 @@ impl Outbox {
         self.queue.as_ref().map_or(0, |q| q.pending)
     }
 
+    /// When the socket last took bytes from the queue, or the queue was made.
+    pub fn last_moved(&self) -> u64 {
+        self.queue.as_ref().map_or(0, |q| q.moved)
+    }
+
     /// Releases everything if nothing waits (for a connection that has gone quiet).
     pub fn shed(&mut self) {
         if self.pending() == 0 {
@@ -265,6 +292,7 @@ impl Outbox {
                 spare: Vec::new(),
                 owned: 0,
                 counted: 0,
+                moved: meter.now(),
                 meter: meter.clone(),
             });
             queue.recount();

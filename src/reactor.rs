@@ -254,6 +254,7 @@ impl<H: Handler> Server<H> {
             Err(e) => return Err(e),
         }
         self.core.now = self.core.clock.now();
+        self.core.io.meter.set_now(self.core.now);
         for slot in std::mem::take(&mut self.core.backlog) {
             self.read(slot, true);
             self.settle_conn(slot);
@@ -900,13 +901,17 @@ fn frames<H: Handler>(core: &mut Core<H::Session>, handler: &mut H, slot: usize,
         |core: &Core<H::Session>| matches!(core.conns[slot].phase, Phase::Open | Phase::CloseSent);
     let mut pos = 0;
     while pos < input.len() && parsing(core) {
-        let held = rx.held();
-        // Every growth asks the budget first (which may close others to make room);
-        // what was granted is in `core.incoming` already.
-        let mut granted = 0;
+        // What `core.incoming` counts for this receiver. Every growth asks the budget
+        // first (which may close others to make room), after counting what the
+        // receiver freed meanwhile (the buffer of the message it delivered last).
+        let mut counted = rx.held();
         let result = rx.read_within(&mut input[pos..], &mut |holds, bytes| {
+            core.adjust_incoming(counted, holds);
+            counted = holds;
             let ok = core.grant_incoming(slot, holds, bytes);
-            granted += if ok { bytes } else { 0 };
+            if ok {
+                counted += bytes;
+            }
             ok
         });
         match result {
@@ -925,7 +930,7 @@ fn frames<H: Handler>(core: &mut Core<H::Session>, handler: &mut H, slot: usize,
                 core.fail(slot, error);
             }
         }
-        core.adjust_incoming(held + granted, rx.held());
+        core.adjust_incoming(counted, rx.held());
     }
     let held = rx.held();
     core.compression.reclaim_inflater(&mut rx, had_inflater);
@@ -1346,20 +1351,30 @@ impl<S> Core<S> {
         }
     }
 
-    /// Drops connections with the largest send queues — readers that stopped reading —
-    /// until `bytes` more fit with an eighth of the budget to spare (so that a stream
+    /// Drops connections whose send queues have not moved for longest — readers that
+    /// stopped reading — until `bytes` more fit with an eighth of the budget to spare (so that a stream
     /// of sends does not rescan every connection each time).
     fn make_outgoing_room(&mut self, except: Option<usize>, bytes: usize) {
         let budget = self.config.outgoing_budget;
         let target = (budget - budget / 8).saturating_sub(bytes);
-        let mut queues: Vec<(usize, usize)> = self
+        // The queue that has not moved for longest first (a reader that stopped
+        // reading), the largest first among equals. Not the largest alone: a reader that
+        // keeps up may have a large queue for a moment, and shared frames are freed only
+        // when every queue that holds them is gone.
+        let mut queues: Vec<(u64, std::cmp::Reverse<usize>, usize)> = self
             .conns
             .iter()
             .filter(|&(slot, conn)| Some(slot) != except && conn.out.pending() > 0)
-            .map(|(slot, conn)| (conn.out.pending(), slot))
+            .map(|(slot, conn)| {
+                (
+                    conn.out.last_moved(),
+                    std::cmp::Reverse(conn.out.pending()),
+                    slot,
+                )
+            })
             .collect();
-        queues.sort_unstable_by(|a, b| b.cmp(a));
-        for (_, slot) in queues {
+        queues.sort_unstable();
+        for (_, _, slot) in queues {
             if self.io.meter.get() <= target {
                 break;
             }

@@ -374,6 +374,14 @@ impl Raw {
         }
     }
 
+    /// Wraps a connected stream (no handshake yet).
+    pub fn from_stream(stream: TcpStream) -> Raw {
+        Raw {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
     /// Connects, upgrades on `/echo` and checks the 101.
     pub fn open(addr: SocketAddr) -> Raw {
         let mut raw = Raw::connect(addr);
