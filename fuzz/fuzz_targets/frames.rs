@@ -4,7 +4,9 @@
 //! then the byte stream. The mode byte's low nibble picks `max_message_size` (16 MiB,
 //! 0, 1, 125, 126, 65535, 65536, `u64::MAX`, or `param << 2k`); bit 4 turns
 //! permessage-deflate on (RSV1 = compressed), bit 5 makes it keep context between
-//! messages (off: `client_no_context_takeover`, the server's default policy).
+//! messages (off: `client_no_context_takeover`, the server's default policy), bit 6
+//! holds the split feed to a memory budget of `param` KiB (and asserts the receiver
+//! never holds more than it was granted).
 //!
 //! The stream is fed in the scheduled pieces exactly as the reactor feeds its read
 //! buffer, inflaters lent from and reclaimed into a shared pool around each read
@@ -19,7 +21,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use wsreactor::proto::{ProtocolError, Receiver};
-use wsreactor_fuzz::{check_pool_is_clean, feed, InflaterPool, Schedule};
+use wsreactor_fuzz::{check_pool_is_clean, feed, feed_within, InflaterPool, Schedule};
 
 fn max_message_size(selector: u8, param: u8) -> u64 {
     match selector & 0x0F {
@@ -66,12 +68,20 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
 
+    // Bit 6: the split feed is held to a memory budget of `param` KiB, as the
+    // reactor's incoming budget would hold it.
+    let room = if mode & 0x40 != 0 {
+        usize::from(param) << 10
+    } else {
+        usize::MAX
+    };
     let mut split_pool = InflaterPool::new();
-    let split = feed(
+    let split = feed_within(
         &mut receiver(max, mode),
         schedule.pieces(stream),
         max,
         &mut split_pool,
+        room,
     );
     let mut whole_pool = InflaterPool::new();
     let whole = feed(
@@ -81,6 +91,13 @@ fuzz_target!(|data: &[u8]| {
         &mut whole_pool,
     );
     let deflate = mode & 0x10 != 0;
+    if split.error == Some(ProtocolError::OverBudget) {
+        // Out of memory: the events until then are the same, the rest never came.
+        assert!(room != usize::MAX, "a budget error without a budget");
+        assert!(whole.events.starts_with(&split.events), "events depend on the split");
+        check_pool_is_clean(&mut split_pool);
+        return;
+    }
     assert_eq!(split.events, whole.events, "events depend on the split");
     if !(deflate && inflate_dependent(split.error) && inflate_dependent(whole.error)) {
         assert_eq!(split.error, whole.error, "first error depends on the split");

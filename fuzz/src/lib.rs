@@ -8,6 +8,7 @@ use std::sync::OnceLock;
 use wsreactor::proto::close::CloseFrame;
 use wsreactor::proto::deflate::{Deflater, Inflater};
 use wsreactor::proto::receiver::Progress;
+use wsreactor::proto::receiver::{MemoryGrant, INFLATER_BYTES};
 use wsreactor::proto::{Event, Message, ProtocolError, Receiver};
 
 /// The largest payload a control frame may carry (RFC 6455 §5.5).
@@ -182,6 +183,44 @@ pub fn feed<'d>(
     max_message_size: u64,
     pool: &mut InflaterPool,
 ) -> Fed {
+    feed_within(rx, pieces, max_message_size, pool, usize::MAX)
+}
+
+/// Grants up to `room` bytes in all, as the reactor's incoming budget would.
+struct Allowance {
+    room: usize,
+    granted: usize,
+}
+
+impl MemoryGrant for Allowance {
+    fn grant(&mut self, _held: usize, bytes: usize) -> bool {
+        if bytes > self.room - self.granted {
+            return false;
+        }
+        self.granted += bytes;
+        true
+    }
+}
+
+/// [`feed`] with the receiver held to `room` bytes of memory in all (asked through
+/// [`MemoryGrant`]); also asserts it never holds more than it was granted, besides a
+/// lent inflater.
+pub fn feed_within<'d>(
+    rx: &mut Receiver,
+    pieces: impl IntoIterator<Item = &'d [u8]>,
+    max_message_size: u64,
+    pool: &mut InflaterPool,
+    room: usize,
+) -> Fed {
+    let mut memory = Allowance { room, granted: 0 };
+    let memory_check = |rx: &Receiver, granted: usize| {
+        let lent = if rx.holds_inflater() { INFLATER_BYTES } else { 0 };
+        assert!(
+            rx.held() <= granted + lent,
+            "holds {} bytes, granted {granted}",
+            rx.held()
+        );
+    };
     // Receiver::new caps the limit at 4 GiB - 1.
     let max_message_size = max_message_size.min(u64::from(u32::MAX));
     let mut events = Vec::new();
@@ -199,7 +238,8 @@ pub fn feed<'d>(
         let mut pos = 0;
         while pos < input.len() {
             let len = input.len() - pos;
-            match rx.read(&mut input[pos..]) {
+            let result = rx.read_within(&mut input[pos..], &mut memory);
+            match result {
                 Ok(Progress { consumed, event }) => {
                     assert!(consumed <= len, "consumed {consumed} of {len} bytes");
                     // The reactor loops `while pos < input.len()`: no progress would hang it.
@@ -218,6 +258,7 @@ pub fn feed<'d>(
                     break;
                 }
             }
+            memory_check(rx, memory.granted);
         }
         // As in the reactor, also after an error (the connection is failed, the
         // inflater goes back to the pool if the receiver lets it go).
