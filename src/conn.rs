@@ -12,6 +12,7 @@
 
 use crate::config::{Config, Timeouts};
 use crate::handler::{CloseReason, SendStatus};
+use crate::proto::close::encode_close_payload;
 use crate::proto::deflate::{DeflateParams, Deflater};
 use crate::proto::frame::{FrameHeader, Opcode, MAX_HEADER_LEN};
 use crate::proto::handshake::HeadReader;
@@ -456,7 +457,8 @@ impl<S> Conn<S> {
         SendStatus::Queued(self.out.pending())
     }
 
-    /// Sends a close frame with `code` and `reason` (truncated to fit 125 bytes).
+    /// Sends a close frame with `code` and `reason` (cut to fit, see
+    /// [`encode_close_payload`]).
     pub fn send_close(
         &mut self,
         registry: &Registry,
@@ -465,18 +467,7 @@ impl<S> Conn<S> {
         reason: &str,
     ) {
         let mut payload = [0u8; 125];
-        let len = match code {
-            None => 0,
-            Some(code) => {
-                payload[..2].copy_from_slice(&code.0.to_be_bytes());
-                let mut cut = reason.len().min(123);
-                while !reason.is_char_boundary(cut) {
-                    cut -= 1;
-                }
-                payload[2..2 + cut].copy_from_slice(&reason.as_bytes()[..cut]);
-                2 + cut
-            }
-        };
+        let len = encode_close_payload(code, reason, &mut payload);
         // A close frame is never refused for the queue cap: it ends the queue's growth.
         let _ = self.send_frame(registry, token, Opcode::Close, &payload[..len], usize::MAX);
     }

@@ -83,7 +83,7 @@ pub use handle::{Handle, HandleError};
 pub use handler::{CloseReason, ConnId, Ctx, Decision, Handler, SendStatus};
 pub use proto::handshake::Request;
 pub use proto::http::{HttpResponse, StatusCode};
-pub use proto::{CloseCode, Message};
+pub use proto::{CloseCode, InvalidCloseCode, Message};
 pub use reactor::Fanout;
 pub use reactor::{serve, Server};
 pub use stats::Stats;
