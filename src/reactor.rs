@@ -20,7 +20,7 @@ use crate::proto::frame::{FrameHeader, Opcode, MAX_CONTROL_PAYLOAD, MAX_HEADER_L
 use crate::proto::handshake::{accept_response, HandshakeError, HeadReader, Request};
 use crate::proto::http::{HttpResponse, StatusCode};
 use crate::proto::receiver::Progress;
-use crate::proto::{CloseCode, Event, Message, ProtocolError};
+use crate::proto::{CloseCode, Event, InvalidCloseCode, Message, ProtocolError};
 use crate::stats::Stats;
 use crate::timer::{Clock, DeadlineQueue, Millis, When};
 use crate::topics::Topics;
@@ -1239,11 +1239,17 @@ impl<S> Ctx<'_, S> {
         self.core.send(self.slot, Opcode::Ping, payload)
     }
 
-    /// Starts the close handshake with `code` and `reason` (cut to fit 123 bytes).
-    /// Messages that arrive until the peer's close are dropped.
-    pub fn close(&mut self, code: CloseCode, reason: &str) {
+    /// Starts the close handshake with `code` and `reason` (cut at a character
+    /// boundary to fit 123 bytes). Messages that arrive until the peer's close are
+    /// dropped. A code that may not be sent ([`CloseCode::is_sendable`]: e.g. 1005,
+    /// 1006, 1015, 0, 5000) is an error and nothing happens: a peer would answer it
+    /// with a protocol error. Closing a connection that is closing already is `Ok`
+    /// and does nothing.
+    pub fn close(&mut self, code: CloseCode, reason: &str) -> Result<(), InvalidCloseCode> {
+        let code = code.sendable()?;
         self.core
             .close(self.slot, code, reason, CloseReason::Local { code });
+        Ok(())
     }
 
     /// Sends a message to another connection; refused if it is gone or closing.
@@ -1260,12 +1266,21 @@ impl<S> Ctx<'_, S> {
         }
     }
 
-    /// Starts the close handshake on another connection.
-    pub fn close_connection(&mut self, id: ConnId, code: CloseCode, reason: &str) {
+    /// Starts the close handshake on another connection, as [`close`](Ctx::close)
+    /// does on this one. An id of a connection that is gone is `Ok` and does nothing;
+    /// a code that may not be sent is an error, whatever the id.
+    pub fn close_connection(
+        &mut self,
+        id: ConnId,
+        code: CloseCode,
+        reason: &str,
+    ) -> Result<(), InvalidCloseCode> {
+        let code = code.sendable()?;
         if let Some(slot) = self.core.slot_of(id) {
             self.core
                 .close(slot, code, reason, CloseReason::Local { code });
         }
+        Ok(())
     }
 
     /// Sends a message to every open connection, this one included. The frame is

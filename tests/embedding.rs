@@ -187,7 +187,9 @@ impl Handler for Hub {
             "kick" => {
                 let (name, code) = argument.split_once(':').expect("kick:NAME:CODE");
                 let code = CloseCode(code.parse().expect("a close code"));
-                cx.close_connection(self.id_of(name), code, "kicked");
+                if let Err(e) = cx.close_connection(self.id_of(name), code, "kicked") {
+                    let _ = cx.send_text(&format!("kick refused: {e}"));
+                }
             }
             "block" => {
                 // Hold the whole loop until the test opens the gate (bounded, in case
@@ -373,8 +375,8 @@ fn handle_delivers_100k_messages_to_100_connections_from_another_thread() {
                             }
                             thread::sleep(Duration::from_micros(50));
                         }
-                        Err(HandleError::Closed) => {
-                            return Err(format!("server gone at message {i}"));
+                        Err(e) => {
+                            return Err(format!("server gone at message {i}: {e}"));
                         }
                     }
                 }
@@ -772,6 +774,49 @@ fn handler_relays_with_send_to_and_closes_another_connection() {
     assert_eq!(probe.send_to_status(), SendStatus::Refused);
     command(&mut alice, "whoami");
     assert_eq!(read_text(&mut alice), "alice");
+}
+
+#[test]
+fn unsendable_close_codes_from_ctx_and_handle_are_errors_and_close_nothing() {
+    let (hub, probe) = Hub::new();
+    let server = spawn_server(Config::default(), hub);
+    let (mut alice, _) = probe.connect(server.addr, "alice");
+    let (mut bob, bob_id) = probe.connect(server.addr, "bob");
+
+    command(&mut alice, "kick:bob:1006");
+    let refusal = read_text(&mut alice);
+    assert!(
+        refusal.starts_with("kick refused: close code 1006 may not be sent"),
+        "{refusal}"
+    );
+    for code in [1005, 1006, 1015, 0, 5000, u16::MAX] {
+        assert_eq!(
+            server.handle.close(bob_id, CloseCode(code), "nope"),
+            Err(HandleError::InvalidCloseCode),
+            "code {code}"
+        );
+    }
+    // Nothing reached bob, and he is still there for a valid close.
+    bob.expect_silence(QUIET);
+    command(&mut bob, "whoami");
+    assert_eq!(read_text(&mut bob), "bob");
+    server.handle.close(bob_id, CloseCode(4003), "now").unwrap();
+    assert_eq!(bob.expect_close(4003), "now");
+    bob.send(true, CLOSE, &close_payload(4003, b""));
+    bob.expect_eof();
+    let (id, _, reason) = probe.close();
+    assert_eq!(
+        (id, reason),
+        (
+            bob_id,
+            CloseReason::Local {
+                code: CloseCode(4003)
+            }
+        )
+    );
+    assert!(HandleError::InvalidCloseCode
+        .to_string()
+        .contains("close code"));
 }
 
 // ---------------------------------------------------------------------------------------

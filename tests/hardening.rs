@@ -25,7 +25,14 @@ impl Handler for Scripted {
     fn on_message(&mut self, cx: &mut Ctx<'_>, message: Message<'_>) {
         match message {
             Message::Text("panic") => panic!("a handler bug, on purpose"),
-            Message::Text("close-me") => cx.close(CloseCode::NORMAL, "as asked"),
+            Message::Text("close-me") => cx.close(CloseCode::NORMAL, "as asked").unwrap(),
+            Message::Text(code) if code.starts_with("close-with:") => {
+                // Report the outcome in a text message: the connection must stay open
+                // when the code may not be sent.
+                let code = CloseCode(code["close-with:".len()..].parse().unwrap());
+                let outcome = format!("{:?}", cx.close(code, "asked"));
+                let _ = cx.send_text(&outcome);
+            }
             Message::Text("flood") => {
                 // Send 256 KiB messages until the queue cap refuses one.
                 let chunk = vec![7u8; 256 * 1024];
@@ -185,6 +192,39 @@ fn peer_that_never_answers_our_close_is_dropped_after_the_close_timeout() {
         CloseReason::Local {
             code: CloseCode::NORMAL
         }
+    );
+}
+
+/// A handler asking to close with a code that may not appear on the wire gets an error
+/// value, and the peer sees nothing: no close frame, the connection still open.
+#[test]
+fn a_handler_close_with_an_unsendable_code_is_an_error_and_sends_nothing() {
+    let handler = Scripted::default();
+    let closes = handler.closes.clone();
+    let addr = serve(Config::default(), handler);
+    let mut raw = Raw::open(addr);
+    for code in [1005u16, 1006, 1015, 0, 1004, 2999, 5000] {
+        raw.send(true, TEXT, format!("close-with:{code}").as_bytes());
+        let frame = raw.read_frame();
+        assert_eq!(frame.opcode, TEXT, "code {code}: {frame:?}");
+        assert_eq!(
+            String::from_utf8(frame.payload).unwrap(),
+            format!("Err(InvalidCloseCode(CloseCode({code})))")
+        );
+    }
+    raw.send(true, TEXT, b"still open?");
+    raw.expect_echo(TEXT, b"still open?");
+    // A sendable code still closes.
+    raw.send(true, TEXT, b"close-with:4000");
+    assert_eq!(raw.expect_close(4000), "asked");
+    raw.send(true, CLOSE, &close_payload(4000, b""));
+    raw.expect_eof();
+    wait_until("on_close", || !closes.lock().unwrap().is_empty());
+    assert_eq!(
+        closes.lock().unwrap()[..],
+        [CloseReason::Local {
+            code: CloseCode(4000)
+        }]
     );
 }
 
