@@ -82,7 +82,7 @@ pub use config::Config;
 pub use handle::{Handle, HandleError};
 pub use handler::{CloseReason, ConnId, Ctx, Decision, Handler, SendStatus};
 pub use proto::handshake::Request;
-pub use proto::http::{HttpResponse, StatusCode};
+pub use proto::http::{HttpResponse, InvalidResponse, StatusCode};
 pub use proto::{CloseCode, InvalidCloseCode, Message};
 pub use reactor::Fanout;
 pub use reactor::{serve, Server};

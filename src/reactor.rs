@@ -682,6 +682,13 @@ fn upgrade<H: Handler>(
     let conn = &mut core.conns[slot];
     let peer = conn.peer.get();
     let (response, accepted) = answer(handler, &core.config, &bytes[..end], peer);
+    // Every answer to a request head is written here, so it is checked here: a
+    // handler's response (from `on_http`, a `Reject`, or the 101 with the subprotocol
+    // it chose) that would inject header lines becomes a 500 and the upgrade is off.
+    let (response, accepted) = match response.validate() {
+        Ok(()) => (response, accepted),
+        Err(e) => (internal_error(&format!("invalid response: {e}")), None),
+    };
     let _ = conn.send_bytes(&core.registry, Token(slot), &response.to_bytes());
     let Some(accepted) = accepted else {
         log::debug!("{peer}: answered HTTP {}", response.status.0);
