@@ -9,7 +9,10 @@ use std::time::Duration;
 ///
 /// The defaults suit a public echo or chat service: large enough for the Autobahn
 /// TestSuite's 16 MiB messages, bounded everywhere so that no peer can take the machine.
-/// A timeout of zero turns that timeout off.
+///
+/// Every `Duration` is accepted. A timeout of zero turns that timeout off, and so does
+/// one longer than about 100 years: `Duration::MAX` reads as "never" (the field docs
+/// say what "off" means for each).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// The largest message (all fragments together) a peer may send; larger ones are
@@ -39,19 +42,26 @@ pub struct Config {
     pub max_send_queue: usize,
     /// A connection whose sends stay refused (queue over `max_send_queue`) this long is
     /// closed with 1008, so a consumer that stopped reading cannot hold its queue
-    /// forever. Default: 30 s.
+    /// forever. Default: 30 s. Zero (or `Duration::MAX`): never closed for it; its
+    /// sends stay refused while its queue is full.
     pub send_stall_timeout: Duration,
     /// Time allowed from TCP accept to a complete upgrade request; a slowloris that
-    /// sends half a request is dropped. Default: 10 s.
+    /// sends half a request is dropped. Default: 10 s. Zero (or `Duration::MAX`): no
+    /// limit, and only `max_handshakes` bounds what slow clients hold.
     pub handshake_timeout: Duration,
     /// After we send a close frame (or an HTTP refusal), time allowed for the peer to
-    /// answer and close; then the TCP connection is dropped. Default: 5 s.
+    /// answer and close; then the TCP connection is dropped. It also bounds a graceful
+    /// shutdown. Default: 5 s. Zero (or `Duration::MAX`): no close timeout, wait for
+    /// the peer however long it takes; a graceful shutdown then ends only once every
+    /// peer has closed (never cut short at once).
     pub close_timeout: Duration,
     /// After this much silence from the peer, send a ping (keepalive: finds dead peers
-    /// and keeps NAT mappings alive). Default: 30 s; zero turns keepalive off.
+    /// and keeps NAT mappings alive). Default: 30 s. Zero (or `Duration::MAX`) turns
+    /// keepalive off.
     pub idle_timeout: Duration,
     /// Time allowed for any answer to a keepalive ping; then the connection is closed
-    /// with 1011. Default: 30 s.
+    /// with 1011. Default: 30 s. Zero (or `Duration::MAX`): an unanswered ping never
+    /// closes the connection (and no new ping is sent until the peer sends something).
     pub pong_timeout: Duration,
     /// Open connections at most (in any phase); past it, new TCP connections get `503`
     /// and are closed. Default: the process's open-file limit minus 64 spare

@@ -17,7 +17,7 @@ use crate::proto::deflate::{DeflateParams, Deflater};
 use crate::proto::frame::{FrameHeader, Opcode, MAX_HEADER_LEN};
 use crate::proto::handshake::HeadReader;
 use crate::proto::{CloseCode, Receiver};
-use crate::timer::{Millis, When};
+use crate::timer::{deadline_after, Millis, When};
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 use std::io::{self, IoSlice, Write};
@@ -315,7 +315,8 @@ impl<S> Conn<S> {
 
     /// The next moment something must happen on this connection if nothing else does.
     pub fn next_deadline(&self, timeouts: &Timeouts) -> Option<Millis> {
-        let after = |start: Option<Millis>, timeout: Option<Millis>| Some(start? + timeout?);
+        let after =
+            |start: Option<Millis>, timeout: Option<Millis>| Some(deadline_after(start?, timeout?));
         match self.phase {
             Phase::Handshake => after(self.since.get(), timeouts.handshake),
             Phase::Open => {

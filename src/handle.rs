@@ -219,7 +219,8 @@ impl Handle {
     }
 
     /// Shuts the server down gracefully: stop accepting, close every connection with
-    /// 1001, wait (up to the close timeout) for their answers, then `run` returns.
+    /// 1001, wait (up to the close timeout, if there is one) for their answers, then
+    /// `run` returns.
     /// Accepted even when the queue is full.
     pub fn shutdown(&self) -> Result<(), HandleError> {
         self.inbox.push(Command::Shutdown)

@@ -22,7 +22,7 @@ use crate::proto::http::{HttpResponse, StatusCode};
 use crate::proto::receiver::Progress;
 use crate::proto::{CloseCode, Event, InvalidCloseCode, Message, ProtocolError};
 use crate::stats::Stats;
-use crate::timer::{Clock, DeadlineQueue, Millis, When};
+use crate::timer::{deadline_after, Clock, DeadlineQueue, Millis, When};
 use crate::topics::Topics;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
@@ -220,7 +220,8 @@ impl<H: Handler> Server<H> {
     }
 
     /// Starts a graceful shutdown: stop accepting, send close 1001 to every open
-    /// connection, and finish once they are closed or the close timeout has passed.
+    /// connection, and finish once they are closed or the close timeout has passed
+    /// (with no close timeout, once they are all closed).
     pub fn shutdown(&mut self) {
         self.core.shutdown_requested = true;
         self.settle();
@@ -291,7 +292,7 @@ impl<H: Handler> Server<H> {
             .flatten()
             .min()
             // +1: wake just after the deadline, not a hair before it.
-            .map(|at| Duration::from_millis(at.saturating_sub(now) + 1));
+            .map(|at| Duration::from_millis(at.saturating_sub(now).saturating_add(1)));
         match (requested, due) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -548,7 +549,11 @@ impl<H: Handler> Server<H> {
         if let Some(mut listener) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut listener);
         }
-        self.shutdown_deadline = Some(self.core.now + self.core.timeouts.close.unwrap_or(0));
+        // Without a close timeout (zero or "never"), shutdown waits for every peer's
+        // close: MAX is a deadline that never comes.
+        let close = self.core.timeouts.close;
+        self.shutdown_deadline =
+            Some(close.map_or(Millis::MAX, |close| deadline_after(self.core.now, close)));
         for slot in self.core.slots() {
             let conn = &mut self.core.conns[slot];
             match conn.phase {
@@ -1115,7 +1120,7 @@ impl<S> Core<S> {
         let timeouts = self.timeouts;
         let conn = &mut self.conns[slot];
         let expired = |start: Option<Millis>, timeout: Option<Millis>| match (start, timeout) {
-            (Some(start), Some(timeout)) => start + timeout <= now,
+            (Some(start), Some(timeout)) => deadline_after(start, timeout) <= now,
             _ => false,
         };
         match conn.phase {

@@ -166,6 +166,76 @@ fn a_close_begun_while_a_ping_is_unanswered_gets_the_whole_close_timeout() {
     );
 }
 
+/// `Duration::MAX` is how Rust code says "no timeout": every timeout set to it must
+/// neither overflow the deadline arithmetic (a panic in this debug build) nor fire.
+#[test]
+fn duration_max_timeouts_never_fire_and_never_overflow() {
+    let config = Config {
+        handshake_timeout: Duration::MAX,
+        close_timeout: Duration::MAX,
+        idle_timeout: Duration::MAX,
+        pong_timeout: Duration::MAX,
+        send_stall_timeout: Duration::MAX,
+        ..Config::default()
+    };
+    let (addr, seen) = start(config);
+    let mut half = Raw::connect(addr);
+    half.write(b"GET /echo HTTP/1.1\r\nHost: 127.0.0.1\r\n");
+    let mut open = Raw::open(addr);
+    open.send(true, TEXT, b"hello");
+    open.expect_echo(TEXT, b"hello");
+    // No handshake timeout drops the half-sent request, no keepalive pings the open one.
+    half.expect_silence(Duration::from_millis(300));
+    open.expect_silence(Duration::from_millis(10));
+    // Both are still served: the rest of the request upgrades, the echo still echoes.
+    half.write(
+        b"Upgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    );
+    assert_eq!(half.read_http().status, 101);
+    half.send(true, TEXT, b"late");
+    half.expect_echo(TEXT, b"late");
+    open.close_cleanly();
+    half.close_cleanly();
+    assert_eq!(seen.wait_for_closes(2).len(), 2);
+}
+
+/// A zero close timeout means "wait for the peer", in a graceful shutdown too: it
+/// must not drop every connection at once.
+#[test]
+fn zero_close_timeout_makes_shutdown_wait_for_every_peer() {
+    let config = Config {
+        close_timeout: Duration::ZERO,
+        ..Config::default()
+    };
+    let server = spawn_server(config, RememberIds::default());
+    let mut first = Raw::open(server.addr);
+    let mut second = Raw::open(server.addr);
+    server.handle.shutdown().unwrap();
+    assert_eq!(first.expect_close(1001), "server shutting down");
+    assert_eq!(second.expect_close(1001), "server shutting down");
+    // Nobody answers yet: the server waits, connections and all.
+    first.expect_silence(Duration::from_millis(300));
+    second.expect_silence(Duration::from_millis(10));
+    assert!(
+        !server.thread.is_finished(),
+        "run() returned before the peers closed"
+    );
+    // The close handshake ends with the peer's EOF (the server drains until then).
+    first.send(true, CLOSE, &close_payload(1001, b""));
+    first.expect_eof();
+    drop(first);
+    second.expect_silence(Duration::from_millis(100));
+    assert!(
+        !server.thread.is_finished(),
+        "run() returned with a peer still open"
+    );
+    second.send(true, CLOSE, &close_payload(1001, b""));
+    second.expect_eof();
+    drop(second);
+    server.join().expect("run() after shutdown");
+}
+
 #[test]
 fn peer_that_never_answers_our_close_is_dropped_after_the_close_timeout() {
     let config = Config {
