@@ -78,7 +78,7 @@ mod stats;
 mod timer;
 mod topics;
 
-pub use config::Config;
+pub use config::{Config, ConfigError};
 pub use handle::{Handle, HandleError};
 pub use handler::{CloseReason, ConnId, Ctx, Decision, Handler, SendStatus};
 pub use proto::handshake::Request;

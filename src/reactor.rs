@@ -113,8 +113,12 @@ pub struct Server<H: Handler> {
 impl<H: Handler> Server<H> {
     /// Binds a listener on `addr` (port 0 picks a free port; see [`local_addr`]).
     ///
+    /// A `config` that [`Config::validate`] refuses is an error of kind
+    /// `InvalidInput` carrying its message, before anything is bound.
+    ///
     /// [`local_addr`]: Server::local_addr
     pub fn bind(addr: SocketAddr, config: Config, handler: H) -> io::Result<Server<H>> {
+        config.check()?;
         let listener = std::net::TcpListener::bind(addr)?;
         // std listens with a backlog of 128: a burst of connects larger than that
         // overflows it, and each overflowed client waits a SYN retry (a second or
@@ -126,12 +130,15 @@ impl<H: Handler> Server<H> {
         Server::from_listener(listener, config, handler)
     }
 
-    /// Serves on a listener the caller set up (bound, listening).
+    /// Serves on a listener the caller set up (bound, listening). A `config` that
+    /// [`Config::validate`] refuses is an error of kind `InvalidInput`.
     pub fn from_listener(
         listener: std::net::TcpListener,
         config: Config,
         handler: H,
     ) -> io::Result<Server<H>> {
+        config.check()?;
+        config.log_warnings();
         listener.set_nonblocking(true)?;
         let mut listener = TcpListener::from_std(listener);
         let local_addr = listener.local_addr()?;

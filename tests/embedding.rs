@@ -610,6 +610,9 @@ fn slow_subscriber_is_refused_while_a_fast_one_gets_every_message() {
     const AFTER_REFUSAL: u32 = 20;
     let config = Config {
         max_send_queue: 256 * 1024,
+        // At most the queue cap (Config::validate); the slow subscriber sends nothing,
+        // so when reading from it pauses does not matter here.
+        write_high_water: 128 * 1024,
         // The slow subscriber must be refused, not closed, during the test.
         send_stall_timeout: Duration::from_secs(120),
         ..Config::default()
@@ -897,6 +900,49 @@ fn handle_shutdown_closes_every_client_with_1001_and_run_returns_ok() {
     assert_eq!(handle.send_text(some_id, "late"), Err(HandleError::Closed));
     assert_eq!(handle.broadcast_text("late"), Err(HandleError::Closed));
     assert_eq!(handle.shutdown(), Err(HandleError::Closed));
+}
+
+#[test]
+fn bind_refuses_an_invalid_config_with_invalid_input_before_binding() {
+    let config = Config {
+        read_buffer_size: 0,
+        ..Config::default()
+    };
+    let (hub, _probe) = Hub::new();
+    // A port that is free now: a refused config must not leave it bound.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let error = match Server::bind(addr, config, hub) {
+        Ok(_) => panic!("a zero read buffer was accepted"),
+        Err(error) => error,
+    };
+    assert_eq!(error.kind(), std::io::ErrorKind::InvalidInput);
+    assert!(
+        error
+            .to_string()
+            .starts_with("read_buffer_size: must not be 0"),
+        "{error}"
+    );
+    assert!(
+        std::net::TcpListener::bind(addr).is_ok(),
+        "{addr} was left bound"
+    );
+
+    // The same through from_listener, for a listener the caller set up.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (hub, _probe) = Hub::new();
+    let config = Config {
+        deflate_level: 10,
+        ..Config::default()
+    };
+    let error = match Server::from_listener(listener, config, hub) {
+        Ok(_) => panic!("deflate level 10 was accepted"),
+        Err(error) => error,
+    };
+    assert_eq!(error.kind(), std::io::ErrorKind::InvalidInput);
+    assert!(error.to_string().contains("deflate_level"), "{error}");
 }
 
 #[test]
