@@ -543,3 +543,34 @@ fn sigterm_closes_every_client_with_1001_and_exits_cleanly() {
     let status = rx.recv_timeout(IO_TIMEOUT).expect("exit").unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+/// The binary checks its configuration before it listens: out-of-range flags are a
+/// usage error (exit 2) with a message naming the field and the flag.
+#[test]
+fn the_binary_refuses_an_invalid_configuration_with_exit_code_2() {
+    for (args, expected) in [
+        (
+            &["--read-buffer-size", "0"][..],
+            "wsreactor: invalid configuration: read_buffer_size: must not be 0",
+        ),
+        (
+            &["--deflate-level", "10"],
+            "wsreactor: invalid configuration: deflate_level: 10 is above 9",
+        ),
+        (
+            &["--pong-timeout", "NaN"],
+            "wsreactor: --pong-timeout: not a number",
+        ),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_wsreactor"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "off")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run wsreactor");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.starts_with(expected), "{args:?}: {stderr}");
+    }
+}
