@@ -34,7 +34,8 @@ fn publish_ticks(handle: Handle) {
             Ok(()) => {}
             // The loop is behind: drop this tick rather than block the service thread.
             Err(HandleError::Full) => log::warn!("tick {n} dropped: loop busy"),
-            Err(HandleError::Closed) => return,
+            // Closed: the server is gone (a publish has no close code to be invalid).
+            Err(_) => return,
         }
     }
 }

@@ -2,63 +2,87 @@
 //! and the reason for it.
 
 use crate::proto::deflate::DeflatePolicy;
+use crate::proto::frame::{MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN};
 use crate::timer::{millis, Millis};
+use std::fmt;
 use std::time::Duration;
+
+/// The smallest send queue that holds a largest control frame (a pong answering a
+/// 125-byte ping: 2 bytes of header and the payload).
+const MIN_SEND_QUEUE: usize = 2 + MAX_CONTROL_PAYLOAD;
 
 /// Limits, sizes and timeouts for a [`Server`](crate::Server).
 ///
 /// The defaults suit a public echo or chat service: large enough for the Autobahn
 /// TestSuite's 16 MiB messages, bounded everywhere so that no peer can take the machine.
-/// A timeout of zero turns that timeout off.
+///
+/// Every `Duration` is accepted. A timeout of zero turns that timeout off, and so does
+/// one longer than about 100 years: `Duration::MAX` reads as "never" (the field docs
+/// say what "off" means for each). [`Config::validate`] names the other values that
+/// make no sense; [`Server::bind`](crate::Server::bind) refuses them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// The largest message (all fragments together) a peer may send; larger ones are
     /// refused with close code 1009 as soon as a frame header announces them, before
-    /// any of their payload is buffered. Default: 16 MiB.
+    /// any of their payload is buffered. Default: 16 MiB. Must not be zero.
     pub max_message_size: usize,
     /// The largest HTTP request head (request line and headers) accepted for the
     /// upgrade; a larger one gets `431` and the connection is closed. Default: 16 KiB,
     /// several times what browsers send, small enough that half-sent heads are cheap.
+    /// Must not be zero.
     pub max_header_bytes: usize,
     /// Size of the one read buffer the whole loop shares. Idle connections own no read
     /// buffer at all. Default: 128 KiB, so that a 64 KiB message with its header
     /// usually arrives in one read and is handed out in place instead of being
     /// assembled (measured: 19.5 vs 23.7 µs of server CPU per 64 KiB echo against
-    /// 64 KiB; 256 KiB was slower again).
+    /// 64 KiB; 256 KiB was slower again). Must not be zero; a size under 139 bytes is
+    /// raised to 139, so that a largest control frame with its header always fits.
     pub read_buffer_size: usize,
     /// While more than this many bytes wait in a connection's send queue, the server
     /// stops reading from it, so a peer that sends without reading feels TCP
     /// backpressure instead of growing our memory. Reading resumes once the queue
-    /// drains to half of this. Default: 1 MiB.
+    /// drains to half of this. Default: 1 MiB. Zero stops reading whenever anything
+    /// is queued. At most `max_send_queue` (above it, the queue could never reach it).
     pub write_high_water: usize,
     /// A send that would take a connection's queue past this many bytes is refused
     /// ([`SendStatus::Refused`](crate::SendStatus::Refused)): the most memory one slow
     /// consumer can hold. Default: 20 MiB — above `max_message_size + write_high_water`,
     /// so an echo of a largest message is never refused, and no higher, because every
-    /// byte of it is memory a peer that does not read makes us keep.
+    /// byte of it is memory a peer that does not read makes us keep. At least 127
+    /// bytes, a largest control frame (else not even a pong could be sent). Smaller
+    /// than `max_message_size` + 14 is allowed, with a warning logged at bind: sends
+    /// of the largest messages are then always refused, which suits a server that
+    /// receives large messages and sends small ones, but not an echo.
     pub max_send_queue: usize,
     /// A connection whose sends stay refused (queue over `max_send_queue`) this long is
     /// closed with 1008, so a consumer that stopped reading cannot hold its queue
-    /// forever. Default: 30 s.
+    /// forever. Default: 30 s. Zero (or `Duration::MAX`): never closed for it; its
+    /// sends stay refused while its queue is full.
     pub send_stall_timeout: Duration,
     /// Time allowed from TCP accept to a complete upgrade request; a slowloris that
-    /// sends half a request is dropped. Default: 10 s.
+    /// sends half a request is dropped. Default: 10 s. Zero (or `Duration::MAX`): no
+    /// limit, and only `max_handshakes` bounds what slow clients hold.
     pub handshake_timeout: Duration,
     /// After we send a close frame (or an HTTP refusal), time allowed for the peer to
-    /// answer and close; then the TCP connection is dropped. Default: 5 s.
+    /// answer and close; then the TCP connection is dropped. It also bounds a graceful
+    /// shutdown. Default: 5 s. Zero (or `Duration::MAX`): no close timeout, wait for
+    /// the peer however long it takes; a graceful shutdown then ends only once every
+    /// peer has closed (never cut short at once).
     pub close_timeout: Duration,
     /// After this much silence from the peer, send a ping (keepalive: finds dead peers
-    /// and keeps NAT mappings alive). Default: 30 s; zero turns keepalive off.
+    /// and keeps NAT mappings alive). Default: 30 s. Zero (or `Duration::MAX`) turns
+    /// keepalive off.
     pub idle_timeout: Duration,
     /// Time allowed for any answer to a keepalive ping; then the connection is closed
-    /// with 1011. Default: 30 s.
+    /// with 1011. Default: 30 s. Zero (or `Duration::MAX`): an unanswered ping never
+    /// closes the connection (and no new ping is sent until the peer sends something).
     pub pong_timeout: Duration,
     /// Open connections at most (in any phase); past it, new TCP connections get `503`
     /// and are closed. Default: the process's open-file limit minus 64 spare
-    /// descriptors (read when the `Config` is made).
+    /// descriptors (read when the `Config` is made). Must not be zero.
     pub max_connections: usize,
     /// Connections at most that are still in the handshake; past it, new ones get `503`.
-    /// Bounds what half-open or slow clients can hold. Default: 1024.
+    /// Bounds what half-open or slow clients can hold. Default: 1024. Must not be zero.
     pub max_handshakes: usize,
     /// If not empty, upgrade requests whose `Origin` is not in this list get `403`
     /// (compared case-insensitively, e.g. `"https://example.com"`). Requests without
@@ -76,12 +100,14 @@ pub struct Config {
     /// server asks for no context takeover both ways, and connections share one
     /// compressor and a small pool of inflaters: no compression memory per connection.
     pub deflate_context_takeover: bool,
-    /// The largest LZ77 window our compressor uses, 9–15 bits. Default: 15.
+    /// The largest LZ77 window our compressor uses, 9–15 bits (RFC 7692 §7.1.2).
+    /// Default: 15.
     pub deflate_window_bits: u8,
-    /// zlib compression level, 0–9. Default: 6, zlib's own default balance.
+    /// zlib compression level, 0–9 (0 stores, uncompressed). Default: 6, zlib's own
+    /// default balance.
     pub deflate_level: u32,
     /// Messages shorter than this are sent uncompressed: the savings would not pay for
-    /// the CPU. Default: 128 bytes.
+    /// the CPU. Default: 128 bytes. Zero compresses every message.
     pub deflate_threshold: usize,
     /// The most bytes the whole loop holds for incoming messages that are not complete
     /// yet: fragments being assembled, inflated output of compressed messages, frames
@@ -114,7 +140,8 @@ pub struct Config {
     /// wait in the kernel's backlog for the next turn. Default: 64.
     pub max_accepts_per_turn: usize,
     /// Commands a [`Handle`](crate::Handle) may queue before calls fail with
-    /// [`HandleError::Full`](crate::HandleError::Full). Default: 65,536.
+    /// [`HandleError::Full`](crate::HandleError::Full). Default: 65,536. Must not be
+    /// zero.
     pub handle_queue_capacity: usize,
 }
 
@@ -149,6 +176,139 @@ impl Default for Config {
 }
 
 impl Config {
+    /// Checks for values that make no sense, naming the first one found.
+    ///
+    /// Refused: zero `read_buffer_size`, `max_message_size`, `max_header_bytes`,
+    /// `max_connections`, `max_handshakes` or `handle_queue_capacity` (nothing could
+    /// be read, every message or request would be refused, every connection would
+    /// get 503, every `Handle` call `Full`); a `max_send_queue` under 127 bytes (not
+    /// even a pong fits); a `write_high_water` above `max_send_queue` (the queue never
+    /// gets that long, so reading would never pause and backpressure would be off);
+    /// `deflate_window_bits` outside 9–15 (RFC 7692 §7.1.2) and `deflate_level`
+    /// above 9 (zlib's range), also with `deflate` off, since they are mistakes
+    /// waiting for it to be turned on.
+    ///
+    /// Every `Duration` is valid (see the field docs for what zero and
+    /// `Duration::MAX` mean). A `max_send_queue` smaller than a largest message plus
+    /// its frame header is allowed: only sends of such messages are refused, which
+    /// suits a server that takes large messages in and sends small ones out (it is
+    /// logged as a warning at bind, since for an echo it means every largest message
+    /// is dropped).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let nonzero = [
+            (
+                "read_buffer_size",
+                self.read_buffer_size,
+                "the loop would have nothing to read into",
+            ),
+            (
+                "max_message_size",
+                self.max_message_size,
+                "every non-empty message would be refused with 1009",
+            ),
+            (
+                "max_header_bytes",
+                self.max_header_bytes,
+                "every request would be refused with 431",
+            ),
+            (
+                "max_connections",
+                self.max_connections,
+                "every connection would be refused with 503",
+            ),
+            (
+                "max_handshakes",
+                self.max_handshakes,
+                "every connection would be refused with 503",
+            ),
+            (
+                "handle_queue_capacity",
+                self.handle_queue_capacity,
+                "every Handle call but shutdown would fail with Full",
+            ),
+            (
+                "incoming_budget",
+                self.incoming_budget,
+                "every fragmented or compressed message would be refused with 1013",
+            ),
+            (
+                "outgoing_budget",
+                self.outgoing_budget,
+                "every connection that falls behind would be dropped",
+            ),
+            (
+                "max_accepts_per_turn",
+                self.max_accepts_per_turn,
+                "no connection would ever be accepted",
+            ),
+        ];
+        for (field, value, why) in nonzero {
+            if value == 0 {
+                return Err(ConfigError::new(field, format!("must not be 0: {why}")));
+            }
+        }
+        if self.max_send_queue < MIN_SEND_QUEUE {
+            return Err(ConfigError::new(
+                "max_send_queue",
+                format!(
+                    "{} is below {MIN_SEND_QUEUE} bytes, a largest control frame: \
+                     not even a pong could be sent",
+                    self.max_send_queue
+                ),
+            ));
+        }
+        if self.write_high_water > self.max_send_queue {
+            return Err(ConfigError::new(
+                "write_high_water",
+                format!(
+                    "{} is above max_send_queue ({}): the queue never gets that long, \
+                     so reading would never pause for a peer that does not read",
+                    self.write_high_water, self.max_send_queue
+                ),
+            ));
+        }
+        if !(9..=15).contains(&self.deflate_window_bits) {
+            return Err(ConfigError::new(
+                "deflate_window_bits",
+                format!(
+                    "{} is outside 9-15 (RFC 7692 window sizes)",
+                    self.deflate_window_bits
+                ),
+            ));
+        }
+        if self.deflate_level > 9 {
+            return Err(ConfigError::new(
+                "deflate_level",
+                format!("{} is above 9, zlib's highest level", self.deflate_level),
+            ));
+        }
+        Ok(())
+    }
+
+    /// [`validate`](Config::validate) as the `io::Error` that `Server::bind` returns.
+    pub(crate) fn check(&self) -> std::io::Result<()> {
+        self.validate()
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+    }
+
+    /// Whether a frame carrying a largest message fits the send queue: if not, every
+    /// send of such a message is refused (an echo server drops them all).
+    pub fn largest_message_fits_send_queue(&self) -> bool {
+        self.max_message_size.saturating_add(MAX_HEADER_LEN) <= self.max_send_queue
+    }
+
+    /// Logs what [`validate`](Config::validate) allows but is likely a mistake.
+    pub(crate) fn log_warnings(&self) {
+        if !self.largest_message_fits_send_queue() {
+            log::warn!(
+                "max_send_queue ({}) is smaller than max_message_size ({}) plus a frame \
+                 header: sends of messages that large will always be refused",
+                self.max_send_queue,
+                self.max_message_size
+            );
+        }
+    }
+
     pub(crate) fn deflate_policy(&self) -> DeflatePolicy {
         DeflatePolicy {
             context_takeover: self.deflate_context_takeover,
@@ -179,6 +339,38 @@ impl Config {
         }
     }
 }
+
+/// A [`Config`] value that makes no sense: which field, and why (see
+/// [`Config::validate`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    field: &'static str,
+    reason: String,
+}
+
+impl ConfigError {
+    fn new(field: &'static str, reason: String) -> ConfigError {
+        ConfigError { field, reason }
+    }
+
+    /// The name of the `Config` field at fault, e.g. `"read_buffer_size"`.
+    pub fn field(&self) -> &'static str {
+        self.field
+    }
+
+    /// Why its value was refused.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.reason)
+    }
+}
+
+impl std::error::Error for ConfigError {}
 
 /// The timeouts in loop clock units; `None` is off.
 #[derive(Debug, Clone, Copy)]
@@ -247,5 +439,163 @@ mod tests {
         let config = Config::default();
         assert!(config.max_send_queue > config.max_message_size + config.write_high_water + 14);
         assert!(config.max_connections >= 16);
+    }
+
+    /// `config` with one change, validated: the error's field and reason.
+    fn refused(change: impl FnOnce(&mut Config)) -> (String, String) {
+        let mut config = Config::default();
+        change(&mut config);
+        let error = config.validate().expect_err("should be refused");
+        assert!(error.to_string().starts_with(error.field()), "{error}");
+        (error.field().to_owned(), error.reason().to_owned())
+    }
+
+    #[test]
+    fn the_defaults_are_valid() {
+        assert_eq!(Config::default().validate(), Ok(()));
+        assert!(Config::default().largest_message_fits_send_queue());
+    }
+
+    #[test]
+    fn zero_sizes_and_counts_are_refused() {
+        type Change = fn(&mut Config);
+        let cases: [(&str, Change); 9] = [
+            ("read_buffer_size", |c| c.read_buffer_size = 0),
+            ("max_message_size", |c| c.max_message_size = 0),
+            ("max_header_bytes", |c| c.max_header_bytes = 0),
+            ("max_connections", |c| c.max_connections = 0),
+            ("max_handshakes", |c| c.max_handshakes = 0),
+            ("handle_queue_capacity", |c| c.handle_queue_capacity = 0),
+            ("incoming_budget", |c| c.incoming_budget = 0),
+            ("outgoing_budget", |c| c.outgoing_budget = 0),
+            ("max_accepts_per_turn", |c| c.max_accepts_per_turn = 0),
+        ];
+        for (field, change) in cases {
+            let (got, reason) = refused(change);
+            assert_eq!(got, field);
+            assert!(reason.starts_with("must not be 0: "), "{reason}");
+        }
+        // One is enough.
+        let ok = Config {
+            read_buffer_size: 1,
+            max_message_size: 1,
+            max_header_bytes: 1,
+            max_connections: 1,
+            max_handshakes: 1,
+            handle_queue_capacity: 1,
+            ..Config::default()
+        };
+        assert_eq!(ok.validate(), Ok(()));
+    }
+
+    #[test]
+    fn a_send_queue_too_small_for_a_pong_is_refused() {
+        let (field, reason) = refused(|c| {
+            c.max_send_queue = 126;
+            c.write_high_water = 0;
+        });
+        assert_eq!(field, "max_send_queue");
+        assert!(
+            reason.contains("126") && reason.contains("pong"),
+            "{reason}"
+        );
+        let smallest = Config {
+            max_send_queue: 127,
+            write_high_water: 127,
+            ..Config::default()
+        };
+        assert_eq!(smallest.validate(), Ok(()));
+    }
+
+    #[test]
+    fn a_high_water_mark_above_the_send_queue_is_refused() {
+        let (field, reason) = refused(|c| c.write_high_water = c.max_send_queue + 1);
+        assert_eq!(field, "write_high_water");
+        assert!(reason.contains("above max_send_queue"), "{reason}");
+        let equal = Config {
+            write_high_water: 20 << 20,
+            ..Config::default()
+        };
+        assert_eq!(equal.validate(), Ok(()));
+        let zero = Config {
+            write_high_water: 0,
+            ..Config::default()
+        };
+        assert_eq!(zero.validate(), Ok(()));
+    }
+
+    #[test]
+    fn deflate_settings_out_of_range_are_refused_even_with_deflate_off() {
+        for bits in [0, 8, 16, 255] {
+            let (field, reason) = refused(|c| c.deflate_window_bits = bits);
+            assert_eq!(field, "deflate_window_bits");
+            assert!(reason.starts_with(&format!("{bits} is outside 9-15")));
+        }
+        for level in [10, u32::MAX] {
+            assert_eq!(refused(|c| c.deflate_level = level).0, "deflate_level");
+        }
+        for (bits, level) in [(9, 0), (15, 9)] {
+            let config = Config {
+                deflate: true,
+                deflate_window_bits: bits,
+                deflate_level: level,
+                ..Config::default()
+            };
+            assert_eq!(config.validate(), Ok(()));
+        }
+    }
+
+    #[test]
+    fn every_duration_is_valid() {
+        for timeout in [Duration::ZERO, Duration::from_nanos(1), Duration::MAX] {
+            let config = Config {
+                send_stall_timeout: timeout,
+                handshake_timeout: timeout,
+                close_timeout: timeout,
+                idle_timeout: timeout,
+                pong_timeout: timeout,
+                ..Config::default()
+            };
+            assert_eq!(config.validate(), Ok(()), "{timeout:?}");
+        }
+    }
+
+    #[test]
+    fn a_send_queue_smaller_than_a_largest_message_is_allowed_but_noted() {
+        let config = Config {
+            max_send_queue: 256 << 10,
+            write_high_water: 128 << 10,
+            ..Config::default()
+        };
+        assert_eq!(config.validate(), Ok(()));
+        assert!(!config.largest_message_fits_send_queue());
+        let exact = Config {
+            max_message_size: 1000,
+            max_send_queue: 1014,
+            write_high_water: 1000,
+            ..Config::default()
+        };
+        assert!(exact.largest_message_fits_send_queue());
+        assert!(!Config {
+            max_send_queue: 1013,
+            ..exact
+        }
+        .largest_message_fits_send_queue());
+    }
+
+    #[test]
+    fn the_error_as_io_error_is_invalid_input_and_keeps_the_message() {
+        let config = Config {
+            read_buffer_size: 0,
+            ..Config::default()
+        };
+        let error = config.check().unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::InvalidInput);
+        assert!(
+            error
+                .to_string()
+                .starts_with("read_buffer_size: must not be 0"),
+            "{error}"
+        );
     }
 }

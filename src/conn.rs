@@ -13,11 +13,12 @@
 use crate::config::{Config, Timeouts};
 use crate::handler::{CloseReason, SendStatus};
 use crate::outbox::{Meter, Outbox, SharedFrame};
+use crate::proto::close::encode_close_payload;
 use crate::proto::deflate::{DeflateParams, Deflater};
 use crate::proto::frame::{FrameHeader, Opcode, MAX_HEADER_LEN};
 use crate::proto::handshake::HeadReader;
 use crate::proto::{CloseCode, Receiver};
-use crate::timer::{Millis, When};
+use crate::timer::{deadline_after, Millis, When};
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 use std::io::{self, IoSlice, Write};
@@ -287,7 +288,7 @@ impl<S> Conn<S> {
     /// and what it waits for then.
     pub fn next_deadline(&self, timeouts: &Timeouts) -> Option<(Millis, Wait)> {
         let after = |start: When, timeout: Option<Millis>, wait: Wait| {
-            Some((start.get()?.saturating_add(timeout?), wait))
+            Some((deadline_after(start.get()?, timeout?), wait))
         };
         match self.phase {
             Phase::Handshake => after(self.since, timeouts.handshake, Wait::Handshake),
@@ -443,21 +444,11 @@ impl<S> Conn<S> {
         SendStatus::Queued(self.out.pending())
     }
 
-    /// Sends a close frame with `code` and `reason` (truncated to fit 125 bytes).
+    /// Sends a close frame with `code` and `reason` (cut to fit, see
+    /// [`encode_close_payload`]).
     pub fn send_close(&mut self, io: &Io, token: Token, code: Option<CloseCode>, reason: &str) {
         let mut payload = [0u8; 125];
-        let len = match code {
-            None => 0,
-            Some(code) => {
-                payload[..2].copy_from_slice(&code.0.to_be_bytes());
-                let mut cut = reason.len().min(123);
-                while !reason.is_char_boundary(cut) {
-                    cut -= 1;
-                }
-                payload[2..2 + cut].copy_from_slice(&reason.as_bytes()[..cut]);
-                2 + cut
-            }
-        };
+        let len = encode_close_payload(code, reason, &mut payload);
         // A close frame is never refused for the queue cap: it ends the queue's growth.
         let _ = self.send_frame(io, token, Opcode::Close, &payload[..len], usize::MAX);
     }

@@ -35,6 +35,10 @@ pub enum HandleError {
     Full,
     /// The server is gone (dropped, or its loop has finished).
     Closed,
+    /// [`Handle::close`] was given a code that may not be sent
+    /// ([`CloseCode::is_sendable`]); nothing was queued. Checked here rather than in
+    /// the loop, so that the caller learns it.
+    InvalidCloseCode,
 }
 
 impl fmt::Display for HandleError {
@@ -42,6 +46,9 @@ impl fmt::Display for HandleError {
         match self {
             HandleError::Full => f.write_str("the server's command queue is full"),
             HandleError::Closed => f.write_str("the server is gone"),
+            HandleError::InvalidCloseCode => {
+                f.write_str("the close code may not be sent (RFC 6455 §7.4)")
+            }
         }
     }
 }
@@ -138,7 +145,7 @@ impl Inbox {
 /// std::thread::spawn(move || loop {
 ///     match handle.publish_text("ticks", "tick") {
 ///         Ok(()) | Err(HandleError::Full) => std::thread::sleep(Duration::from_millis(1)),
-///         Err(HandleError::Closed) => return,
+///         Err(_) => return, // the server is gone
 ///     }
 /// });
 /// server.run()?;
@@ -200,13 +207,20 @@ impl Handle {
         ))
     }
 
-    /// Starts the close handshake on one connection.
+    /// Starts the close handshake on one connection, with `reason` cut at a character
+    /// boundary to fit 123 bytes. A code that may not be sent (1005, 1006, 1015, 0,
+    /// 5000, ...: see [`CloseCode::is_sendable`]) is
+    /// [`HandleError::InvalidCloseCode`] and queues nothing.
     pub fn close(&self, id: ConnId, code: CloseCode, reason: &str) -> Result<(), HandleError> {
+        if !code.is_sendable() {
+            return Err(HandleError::InvalidCloseCode);
+        }
         self.inbox.push(Command::Close(id, code, reason.to_owned()))
     }
 
     /// Shuts the server down gracefully: stop accepting, close every connection with
-    /// 1001, wait (up to the close timeout) for their answers, then `run` returns.
+    /// 1001, wait (up to the close timeout, if there is one) for their answers, then
+    /// `run` returns.
     /// Accepted even when the queue is full.
     pub fn shutdown(&self) -> Result<(), HandleError> {
         self.inbox.push(Command::Shutdown)

@@ -79,12 +79,12 @@ mod stats;
 mod timer;
 mod topics;
 
-pub use config::Config;
+pub use config::{Config, ConfigError};
 pub use handle::{Handle, HandleError};
 pub use handler::{CloseReason, ConnId, Ctx, Decision, Handler, SendStatus};
 pub use proto::handshake::Request;
-pub use proto::http::{HttpResponse, StatusCode};
-pub use proto::{CloseCode, Message};
+pub use proto::http::{HttpResponse, InvalidResponse, StatusCode};
+pub use proto::{CloseCode, InvalidCloseCode, Message};
 pub use reactor::Fanout;
 pub use reactor::{serve, Server};
 pub use stats::Stats;

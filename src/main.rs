@@ -19,6 +19,8 @@ USAGE: wsreactor [OPTIONS]
 OPTIONS:
   --listen ADDR              address to listen on            [default: 127.0.0.1:9998]
   --path PATH                WebSocket echo path             [default: /echo]
+  --allowed-origin ORIGIN    403 for browser pages from any other origin; repeat
+                             for more                        [default: any origin]
   --max-message-size BYTES   largest message accepted (1009) [default: 16777216]
   --max-header-bytes BYTES   largest upgrade request head    [default: 16384]
   --read-buffer-size BYTES   the loop's shared read buffer   [default: 131072]
@@ -26,16 +28,34 @@ OPTIONS:
                                                              [default: 1048576]
   --max-send-queue BYTES     refuse sends past this queue    [default: 20971520]
   --max-connections N        503 past this many connections  [default: open-file limit - 64]
+  --max-handshakes N         503 past this many clients still upgrading      [default: 1024]
+  --handle-queue-capacity N  commands other threads may queue for the loop
+                                                             [default: 65536]
   --handshake-timeout SECS   drop clients that take longer to upgrade        [default: 10]
-  --close-timeout SECS       drop peers that do not finish the close         [default: 5]
+  --close-timeout SECS       drop peers that do not finish the close; 0 = wait for
+                             them, also at shutdown                          [default: 5]
   --idle-timeout SECS        ping after this much silence, 0 = no keepalive  [default: 30]
+  --pong-timeout SECS        close (1011) peers that do not answer the ping  [default: 30]
+  --send-stall-timeout SECS  close (1008) peers whose send queue stays full  [default: 30]
+  --message-timeout SECS     close (1008) a half-received message that stops
+                             growing, 0 = never                              [default: 30]
+  --incoming-budget BYTES    all connections' incomplete messages together; past
+                             it, stalled and largest holders get 1013 [default: 268435456]
+  --outgoing-budget BYTES    all connections' send queues together; past it, the
+                             stalest readers are dropped             [default: 268435456]
+  --max-accepts-per-turn N   accepts per loop turn (fairness in a connect flood)
+                                                             [default: 64]
   --deflate                  negotiate permessage-deflate (RFC 7692) with clients
   --deflate-takeover         keep compression context between messages (more
                              memory per connection, better ratio)
   --deflate-threshold BYTES  send shorter messages uncompressed   [default: 128]
   --deflate-level N          zlib level 0-9 (lower: less CPU)    [default: 6]
+  --deflate-window-bits N    largest compression window, 9-15    [default: 15]
   --stats-interval SECS      log a one-line summary this often, 0 = never    [default: 60]
   -h, --help                 print this help
+
+SECS is seconds, fractional too (0.5), or `never`: 0 turns a timeout off as `never`
+does. Values out of range are refused (exit 2), not clamped.
 
 Open http://ADDR/ for a demo page. RUST_LOG=debug logs every connection.
 Ctrl-C or SIGTERM shuts down gracefully (every client gets close 1001); twice, at once.
@@ -115,7 +135,10 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Options>, Str
                 .parse()
                 .map_err(|_| format!("{flag}: not a number: {value}"))
         };
-        let seconds = || number().map(|n| Duration::from_secs(n as u64));
+        // For fields narrower than usize: a value that does not fit is out of range,
+        // not cut to fit.
+        let out_of_range = |_| format!("{flag}: out of range: {value}");
+        let seconds = || parse_seconds(&flag, &value);
         match flag.as_str() {
             "--listen" => {
                 options.listen = value
@@ -124,22 +147,80 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Options>, Str
             }
             "--path" if value.starts_with('/') => options.path = value,
             "--path" => return Err(format!("--path must start with '/': {value}")),
+            "--allowed-origin" if value.is_empty() => {
+                return Err("--allowed-origin needs an origin, e.g. https://example.com".into())
+            }
+            "--allowed-origin" => options.config.allowed_origins.push(value),
             "--max-message-size" => options.config.max_message_size = number()?,
             "--max-header-bytes" => options.config.max_header_bytes = number()?,
             "--read-buffer-size" => options.config.read_buffer_size = number()?,
             "--write-high-water" => options.config.write_high_water = number()?,
             "--max-send-queue" => options.config.max_send_queue = number()?,
             "--max-connections" => options.config.max_connections = number()?,
+            "--max-handshakes" => options.config.max_handshakes = number()?,
+            "--handle-queue-capacity" => options.config.handle_queue_capacity = number()?,
             "--handshake-timeout" => options.config.handshake_timeout = seconds()?,
             "--close-timeout" => options.config.close_timeout = seconds()?,
             "--idle-timeout" => options.config.idle_timeout = seconds()?,
+            "--pong-timeout" => options.config.pong_timeout = seconds()?,
+            "--send-stall-timeout" => options.config.send_stall_timeout = seconds()?,
+            "--message-timeout" => options.config.message_timeout = seconds()?,
+            "--incoming-budget" => options.config.incoming_budget = number()?,
+            "--outgoing-budget" => options.config.outgoing_budget = number()?,
+            "--max-accepts-per-turn" => options.config.max_accepts_per_turn = number()?,
             "--stats-interval" => options.stats_interval = seconds()?,
             "--deflate-threshold" => options.config.deflate_threshold = number()?,
-            "--deflate-level" => options.config.deflate_level = number()?.min(9) as u32,
+            "--deflate-level" => {
+                options.config.deflate_level = u32::try_from(number()?).map_err(out_of_range)?
+            }
+            "--deflate-window-bits" => {
+                options.config.deflate_window_bits =
+                    u8::try_from(number()?).map_err(out_of_range)?
+            }
             _ => return Err(format!("unknown option: {flag}")),
         }
     }
     Ok(Some(options))
+}
+
+/// A duration in seconds, fractional too (`0.5`), or `never` (`Duration::MAX`, which
+/// the server reads as no timeout). Negative, NaN, infinite and absurdly large values
+/// are errors rather than guesses.
+fn parse_seconds(flag: &str, value: &str) -> Result<Duration, String> {
+    if value == "never" {
+        return Ok(Duration::MAX);
+    }
+    let seconds = value
+        .parse::<f64>()
+        .ok()
+        .filter(|seconds| seconds.is_finite())
+        .ok_or_else(|| format!("{flag}: not a number of seconds (or never): {value}"))?;
+    Duration::try_from_secs_f64(seconds).map_err(|_| {
+        if seconds < 0.0 {
+            format!("{flag}: must not be negative: {value}")
+        } else {
+            format!("{flag}: too large (use never for no timeout): {value}")
+        }
+    })
+}
+
+/// [`Config::validate`], naming the flag as well as the field, plus the one rule an
+/// echo server adds: the echo of a largest message must fit the send queue, or every
+/// such message would be dropped (the library allows it, for servers that send less
+/// than they receive).
+fn check(config: &Config) -> Result<(), String> {
+    config
+        .validate()
+        .map_err(|e| format!("{e} (--{})", e.field().replace('_', "-")))?;
+    if !config.largest_message_fits_send_queue() {
+        return Err(format!(
+            "max_send_queue: {} is smaller than max_message_size ({}) plus a frame \
+             header (14): the echo of a largest message would always be refused \
+             (--max-send-queue)",
+            config.max_send_queue, config.max_message_size
+        ));
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -160,6 +241,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Err(message) = check(&options.config) {
+        eprintln!("wsreactor: invalid configuration: {message}");
+        return ExitCode::from(2);
+    }
     // Handlers go in before the port opens: a supervisor that sees the port accept and
     // sends SIGTERM at once must get a graceful shutdown, not the default action (death
     // by signal). Signals that arrive before the thread below starts wait for it.
@@ -190,17 +275,25 @@ fn main() -> ExitCode {
         "echo on ws://{addr}{}, demo page on http://{addr}/",
         options.path
     );
-    let mut next_stats = Instant::now() + options.stats_interval;
+    // Zero, or too far off to represent (`never`), means no periodic summary.
+    let interval = options.stats_interval;
+    let next_after = |from: Instant| {
+        if interval.is_zero() {
+            None
+        } else {
+            from.checked_add(interval)
+        }
+    };
+    let mut next_stats = next_after(Instant::now());
     while !server.is_finished() {
-        let wait = (!options.stats_interval.is_zero())
-            .then(|| next_stats.saturating_duration_since(Instant::now()));
+        let wait = next_stats.map(|at| at.saturating_duration_since(Instant::now()));
         if let Err(e) = server.turn(wait) {
             eprintln!("wsreactor: event loop failed: {e}");
             return ExitCode::FAILURE;
         }
-        if !options.stats_interval.is_zero() && Instant::now() >= next_stats {
+        if next_stats.is_some_and(|at| Instant::now() >= at) {
             log::info!("{}", server.stats());
-            next_stats = Instant::now() + options.stats_interval;
+            next_stats = next_after(Instant::now());
         }
     }
     log::info!("{}", server.stats());
@@ -221,4 +314,235 @@ fn shut_down_on(mut signals: Signals, handle: wsreactor::Handle) {
             let _ = handle.shutdown();
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Options, String> {
+        parse_args(args.iter().map(|a| a.to_string())).map(|o| o.expect("not --help"))
+    }
+
+    fn parse_err(args: &[&str]) -> String {
+        match parse(args) {
+            Ok(_) => panic!("{args:?} was accepted"),
+            Err(message) => message,
+        }
+    }
+
+    #[test]
+    fn no_flags_give_the_default_config_which_passes_the_check() {
+        let options = parse(&[]).unwrap();
+        assert_eq!(options.config, Config::default());
+        assert_eq!(options.stats_interval, Duration::from_secs(60));
+        assert_eq!(check(&options.config), Ok(()));
+        assert!(parse_args(["--help".to_owned()].into_iter())
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn timeouts_take_fractional_seconds() {
+        let options = parse(&[
+            "--close-timeout",
+            "0.5",
+            "--idle-timeout",
+            "1.25",
+            "--pong-timeout",
+            "3",
+            "--send-stall-timeout",
+            "0.001",
+            "--handshake-timeout",
+            "0",
+            "--stats-interval",
+            "2.5",
+        ])
+        .unwrap();
+        let config = &options.config;
+        assert_eq!(config.close_timeout, Duration::from_millis(500));
+        assert_eq!(config.idle_timeout, Duration::from_millis(1250));
+        assert_eq!(config.pong_timeout, Duration::from_secs(3));
+        assert_eq!(config.send_stall_timeout, Duration::from_millis(1));
+        assert_eq!(config.handshake_timeout, Duration::ZERO);
+        assert_eq!(options.stats_interval, Duration::from_millis(2500));
+    }
+
+    #[test]
+    fn never_is_duration_max() {
+        let flags = [
+            "--handshake-timeout",
+            "--close-timeout",
+            "--idle-timeout",
+            "--pong-timeout",
+            "--send-stall-timeout",
+            "--stats-interval",
+        ];
+        let args: Vec<&str> = flags.iter().flat_map(|flag| [*flag, "never"]).collect();
+        let options = parse(&args).unwrap();
+        let config = &options.config;
+        for timeout in [
+            config.handshake_timeout,
+            config.close_timeout,
+            config.idle_timeout,
+            config.pong_timeout,
+            config.send_stall_timeout,
+            options.stats_interval,
+        ] {
+            assert_eq!(timeout, Duration::MAX);
+        }
+        assert_eq!(check(config), Ok(()));
+    }
+
+    #[test]
+    fn bad_seconds_are_errors() {
+        for (value, expected) in [
+            ("-1", "must not be negative"),
+            ("-0.5", "must not be negative"),
+            ("NaN", "not a number of seconds"),
+            ("inf", "not a number of seconds"),
+            ("-inf", "not a number of seconds"),
+            ("ten", "not a number of seconds"),
+            ("", "not a number of seconds"),
+            ("Never", "not a number of seconds"),
+            ("1e300", "too large"),
+        ] {
+            let message = parse_err(&["--pong-timeout", value]);
+            assert!(
+                message.starts_with("--pong-timeout: ") && message.contains(expected),
+                "{value:?}: {message}"
+            );
+        }
+    }
+
+    #[test]
+    fn allowed_origin_repeats() {
+        let options = parse(&[
+            "--allowed-origin",
+            "https://a.example",
+            "--allowed-origin",
+            "https://b.example",
+        ])
+        .unwrap();
+        assert_eq!(
+            options.config.allowed_origins,
+            ["https://a.example", "https://b.example"]
+        );
+        assert!(parse_err(&["--allowed-origin", ""]).contains("needs an origin"));
+    }
+
+    #[test]
+    fn new_bounds_reach_their_fields() {
+        let options = parse(&[
+            "--max-handshakes",
+            "7",
+            "--handle-queue-capacity",
+            "9",
+            "--deflate-window-bits",
+            "10",
+            "--deflate-level",
+            "1",
+        ])
+        .unwrap();
+        let config = &options.config;
+        assert_eq!(config.max_handshakes, 7);
+        assert_eq!(config.handle_queue_capacity, 9);
+        assert_eq!(config.deflate_window_bits, 10);
+        assert_eq!(config.deflate_level, 1);
+        assert_eq!(check(config), Ok(()));
+    }
+
+    #[test]
+    fn values_that_do_not_parse_are_errors() {
+        for (args, expected) in [
+            (&["--max-handshakes", "-3"][..], "not a number"),
+            (&["--max-handshakes", "1.5"], "not a number"),
+            (&["--deflate-window-bits", "300"], "out of range"),
+            (&["--deflate-level", "99999999999"], "out of range"),
+            (&["--max-connections"], "needs a value"),
+            (&["--listen", "localhost"], "not an address"),
+            (&["--path", "echo"], "must start with '/'"),
+            (&["--no-such-flag", "1"], "unknown option"),
+        ] {
+            let message = parse_err(args);
+            assert!(message.contains(expected), "{args:?}: {message}");
+        }
+    }
+
+    #[test]
+    fn values_out_of_range_are_refused_not_clamped() {
+        for (args, expected) in [
+            (
+                &["--deflate-level", "10"][..],
+                "deflate_level: 10 is above 9",
+            ),
+            (
+                &["--deflate-window-bits", "8"],
+                "deflate_window_bits: 8 is outside",
+            ),
+            (
+                &["--deflate-window-bits", "16"],
+                "deflate_window_bits: 16 is outside",
+            ),
+            (
+                &["--read-buffer-size", "0"],
+                "read_buffer_size: must not be 0",
+            ),
+            (&["--max-handshakes", "0"], "max_handshakes: must not be 0"),
+            (&["--handle-queue-capacity", "0"], "handle_queue_capacity"),
+            (&["--max-connections", "0"], "max_connections"),
+            (
+                &["--write-high-water", "30000000"],
+                "write_high_water: 30000000 is above max_send_queue",
+            ),
+        ] {
+            let options = parse(args).unwrap();
+            let message = check(&options.config).unwrap_err();
+            assert!(message.starts_with(expected), "{args:?}: {message}");
+            // The message names the flag to change.
+            assert!(message.contains(&format!("({})", args[0])), "{message}");
+        }
+        // Kept as given, so the check sees it.
+        assert_eq!(
+            parse(&["--deflate-level", "10"])
+                .unwrap()
+                .config
+                .deflate_level,
+            10
+        );
+    }
+
+    #[test]
+    fn an_echo_must_fit_the_send_queue() {
+        let options =
+            parse(&["--max-send-queue", "1000000", "--write-high-water", "1000"]).unwrap();
+        let message = check(&options.config).unwrap_err();
+        assert!(message.contains("echo of a largest message"), "{message}");
+        assert!(message.ends_with("(--max-send-queue)"), "{message}");
+        let options = parse(&[
+            "--max-send-queue",
+            "1000014",
+            "--write-high-water",
+            "1000",
+            "--max-message-size",
+            "1000000",
+        ])
+        .unwrap();
+        assert_eq!(check(&options.config), Ok(()));
+    }
+
+    /// The flags block in README.md is a copy of this help text: keep them one.
+    #[test]
+    fn the_readme_lists_the_flags_of_the_help_text() {
+        let readme = include_str!("../README.md");
+        let options = USAGE
+            .split_once("OPTIONS:\n")
+            .and_then(|(_, rest)| rest.split_once("  -h, --help"))
+            .map(|(block, _)| block)
+            .expect("an OPTIONS block ending in --help");
+        assert!(
+            readme.contains(&format!("```\n{options}```\n")),
+            "README.md's flags block differs from the help text:\n{options}"
+        );
+    }
 }

@@ -21,9 +21,9 @@ use crate::proto::frame::{FrameHeader, Opcode, MAX_CONTROL_PAYLOAD, MAX_HEADER_L
 use crate::proto::handshake::{accept_response, HandshakeError, HeadReader, Request};
 use crate::proto::http::{HttpResponse, StatusCode};
 use crate::proto::receiver::Progress;
-use crate::proto::{CloseCode, Event, Message, ProtocolError};
+use crate::proto::{CloseCode, Event, InvalidCloseCode, Message, ProtocolError};
 use crate::stats::Stats;
-use crate::timer::{Clock, DeadlineQueue, Millis, When};
+use crate::timer::{deadline_after, Clock, DeadlineQueue, Millis, When};
 use crate::topics::Topics;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -122,8 +122,12 @@ pub struct Server<H: Handler> {
 impl<H: Handler> Server<H> {
     /// Binds a listener on `addr` (port 0 picks a free port; see [`local_addr`]).
     ///
+    /// A `config` that [`Config::validate`] refuses is an error of kind
+    /// `InvalidInput` carrying its message, before anything is bound.
+    ///
     /// [`local_addr`]: Server::local_addr
     pub fn bind(addr: SocketAddr, config: Config, handler: H) -> io::Result<Server<H>> {
+        config.check()?;
         let listener = std::net::TcpListener::bind(addr)?;
         // std listens with a backlog of 128: a burst of connects larger than that
         // overflows it, and each overflowed client waits a SYN retry (a second or
@@ -135,12 +139,15 @@ impl<H: Handler> Server<H> {
         Server::from_listener(listener, config, handler)
     }
 
-    /// Serves on a listener the caller set up (bound, listening).
+    /// Serves on a listener the caller set up (bound, listening). A `config` that
+    /// [`Config::validate`] refuses is an error of kind `InvalidInput`.
     pub fn from_listener(
         listener: std::net::TcpListener,
         config: Config,
         handler: H,
     ) -> io::Result<Server<H>> {
+        config.check()?;
+        config.log_warnings();
         listener.set_nonblocking(true)?;
         let mut listener = TcpListener::from_std(listener);
         let local_addr = listener.local_addr()?;
@@ -235,7 +242,8 @@ impl<H: Handler> Server<H> {
     }
 
     /// Starts a graceful shutdown: stop accepting, send close 1001 to every open
-    /// connection, and finish once they are closed or the close timeout has passed.
+    /// connection, and finish once they are closed or the close timeout has passed
+    /// (with no close timeout, once they are all closed).
     pub fn shutdown(&mut self) {
         self.core.shutdown_requested = true;
         self.settle();
@@ -313,7 +321,7 @@ impl<H: Handler> Server<H> {
             .flatten()
             .min()
             // +1: wake just after the deadline, not a hair before it.
-            .map(|at| Duration::from_millis(at.saturating_sub(now) + 1));
+            .map(|at| Duration::from_millis(at.saturating_sub(now).saturating_add(1)));
         match (requested, due) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -588,7 +596,11 @@ impl<H: Handler> Server<H> {
         if let Some(mut listener) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut listener);
         }
-        self.shutdown_deadline = Some(self.core.now + self.core.timeouts.close.unwrap_or(0));
+        // Without a close timeout (zero or "never"), shutdown waits for every peer's
+        // close: MAX is a deadline that never comes.
+        let close = self.core.timeouts.close;
+        self.shutdown_deadline =
+            Some(close.map_or(Millis::MAX, |close| deadline_after(self.core.now, close)));
         for slot in self.core.slots() {
             let conn = &mut self.core.conns[slot];
             match conn.phase {
@@ -721,6 +733,13 @@ fn upgrade<H: Handler>(
     let conn = &mut core.conns[slot];
     let peer = conn.peer.get();
     let (response, accepted) = answer(handler, &core.config, &bytes[..end], peer);
+    // Every answer to a request head is written here, so it is checked here: a
+    // handler's response (from `on_http`, a `Reject`, or the 101 with the subprotocol
+    // it chose) that would inject header lines becomes a 500 and the upgrade is off.
+    let (response, accepted) = match response.validate() {
+        Ok(()) => (response, accepted),
+        Err(e) => (internal_error(&format!("invalid response: {e}")), None),
+    };
     let _ = conn.send_bytes(&core.io, Token(slot), &response.to_bytes());
     let Some(accepted) = accepted else {
         log::debug!("{peer}: answered HTTP {}", response.status.0);
@@ -1510,11 +1529,17 @@ impl<S> Ctx<'_, S> {
         self.core.send(self.slot, Opcode::Ping, payload)
     }
 
-    /// Starts the close handshake with `code` and `reason` (cut to fit 123 bytes).
-    /// Messages that arrive until the peer's close are dropped.
-    pub fn close(&mut self, code: CloseCode, reason: &str) {
+    /// Starts the close handshake with `code` and `reason` (cut at a character
+    /// boundary to fit 123 bytes). Messages that arrive until the peer's close are
+    /// dropped. A code that may not be sent ([`CloseCode::is_sendable`]: e.g. 1005,
+    /// 1006, 1015, 0, 5000) is an error and nothing happens: a peer would answer it
+    /// with a protocol error. Closing a connection that is closing already is `Ok`
+    /// and does nothing.
+    pub fn close(&mut self, code: CloseCode, reason: &str) -> Result<(), InvalidCloseCode> {
+        let code = code.sendable()?;
         self.core
             .close(self.slot, code, reason, CloseReason::Local { code });
+        Ok(())
     }
 
     /// Sends a message to another connection; refused if it is gone or closing.
@@ -1531,12 +1556,21 @@ impl<S> Ctx<'_, S> {
         }
     }
 
-    /// Starts the close handshake on another connection.
-    pub fn close_connection(&mut self, id: ConnId, code: CloseCode, reason: &str) {
+    /// Starts the close handshake on another connection, as [`close`](Ctx::close)
+    /// does on this one. An id of a connection that is gone is `Ok` and does nothing;
+    /// a code that may not be sent is an error, whatever the id.
+    pub fn close_connection(
+        &mut self,
+        id: ConnId,
+        code: CloseCode,
+        reason: &str,
+    ) -> Result<(), InvalidCloseCode> {
+        let code = code.sendable()?;
         if let Some(slot) = self.core.slot_of(id) {
             self.core
                 .close(slot, code, reason, CloseReason::Local { code });
         }
+        Ok(())
     }
 
     /// Sends a message to every open connection, this one included. The frame is

@@ -69,13 +69,29 @@ impl From<Option<Millis>> for When {
     }
 }
 
-/// Converts a configured duration; zero means "never" and maps to `None`.
+/// Timeouts longer than this mean "never": about 100 years, past the life of any
+/// process, so `Duration::MAX` (the natural way to say "no timeout" in Rust) works,
+/// and so small against `u64::MAX` milliseconds (584 million years) that a deadline
+/// `start + timeout` is exact rather than saturated.
+pub(crate) const NEVER_AFTER: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
+/// Converts a configured timeout: zero, and anything longer than [`NEVER_AFTER`]
+/// (`Duration::MAX` included), mean "never" and map to `None`; a nonzero timeout under
+/// a millisecond counts as one.
 pub(crate) fn millis(duration: Duration) -> Option<Millis> {
-    if duration.is_zero() {
-        None
-    } else {
-        Some(duration.as_millis().max(1) as Millis)
+    if duration.is_zero() || duration > NEVER_AFTER {
+        return None;
     }
+    Millis::try_from(duration.as_millis())
+        .ok()
+        .map(|ms| ms.max(1))
+}
+
+/// The moment `timeout` after `start`. Saturating: no configured value can make
+/// deadline arithmetic overflow (a panic in a debug build, a deadline in the past,
+/// firing at once, in a release build).
+pub(crate) fn deadline_after(start: Millis, timeout: Millis) -> Millis {
+    start.saturating_add(timeout)
 }
 
 /// One queued deadline: `(when, slot)` as three 32-bit words instead of a `(u64, u32)`
@@ -343,5 +359,41 @@ mod tests {
             }
             prop_assert!(model.is_empty());
         }
+    }
+
+    #[test]
+    fn duration_max_and_other_huge_durations_mean_never() {
+        assert_eq!(millis(Duration::MAX), None);
+        // Too large for u64 milliseconds.
+        assert_eq!(millis(Duration::from_secs(u64::MAX)), None);
+        assert_eq!(millis(Duration::from_millis(u64::MAX)), None);
+        // Representable, but past the ~100 year cut.
+        assert_eq!(millis(NEVER_AFTER + Duration::from_millis(1)), None);
+        assert_eq!(millis(Duration::from_secs(1000 * 365 * 24 * 3600)), None);
+        // Up to the cut, a timeout is taken literally.
+        let cut = NEVER_AFTER.as_millis() as Millis;
+        assert_eq!(millis(NEVER_AFTER), Some(cut));
+        assert_eq!(
+            millis(Duration::from_secs(365 * 24 * 3600)),
+            Some(31_536_000_000)
+        );
+    }
+
+    #[test]
+    fn deadlines_saturate_instead_of_overflowing() {
+        assert_eq!(deadline_after(5, 10), 15);
+        assert_eq!(deadline_after(u64::MAX - 1, 10), u64::MAX);
+        assert_eq!(deadline_after(u64::MAX, u64::MAX), u64::MAX);
+        // The longest timeout taken literally, from a clock that ran for a century.
+        let cut = millis(NEVER_AFTER).unwrap();
+        assert_eq!(deadline_after(cut, cut), 2 * cut);
+    }
+
+    #[test]
+    fn a_saturated_deadline_is_queued_and_never_due_early() {
+        let mut queue = DeadlineQueue::default();
+        queue.set(4, deadline_after(u64::MAX - 3, 100));
+        assert_eq!(queue.next(), Some(u64::MAX));
+        assert_eq!(queue.due(u64::MAX - 1), None);
     }
 }

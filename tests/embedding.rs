@@ -187,7 +187,9 @@ impl Handler for Hub {
             "kick" => {
                 let (name, code) = argument.split_once(':').expect("kick:NAME:CODE");
                 let code = CloseCode(code.parse().expect("a close code"));
-                cx.close_connection(self.id_of(name), code, "kicked");
+                if let Err(e) = cx.close_connection(self.id_of(name), code, "kicked") {
+                    let _ = cx.send_text(&format!("kick refused: {e}"));
+                }
             }
             "block" => {
                 // Hold the whole loop until the test opens the gate (bounded, in case
@@ -373,8 +375,8 @@ fn handle_delivers_100k_messages_to_100_connections_from_another_thread() {
                             }
                             thread::sleep(Duration::from_micros(50));
                         }
-                        Err(HandleError::Closed) => {
-                            return Err(format!("server gone at message {i}"));
+                        Err(e) => {
+                            return Err(format!("server gone at message {i}: {e}"));
                         }
                     }
                 }
@@ -608,6 +610,9 @@ fn slow_subscriber_is_refused_while_a_fast_one_gets_every_message() {
     const AFTER_REFUSAL: u32 = 20;
     let config = Config {
         max_send_queue: 256 * 1024,
+        // At most the queue cap (Config::validate); the slow subscriber sends nothing,
+        // so when reading from it pauses does not matter here.
+        write_high_water: 128 * 1024,
         // The slow subscriber must be refused, not closed, during the test.
         send_stall_timeout: Duration::from_secs(120),
         ..Config::default()
@@ -774,6 +779,49 @@ fn handler_relays_with_send_to_and_closes_another_connection() {
     assert_eq!(read_text(&mut alice), "alice");
 }
 
+#[test]
+fn unsendable_close_codes_from_ctx_and_handle_are_errors_and_close_nothing() {
+    let (hub, probe) = Hub::new();
+    let server = spawn_server(Config::default(), hub);
+    let (mut alice, _) = probe.connect(server.addr, "alice");
+    let (mut bob, bob_id) = probe.connect(server.addr, "bob");
+
+    command(&mut alice, "kick:bob:1006");
+    let refusal = read_text(&mut alice);
+    assert!(
+        refusal.starts_with("kick refused: close code 1006 may not be sent"),
+        "{refusal}"
+    );
+    for code in [1005, 1006, 1015, 0, 5000, u16::MAX] {
+        assert_eq!(
+            server.handle.close(bob_id, CloseCode(code), "nope"),
+            Err(HandleError::InvalidCloseCode),
+            "code {code}"
+        );
+    }
+    // Nothing reached bob, and he is still there for a valid close.
+    bob.expect_silence(QUIET);
+    command(&mut bob, "whoami");
+    assert_eq!(read_text(&mut bob), "bob");
+    server.handle.close(bob_id, CloseCode(4003), "now").unwrap();
+    assert_eq!(bob.expect_close(4003), "now");
+    bob.send(true, CLOSE, &close_payload(4003, b""));
+    bob.expect_eof();
+    let (id, _, reason) = probe.close();
+    assert_eq!(
+        (id, reason),
+        (
+            bob_id,
+            CloseReason::Local {
+                code: CloseCode(4003)
+            }
+        )
+    );
+    assert!(HandleError::InvalidCloseCode
+        .to_string()
+        .contains("close code"));
+}
+
 // ---------------------------------------------------------------------------------------
 // Handle edge cases
 // ---------------------------------------------------------------------------------------
@@ -852,6 +900,49 @@ fn handle_shutdown_closes_every_client_with_1001_and_run_returns_ok() {
     assert_eq!(handle.send_text(some_id, "late"), Err(HandleError::Closed));
     assert_eq!(handle.broadcast_text("late"), Err(HandleError::Closed));
     assert_eq!(handle.shutdown(), Err(HandleError::Closed));
+}
+
+#[test]
+fn bind_refuses_an_invalid_config_with_invalid_input_before_binding() {
+    let config = Config {
+        read_buffer_size: 0,
+        ..Config::default()
+    };
+    let (hub, _probe) = Hub::new();
+    // A port that is free now: a refused config must not leave it bound.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let error = match Server::bind(addr, config, hub) {
+        Ok(_) => panic!("a zero read buffer was accepted"),
+        Err(error) => error,
+    };
+    assert_eq!(error.kind(), std::io::ErrorKind::InvalidInput);
+    assert!(
+        error
+            .to_string()
+            .starts_with("read_buffer_size: must not be 0"),
+        "{error}"
+    );
+    assert!(
+        std::net::TcpListener::bind(addr).is_ok(),
+        "{addr} was left bound"
+    );
+
+    // The same through from_listener, for a listener the caller set up.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (hub, _probe) = Hub::new();
+    let config = Config {
+        deflate_level: 10,
+        ..Config::default()
+    };
+    let error = match Server::from_listener(listener, config, hub) {
+        Ok(_) => panic!("deflate level 10 was accepted"),
+        Err(error) => error,
+    };
+    assert_eq!(error.kind(), std::io::ErrorKind::InvalidInput);
+    assert!(error.to_string().contains("deflate_level"), "{error}");
 }
 
 #[test]

@@ -5,12 +5,13 @@
 mod common;
 
 use common::{
-    expected_accept, start, start_default, upgrade_request, HttpHead, Raw, BINARY, PAGE,
+    expected_accept, serve, start, start_default, upgrade_request, HttpHead, Raw, BINARY, PAGE,
     RFC_ACCEPT, RFC_KEY, TEXT,
 };
+use std::io::Read;
 use std::net::SocketAddr;
 use std::time::Duration;
-use wsreactor::Config;
+use wsreactor::{Config, Ctx, Decision, Handler, HttpResponse, Message, Request, StatusCode};
 
 /// Sends `request` on a fresh connection and returns the response; the server must then
 /// end the connection (every non-101 answer is `Connection: close`).
@@ -406,4 +407,104 @@ fn clients_that_time_out_in_the_handshake_do_not_use_up_max_handshakes() {
         status, 101,
         "clients dropped by the handshake timeout still count against max_handshakes"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Responses built from request data
+// ---------------------------------------------------------------------------------------
+
+/// A handler that copies request data into response headers, as a redirector or a
+/// debugging endpoint might: the `to` query parameter (percent-decoded) into
+/// `Location` for a plain GET, and into `X-Why` of the refusal of an upgrade.
+struct Copier;
+
+/// The percent-decoded value of `key` in the request's query.
+fn query_param(request: &Request<'_>, key: &str) -> String {
+    let raw = request
+        .query()
+        .into_iter()
+        .flat_map(|query| query.split('&'))
+        .find_map(|pair| pair.strip_prefix(key)?.strip_prefix('='))
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    let mut bytes = raw.bytes();
+    while let Some(b) = bytes.next() {
+        if b == b'%' {
+            let hex: String = bytes.by_ref().take(2).map(char::from).collect();
+            out.push(u8::from_str_radix(&hex, 16).expect("two hex digits"));
+        } else {
+            out.push(b);
+        }
+    }
+    String::from_utf8(out).expect("UTF-8 query")
+}
+
+impl Handler for Copier {
+    type Session = ();
+
+    fn on_request(&mut self, request: &Request<'_>, _peer: SocketAddr) -> Decision<()> {
+        let why = query_param(request, "to");
+        Decision::Reject(
+            HttpResponse::text(StatusCode::FORBIDDEN, "no\n").with_header("X-Why", &why),
+        )
+    }
+
+    fn on_http(&mut self, request: &Request<'_>) -> HttpResponse {
+        let to = query_param(request, "to");
+        HttpResponse::new(StatusCode(302, "Found")).with_header("Location", &to)
+    }
+
+    fn on_message(&mut self, _cx: &mut Ctx<'_>, _message: Message<'_>) {}
+}
+
+/// Sends `request` and returns every byte the server sent until it closed.
+fn raw_answer(addr: SocketAddr, request: &[u8]) -> String {
+    let mut raw = Raw::connect(addr);
+    raw.write(request);
+    let mut bytes = Vec::new();
+    raw.stream
+        .read_to_end(&mut bytes)
+        .expect("read the whole answer");
+    String::from_utf8(bytes).expect("the answer is UTF-8")
+}
+
+#[test]
+fn a_handler_header_carrying_a_line_break_gets_500_and_injects_nothing() {
+    let addr = serve(Config::default(), Copier);
+    // The handler's response is fine when the data is.
+    let fine = raw_answer(addr, b"GET /go?to=/home HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(fine.starts_with("HTTP/1.1 302 Found\r\n"), "{fine:?}");
+    assert!(fine.contains("\r\nLocation: /home\r\n"), "{fine:?}");
+
+    // From on_http: a plain GET whose query smuggles a header line.
+    let answer = raw_answer(
+        addr,
+        b"GET /go?to=/home%0D%0ASet-Cookie:%20x HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 500 "), "{answer:?}");
+    assert!(
+        !answer.to_ascii_lowercase().contains("set-cookie"),
+        "{answer:?}"
+    );
+    assert!(!answer.contains("Location"), "{answer:?}");
+
+    // From on_request: the refusal of an upgrade.
+    let request = upgrade_request("/ws?to=x%0D%0ASet-Cookie:%20x", RFC_KEY, "");
+    let answer = raw_answer(addr, request.as_bytes());
+    assert!(answer.starts_with("HTTP/1.1 500 "), "{answer:?}");
+    assert!(
+        !answer.to_ascii_lowercase().contains("set-cookie"),
+        "{answer:?}"
+    );
+    assert!(!answer.contains("X-Why"), "{answer:?}");
+
+    // A NUL and a lone LF are refused the same way.
+    for smuggled in ["%00", "%0A"] {
+        let request = format!("GET /go?to=a{smuggled}b HTTP/1.1\r\nHost: x\r\n\r\n");
+        let answer = raw_answer(addr, request.as_bytes());
+        assert!(
+            answer.starts_with("HTTP/1.1 500 "),
+            "{smuggled}: {answer:?}"
+        );
+    }
 }

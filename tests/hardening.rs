@@ -25,7 +25,14 @@ impl Handler for Scripted {
     fn on_message(&mut self, cx: &mut Ctx<'_>, message: Message<'_>) {
         match message {
             Message::Text("panic") => panic!("a handler bug, on purpose"),
-            Message::Text("close-me") => cx.close(CloseCode::NORMAL, "as asked"),
+            Message::Text("close-me") => cx.close(CloseCode::NORMAL, "as asked").unwrap(),
+            Message::Text(code) if code.starts_with("close-with:") => {
+                // Report the outcome in a text message: the connection must stay open
+                // when the code may not be sent.
+                let code = CloseCode(code["close-with:".len()..].parse().unwrap());
+                let outcome = format!("{:?}", cx.close(code, "asked"));
+                let _ = cx.send_text(&outcome);
+            }
             Message::Text("flood") => {
                 // Send 256 KiB messages until the queue cap refuses one.
                 let chunk = vec![7u8; 256 * 1024];
@@ -159,6 +166,76 @@ fn a_close_begun_while_a_ping_is_unanswered_gets_the_whole_close_timeout() {
     );
 }
 
+/// `Duration::MAX` is how Rust code says "no timeout": every timeout set to it must
+/// neither overflow the deadline arithmetic (a panic in this debug build) nor fire.
+#[test]
+fn duration_max_timeouts_never_fire_and_never_overflow() {
+    let config = Config {
+        handshake_timeout: Duration::MAX,
+        close_timeout: Duration::MAX,
+        idle_timeout: Duration::MAX,
+        pong_timeout: Duration::MAX,
+        send_stall_timeout: Duration::MAX,
+        ..Config::default()
+    };
+    let (addr, seen) = start(config);
+    let mut half = Raw::connect(addr);
+    half.write(b"GET /echo HTTP/1.1\r\nHost: 127.0.0.1\r\n");
+    let mut open = Raw::open(addr);
+    open.send(true, TEXT, b"hello");
+    open.expect_echo(TEXT, b"hello");
+    // No handshake timeout drops the half-sent request, no keepalive pings the open one.
+    half.expect_silence(Duration::from_millis(300));
+    open.expect_silence(Duration::from_millis(10));
+    // Both are still served: the rest of the request upgrades, the echo still echoes.
+    half.write(
+        b"Upgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    );
+    assert_eq!(half.read_http().status, 101);
+    half.send(true, TEXT, b"late");
+    half.expect_echo(TEXT, b"late");
+    open.close_cleanly();
+    half.close_cleanly();
+    assert_eq!(seen.wait_for_closes(2).len(), 2);
+}
+
+/// A zero close timeout means "wait for the peer", in a graceful shutdown too: it
+/// must not drop every connection at once.
+#[test]
+fn zero_close_timeout_makes_shutdown_wait_for_every_peer() {
+    let config = Config {
+        close_timeout: Duration::ZERO,
+        ..Config::default()
+    };
+    let server = spawn_server(config, RememberIds::default());
+    let mut first = Raw::open(server.addr);
+    let mut second = Raw::open(server.addr);
+    server.handle.shutdown().unwrap();
+    assert_eq!(first.expect_close(1001), "server shutting down");
+    assert_eq!(second.expect_close(1001), "server shutting down");
+    // Nobody answers yet: the server waits, connections and all.
+    first.expect_silence(Duration::from_millis(300));
+    second.expect_silence(Duration::from_millis(10));
+    assert!(
+        !server.thread.is_finished(),
+        "run() returned before the peers closed"
+    );
+    // The close handshake ends with the peer's EOF (the server drains until then).
+    first.send(true, CLOSE, &close_payload(1001, b""));
+    first.expect_eof();
+    drop(first);
+    second.expect_silence(Duration::from_millis(100));
+    assert!(
+        !server.thread.is_finished(),
+        "run() returned with a peer still open"
+    );
+    second.send(true, CLOSE, &close_payload(1001, b""));
+    second.expect_eof();
+    drop(second);
+    server.join().expect("run() after shutdown");
+}
+
 #[test]
 fn peer_that_never_answers_our_close_is_dropped_after_the_close_timeout() {
     let config = Config {
@@ -185,6 +262,39 @@ fn peer_that_never_answers_our_close_is_dropped_after_the_close_timeout() {
         CloseReason::Local {
             code: CloseCode::NORMAL
         }
+    );
+}
+
+/// A handler asking to close with a code that may not appear on the wire gets an error
+/// value, and the peer sees nothing: no close frame, the connection still open.
+#[test]
+fn a_handler_close_with_an_unsendable_code_is_an_error_and_sends_nothing() {
+    let handler = Scripted::default();
+    let closes = handler.closes.clone();
+    let addr = serve(Config::default(), handler);
+    let mut raw = Raw::open(addr);
+    for code in [1005u16, 1006, 1015, 0, 1004, 2999, 5000] {
+        raw.send(true, TEXT, format!("close-with:{code}").as_bytes());
+        let frame = raw.read_frame();
+        assert_eq!(frame.opcode, TEXT, "code {code}: {frame:?}");
+        assert_eq!(
+            String::from_utf8(frame.payload).unwrap(),
+            format!("Err(InvalidCloseCode(CloseCode({code})))")
+        );
+    }
+    raw.send(true, TEXT, b"still open?");
+    raw.expect_echo(TEXT, b"still open?");
+    // A sendable code still closes.
+    raw.send(true, TEXT, b"close-with:4000");
+    assert_eq!(raw.expect_close(4000), "asked");
+    raw.send(true, CLOSE, &close_payload(4000, b""));
+    raw.expect_eof();
+    wait_until("on_close", || !closes.lock().unwrap().is_empty());
+    assert_eq!(
+        closes.lock().unwrap()[..],
+        [CloseReason::Local {
+            code: CloseCode(4000)
+        }]
     );
 }
 
@@ -432,4 +542,35 @@ fn sigterm_closes_every_client_with_1001_and_exits_cleanly() {
     std::thread::spawn(move || tx.send(child.wait()));
     let status = rx.recv_timeout(IO_TIMEOUT).expect("exit").unwrap();
     assert!(status.success(), "{status:?}");
+}
+
+/// The binary checks its configuration before it listens: out-of-range flags are a
+/// usage error (exit 2) with a message naming the field and the flag.
+#[test]
+fn the_binary_refuses_an_invalid_configuration_with_exit_code_2() {
+    for (args, expected) in [
+        (
+            &["--read-buffer-size", "0"][..],
+            "wsreactor: invalid configuration: read_buffer_size: must not be 0",
+        ),
+        (
+            &["--deflate-level", "10"],
+            "wsreactor: invalid configuration: deflate_level: 10 is above 9",
+        ),
+        (
+            &["--pong-timeout", "NaN"],
+            "wsreactor: --pong-timeout: not a number",
+        ),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_wsreactor"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "off")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run wsreactor");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.starts_with(expected), "{args:?}: {stderr}");
+    }
 }

@@ -45,7 +45,10 @@ fn is_token_char(c: u8) -> bool {
 }
 
 /// A serialized response is one head, then the body; no header can smuggle a CR or LF.
+/// Every response built from a request passes `HttpResponse::validate`, so the
+/// reactor's check never turns a legitimate answer into a 500.
 fn check_response(response: &HttpResponse) -> Vec<u8> {
+    assert_eq!(response.validate(), Ok(()), "{response:?}");
     let bytes = response.to_bytes();
     let end = find(&bytes, TERMINATOR).expect("response head is terminated") + 4;
     let head = std::str::from_utf8(&bytes[..end]).expect("response head is UTF-8");

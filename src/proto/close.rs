@@ -1,7 +1,12 @@
 //! Close codes and the close frame's payload (RFC 6455 §5.5.1, §7.4).
 
 use super::error::ProtocolError;
+use super::frame::MAX_CONTROL_PAYLOAD;
 use std::fmt;
+
+/// The longest close reason that fits a close frame: the 125-byte control payload
+/// (§5.5) minus the 2-byte code.
+pub const MAX_CLOSE_REASON: usize = MAX_CONTROL_PAYLOAD - 2;
 
 /// A close status code, as carried in the first two bytes of a close frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -44,7 +49,39 @@ impl CloseCode {
     pub fn is_sendable(self) -> bool {
         matches!(self.0, 1000..=1003 | 1007..=1014 | 3000..=4999)
     }
+
+    /// This code, if it may be put in a close frame; the error otherwise.
+    ///
+    /// The check applies to our own closes exactly as to the peer's: a peer that
+    /// follows §7.4 answers an unsendable code by failing the connection (1002), so
+    /// sending one would turn an orderly close into a protocol error on the far side.
+    pub fn sendable(self) -> Result<CloseCode, InvalidCloseCode> {
+        if self.is_sendable() {
+            Ok(self)
+        } else {
+            Err(InvalidCloseCode(self))
+        }
+    }
 }
+
+/// A close code the application asked to send that may not appear on the wire
+/// (see [`CloseCode::is_sendable`]): 1005, 1006 and 1015 are for local reporting only,
+/// and 0–999, 1004, the unassigned rest of 1000–2999 and 5000 and up are not codes at
+/// all. Nothing is sent and the connection stays as it was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct InvalidCloseCode(pub CloseCode);
+
+impl fmt::Display for InvalidCloseCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "close code {} may not be sent (RFC 6455 §7.4: use 1000-1003, 1007-1014 or 3000-4999)",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for InvalidCloseCode {}
 
 impl fmt::Display for CloseCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -78,6 +115,32 @@ pub fn parse_close_payload(payload: &[u8]) -> Result<Option<CloseFrame<'_>>, Pro
             Ok(Some(CloseFrame { code, reason }))
         }
     }
+}
+
+/// Encodes a close frame's payload into `out` and returns its length.
+///
+/// No code means an empty payload: §5.5.1 allows a reason only after a code, so the
+/// reason is dropped. Otherwise the code (big-endian) is followed by the reason cut to
+/// [`MAX_CLOSE_REASON`] bytes at a UTF-8 character boundary, because a control frame
+/// holds at most 125 bytes (§5.5) and a reason cut inside a character is invalid UTF-8
+/// that the peer must answer with 1007 (§8.1). The code is written as given: callers
+/// that take codes from outside check them with [`CloseCode::sendable`] first.
+pub fn encode_close_payload(
+    code: Option<CloseCode>,
+    reason: &str,
+    out: &mut [u8; MAX_CONTROL_PAYLOAD],
+) -> usize {
+    let Some(code) = code else {
+        return 0;
+    };
+    let mut cut = reason.len().min(MAX_CLOSE_REASON);
+    while !reason.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let (code_bytes, rest) = out.split_at_mut(2);
+    code_bytes.copy_from_slice(&code.0.to_be_bytes());
+    rest[..cut].copy_from_slice(&reason.as_bytes()[..cut]);
+    2 + cut
 }
 
 #[cfg(test)]
@@ -124,5 +187,96 @@ mod tests {
             parse_close_payload(b"\x03\xe8\xff"),
             Err(ProtocolError::InvalidUtf8)
         );
+    }
+
+    #[test]
+    fn sendable_passes_valid_codes_and_names_the_invalid_one() {
+        assert_eq!(CloseCode::NORMAL.sendable(), Ok(CloseCode::NORMAL));
+        assert_eq!(CloseCode(4999).sendable(), Ok(CloseCode(4999)));
+        for code in [0, 1004, 1005, 1006, 1015, 5000] {
+            assert_eq!(
+                CloseCode(code).sendable(),
+                Err(InvalidCloseCode(CloseCode(code)))
+            );
+        }
+        let shown = InvalidCloseCode(CloseCode::NO_STATUS).to_string();
+        assert!(shown.contains("1005"), "{shown}");
+    }
+
+    fn encode(code: Option<CloseCode>, reason: &str) -> Vec<u8> {
+        let mut out = [0xAA; MAX_CONTROL_PAYLOAD];
+        let len = encode_close_payload(code, reason, &mut out);
+        out[..len].to_vec()
+    }
+
+    #[test]
+    fn encodes_code_then_reason() {
+        assert_eq!(encode(Some(CloseCode::NORMAL), "bye"), b"\x03\xe8bye");
+        assert_eq!(encode(Some(CloseCode(4000)), ""), b"\x0f\xa0");
+        // Round trip through our own parser.
+        let payload = encode(Some(CloseCode::GOING_AWAY), "server shutting down");
+        let frame = parse_close_payload(&payload).unwrap().unwrap();
+        assert_eq!(
+            (frame.code, frame.reason),
+            (CloseCode::GOING_AWAY, "server shutting down")
+        );
+    }
+
+    #[test]
+    fn no_code_means_an_empty_payload_even_with_a_reason() {
+        assert_eq!(encode(None, "ignored"), b"");
+    }
+
+    #[test]
+    fn a_long_ascii_reason_is_cut_to_123_bytes() {
+        let reason = "r".repeat(200);
+        let payload = encode(Some(CloseCode::NORMAL), &reason);
+        assert_eq!(payload.len(), MAX_CONTROL_PAYLOAD);
+        assert_eq!(&payload[2..], &reason.as_bytes()[..MAX_CLOSE_REASON]);
+        // Exactly 123 bytes fit whole.
+        let exact = "x".repeat(MAX_CLOSE_REASON);
+        assert_eq!(
+            &encode(Some(CloseCode::NORMAL), &exact)[2..],
+            exact.as_bytes()
+        );
+    }
+
+    #[test]
+    fn a_character_straddling_byte_123_is_left_out_whole() {
+        // 121 ASCII bytes, then "€" (3 bytes: 122..=124), then more: the cut at 123
+        // would split the euro sign, so the reason ends before it.
+        let reason = format!("{}€tail", "a".repeat(121));
+        let payload = encode(Some(CloseCode::NORMAL), &reason);
+        assert_eq!(payload.len(), 2 + 121);
+        assert_eq!(
+            parse_close_payload(&payload).unwrap().unwrap().reason,
+            &reason[..121]
+        );
+        // A 4-byte character ending exactly at 123 is kept.
+        let reason = format!("{}𝄞x", "a".repeat(119));
+        let payload = encode(Some(CloseCode::NORMAL), &reason);
+        assert_eq!(payload.len(), 2 + 123);
+        assert!(std::str::from_utf8(&payload[2..]).unwrap().ends_with('𝄞'));
+    }
+
+    #[test]
+    fn every_cut_of_a_multibyte_reason_stays_utf8() {
+        let reason = "é€𝄞".repeat(20);
+        for len in 0..=reason.len() {
+            let Some(prefix) = reason.get(..len) else {
+                continue;
+            };
+            let payload = encode(Some(CloseCode::NORMAL), prefix);
+            assert!(payload.len() <= MAX_CONTROL_PAYLOAD);
+            let parsed = parse_close_payload(&payload).unwrap().unwrap();
+            assert!(prefix.starts_with(parsed.reason));
+            // Cut only as far as the character boundary below 123 bytes asks.
+            let room = prefix.len().min(MAX_CLOSE_REASON);
+            assert!(
+                room - parsed.reason.len() < 4,
+                "{len}: {}",
+                parsed.reason.len()
+            );
+        }
     }
 }

@@ -126,7 +126,8 @@ pub struct Request<'a> {
     headers: Vec<Header<'a>>,
 }
 
-fn is_token_char(c: u8) -> bool {
+/// Whether `c` may appear in an HTTP token (RFC 9110 §5.6.2): method and field names.
+pub(crate) fn is_token_char(c: u8) -> bool {
     c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c)
 }
 

@@ -15,7 +15,7 @@ pub mod message;
 pub mod receiver;
 pub mod utf8;
 
-pub use close::{CloseCode, CloseFrame};
+pub use close::{CloseCode, CloseFrame, InvalidCloseCode};
 pub use error::ProtocolError;
 pub use frame::{FrameHeader, Opcode};
 pub use message::{Event, Message};
