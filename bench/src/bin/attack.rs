@@ -484,6 +484,8 @@ struct Snap {
     cpu_us: Option<u64>,
     /// Time on CPU from the scheduler (ns): a finer cross-check.
     sched_ns: Option<u64>,
+    /// Time runnable but waiting for a CPU (ns): other work on its core.
+    run_delay_ns: Option<u64>,
 }
 
 impl Snap {
@@ -494,6 +496,7 @@ impl Snap {
                 hwm: procfs::vm_hwm_bytes(pid),
                 cpu_us: procfs::cpu_us(pid),
                 sched_ns: procfs::sched_cpu_ns(pid),
+                run_delay_ns: procfs::run_delay_ns(pid),
             },
             None => Snap::default(),
         }
@@ -529,7 +532,43 @@ fn server_json(
             "sched_cpu_us",
             diff(before.sched_ns, after.sched_ns).map(|ns| ns / 1000),
         )
+        .set(
+            "run_wait_ms",
+            diff(before.run_delay_ns, after.run_delay_ns).map(|ns| ns / 1_000_000),
+        )
         .set("rss_mib_timeline", timeline)
+}
+
+/// This process's CPU time and CPU wait since it was made.
+struct ClientClock {
+    t0: Instant,
+    cpu_us: u64,
+    run_delay_ns: Option<u64>,
+}
+
+impl ClientClock {
+    fn start() -> ClientClock {
+        ClientClock {
+            t0: Instant::now(),
+            cpu_us: procfs::self_cpu_us(),
+            run_delay_ns: procfs::run_delay_ns(0),
+        }
+    }
+
+    /// `{"cpu_util": cores, "run_wait_ms": ...}`: a client near 1.0, or waiting long
+    /// for its CPU, may be what limits a run.
+    fn json(&self) -> Obj {
+        let secs = self.t0.elapsed().as_secs_f64();
+        Obj::new()
+            .set(
+                "cpu_util",
+                (procfs::self_cpu_us() - self.cpu_us) as f64 / 1e6 / secs,
+            )
+            .set(
+                "run_wait_ms",
+                diff(self.run_delay_ns, procfs::run_delay_ns(0)).map(|ns| ns / 1_000_000),
+            )
+    }
 }
 
 /// System-wide TCP socket counts and kernel socket memory (`/proc/net/sockstat`):
@@ -1473,6 +1512,7 @@ fn hold(args: &Args, c: &Common) -> Result<String, String> {
     }
     let mut net = Net::new(c)?;
     let sampler = Sampler::start(c.server_pid, c.rss_limit);
+    let clock = ClientClock::start();
     let before = Snap::take(c.server_pid);
     let sock_before = sockstat();
     let t0 = Instant::now();
@@ -1634,6 +1674,7 @@ fn hold(args: &Args, c: &Common) -> Result<String, String> {
         .set("unexpected_frames", unexpected_frames)
         .set("sockstat_before", sock_before)
         .set("sockstat_after", sock_after)
+        .set("client", clock.json())
         .set("aborted", aborted)
         .done())
 }
@@ -1738,6 +1779,7 @@ fn good(args: &Args, c: &Common) -> Result<String, String> {
     };
 
     let sampler = Sampler::start(c.server_pid, c.rss_limit);
+    let clock = ClientClock::start();
     let before = Snap::take(c.server_pid);
     let t0 = Instant::now();
     let end = t0 + seconds;
@@ -1899,6 +1941,7 @@ fn good(args: &Args, c: &Common) -> Result<String, String> {
             "server",
             server_json(c.server_pid, before, after, peak, timeline),
         )
+        .set("client", clock.json())
         .set("aborted", aborted)
         .done())
 }
@@ -1990,6 +2033,7 @@ fn fanout(args: &Args, c: &Common) -> Result<String, String> {
         .collect();
 
     let sampler = Sampler::start(c.server_pid, c.rss_limit);
+    let clock = ClientClock::start();
     let start_snap = Snap::take(c.server_pid);
     let t0 = Instant::now();
     let base = t0;
@@ -2293,10 +2337,11 @@ fn fanout(args: &Args, c: &Common) -> Result<String, String> {
     }
     let after = Snap::take(c.server_pid);
     let sock_after = sockstat();
-    // Non-readers now read what is queued for them, to find close frames (codes).
+    // Non-readers the server closed now read what is queued for them, to find its
+    // close frame (code) or EOF. Those still open stay unread.
     let mut drained_codes: BTreeMap<String, u64> = BTreeMap::new();
     for tag in 0..subscribers {
-        if let Some(id) = cx.rs[tag].id {
+        if let (Some(id), Some(_)) = (cx.rs[tag].id, cx.rs[tag].closed_at) {
             net.set_reading(id, true, 0);
         }
     }
@@ -2412,6 +2457,7 @@ fn fanout(args: &Args, c: &Common) -> Result<String, String> {
         .set("client_errors", tally_json(&client_errors))
         .set("sockstat_before", sock_before)
         .set("sockstat_after", sock_after)
+        .set("client", clock.json())
         .set("aborted", aborted)
         .done())
 }
@@ -2436,6 +2482,8 @@ fn flood(args: &Args, c: &Common) -> Result<String, String> {
         }
     }
     let period = Duration::from_secs_f64(period);
+    let max_inflight =
+        16_000.min((procfs::raise_nofile_limit() as usize).saturating_sub(echoers + 64));
     let mut net = Net::new(c)?;
     let mut rng = Rng::from_time(5);
     let probe_base = echoers as u64;
@@ -2483,6 +2531,7 @@ fn flood(args: &Args, c: &Common) -> Result<String, String> {
     let mut shared = pmd::Shared::new(6);
     let mut scratch = Vec::new();
     let sampler = Sampler::start(c.server_pid, c.rss_limit);
+    let clock = ClientClock::start();
     let t0 = Instant::now();
     let connect_deadline = t0 + c.setup_timeout;
     let mut phase_start = t0;
@@ -2591,7 +2640,7 @@ fn flood(args: &Args, c: &Common) -> Result<String, String> {
                 while issued < due.min(connects) {
                     let tag = probe_base + issued;
                     issued += 1;
-                    if net.len() >= 16_000 {
+                    if net.len() >= max_inflight {
                         skipped += 1;
                         continue;
                     }
@@ -2685,6 +2734,7 @@ fn flood(args: &Args, c: &Common) -> Result<String, String> {
         )
         .set("sockstat_before", sock_before)
         .set("sockstat_after", sock_after)
+        .set("client", clock.json())
         .set("aborted", aborted)
         .done())
 }
@@ -2831,9 +2881,9 @@ fn storm(args: &Args, c: &Common) -> Result<String, String> {
     let mut rng = Rng::from_time(9);
     let mut cycles = Cycles::new(timeout, 16);
     let sampler = Sampler::start(c.server_pid, c.rss_limit);
+    let clock = ClientClock::start();
     let sock_before = sockstat();
     let before = Snap::take(c.server_pid);
-    let client_cpu0 = procfs::self_cpu_us();
     let t0 = Instant::now();
     let (mut attempted, mut skipped) = (0u64, 0u64);
     let mut lateness: Vec<u64> = Vec::new();
@@ -2878,7 +2928,6 @@ fn storm(args: &Args, c: &Common) -> Result<String, String> {
     }
     let elapsed = t0.elapsed().as_secs_f64();
     let after = Snap::take(c.server_pid);
-    let client_cpu = procfs::self_cpu_us() - client_cpu0;
     let sock_after = sockstat();
     let left = cycles.in_flight();
     net.drop_all();
@@ -2915,13 +2964,13 @@ fn storm(args: &Args, c: &Common) -> Result<String, String> {
         .set("start_lateness_ms", latency_json(&mut lateness))
         .set("server_cpu_us_per_cycle", per_cycle)
         .set("server_cpu_util", cpu.map(|us| us as f64 / 1e6 / elapsed))
-        .set("client_cpu_util", client_cpu as f64 / 1e6 / elapsed)
         .set(
             "server",
             server_json(c.server_pid, before, after, peak, timeline),
         )
         .set("sockstat_before", sock_before)
         .set("sockstat_after", sock_after)
+        .set("client", clock.json())
         .set("aborted", aborted)
         .done())
 }
@@ -2935,6 +2984,7 @@ fn churn(args: &Args, c: &Common) -> Result<String, String> {
     let mut net = Net::new(c)?;
     let mut rng = Rng::from_time(11);
     let sampler = Sampler::start(c.server_pid, c.rss_limit);
+    let clock = ClientClock::start();
     let start_snap = Snap::take(c.server_pid);
     let t0 = Instant::now();
     // The held connections: plain, idle.
@@ -3083,6 +3133,7 @@ fn churn(args: &Args, c: &Common) -> Result<String, String> {
         )
         .set("sockstat_before", sock_before)
         .set("sockstat_after", sock_after)
+        .set("client", clock.json())
         .set("aborted", aborted)
         .done())
 }
