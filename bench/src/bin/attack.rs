@@ -888,6 +888,7 @@ struct Conn {
     hup: bool,
     deadline: Option<Instant>,
     local: Option<SocketAddrV4>,
+    write_error: Option<io::Error>,
 }
 
 /// Options of one new connection.
@@ -931,6 +932,9 @@ struct Net {
     bytes_received: u64,
     pongs: u64,
     next_expiry_scan: Instant,
+    /// The slot whose bytes are being handled (a write error then waits for the read
+    /// loop instead of reading from inside it).
+    in_read: Option<usize>,
 }
 
 impl Net {
@@ -961,6 +965,7 @@ impl Net {
             bytes_received: 0,
             pongs: 0,
             next_expiry_scan: Instant::now(),
+            in_read: None,
         })
     }
 
@@ -1027,6 +1032,7 @@ impl Net {
             hup: false,
             deadline: opts.deadline,
             local,
+            write_error: None,
         });
         self.live += 1;
         let id = Id { slot, tag };
@@ -1193,6 +1199,11 @@ impl Net {
             }
         }
         if let Some(e) = error {
+            if self.in_read == Some(id.slot) {
+                // Replying to a frame: the read loop ends the connection.
+                conn.write_error = Some(e);
+                return;
+            }
             // The server may have said why before it went: read that first.
             let reading = conn.reading;
             conn.reading = true;
@@ -1226,13 +1237,21 @@ impl Net {
                     return self.finish(slot, end);
                 }
                 Ok(n) => n,
-                Err(e) if would_block(&e) => return,
+                Err(e) if would_block(&e) => {
+                    // A write failed while we were reading: nothing more to read.
+                    if let Some(e) = conn.write_error.take() {
+                        self.finish(slot, io_end(&e));
+                    }
+                    return;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return self.finish(slot, io_end(&e)),
             };
             self.bytes_received += n as u64;
             let buf = std::mem::take(&mut self.buf);
+            self.in_read = Some(slot);
             let result = self.on_bytes(slot, &buf[..n]);
+            self.in_read = None;
             self.buf = buf;
             if let Err(end) = result {
                 return self.finish(slot, end);
@@ -1242,7 +1261,9 @@ impl Net {
 
     /// Handles bytes from the server: the response head, then frames.
     fn on_bytes(&mut self, slot: usize, mut data: &[u8]) -> Result<(), End> {
-        let conn = self.slots[slot].as_mut().expect("live");
+        let Some(conn) = self.slots[slot].as_mut() else {
+            return Ok(());
+        };
         let id = Id {
             slot,
             tag: conn.tag,
@@ -1281,7 +1302,9 @@ impl Net {
             self.pending.push(Ev::Open(id));
         }
         while !data.is_empty() {
-            let conn = self.slots[slot].as_mut().expect("live");
+            let Some(conn) = self.slots[slot].as_mut() else {
+                return Ok(());
+            };
             if conn.rx.is_none() {
                 // Gather the header: 2 bytes, then its length field.
                 let need = |hdr: &[u8], have: usize| -> usize {
@@ -1884,6 +1907,7 @@ fn good(args: &Args, c: &Common) -> Result<String, String> {
                             fail_times.push(t0.elapsed().as_secs_f64());
                             net.drop_conn(id);
                             live.remove(&id.tag);
+                            retry_at = Some(Instant::now() + Duration::from_millis(100));
                         }
                     }
                 }
@@ -1896,6 +1920,8 @@ fn good(args: &Args, c: &Common) -> Result<String, String> {
                         };
                         tally(&mut failures, key);
                         fail_times.push(t0.elapsed().as_secs_f64());
+                        // Reconnect, but not in a tight loop against a refusing server.
+                        retry_at = Some(Instant::now() + Duration::from_millis(100));
                     }
                 }
                 Ev::Sent(_) | Ev::Hup(_) => {}
