@@ -7,13 +7,14 @@ then SIGKILL). Only 127.0.0.1 is targeted (the tool also binds 127.0.0.2..250 as
 source addresses), and every run is bounded by the tool's own --seconds and by a
 timeout here.
 
-    python3 bench/run_attacks.py [--server-bin PATH] [--server-arg ARG ...]
+    python3 bench/run_attacks.py [--server-bin PATH] [--server-args "ARGS"]
                                  [--fanout-bin PATH] [--fanout-path /] [--quick]
                                  [--only hold,good,fanout,flood,storm,churn] [--no-build]
 
   --server-bin      the wsreactor binary        [target/release/wsreactor]
-  --server-arg ARG  one extra argument for it (repeat: --server-arg=--max-handshakes
-                    --server-arg=2048); not given to the fan-out server
+  --server-args S   extra arguments for it, split like a shell would
+                    (--server-args "--max-handshakes 2048"); also --server-arg=ARG,
+                    one at a time; not given to the fan-out server
   --fanout-bin      a server that broadcasts every message to every connection
                     [target/release/examples/broadcast]; the chat example works too
                     with --fanout-path /chat (it only relays text)
@@ -36,6 +37,7 @@ import datetime
 import json
 import os
 import resource
+import shlex
 import signal
 import socket
 import subprocess
@@ -406,6 +408,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--server-bin", default=os.path.join(ROOT, "target", "release", "wsreactor"))
     p.add_argument("--server-arg", action="append", default=[])
+    p.add_argument("--server-args", default="")
     p.add_argument("--fanout-bin",
                    default=os.path.join(ROOT, "target", "release", "examples", "broadcast"))
     p.add_argument("--fanout-path", default="/")
@@ -413,6 +416,7 @@ def main():
     p.add_argument("--only", default=",".join(RUNS))
     p.add_argument("--no-build", action="store_true")
     args = p.parse_args()
+    args.server_arg = shlex.split(args.server_args) + args.server_arg
     quick = args.quick or os.environ.get("QUICK", "") not in ("", "0")
     FANOUT_SECONDS = env_num("FANOUT_SECONDS", 5 if quick else 30)
     HOLD_SECONDS = env_num("HOLD_SECONDS", 2 if quick else 10)
