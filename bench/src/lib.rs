@@ -704,10 +704,19 @@ pub mod procfs {
 
     /// `VmRSS` of the process in bytes.
     pub fn vm_rss_bytes(pid: u32) -> Option<u64> {
+        status_kib(pid, "VmRSS:").map(|kib| kib * 1024)
+    }
+
+    /// `VmHWM` (the peak resident set size over the process's life) in bytes.
+    pub fn vm_hwm_bytes(pid: u32) -> Option<u64> {
+        status_kib(pid, "VmHWM:").map(|kib| kib * 1024)
+    }
+
+    /// A `kB` field of `/proc/PID/status` (`field` with its colon, e.g. `"VmRSS:"`).
+    fn status_kib(pid: u32, field: &str) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-        Some(kib * 1024)
+        let line = status.lines().find(|l| l.starts_with(field))?;
+        line.split_whitespace().nth(1)?.parse().ok()
     }
 
     /// This process's own user + system CPU time, in microseconds.
@@ -744,8 +753,16 @@ pub struct Args {
 
 impl Args {
     pub fn parse(switches: &[&str]) -> Result<Args, String> {
+        Args::parse_from(std::env::args().skip(1), switches)
+    }
+
+    /// As [`Args::parse`], over any argument list (e.g. what follows a subcommand).
+    pub fn parse_from(
+        args: impl IntoIterator<Item = String>,
+        switches: &[&str],
+    ) -> Result<Args, String> {
         let mut pairs = Vec::new();
-        let mut args = std::env::args().skip(1);
+        let mut args = args.into_iter();
         while let Some(flag) = args.next() {
             if !flag.starts_with("--") {
                 return Err(format!("unexpected argument {flag:?}"));
