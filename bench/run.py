@@ -22,6 +22,7 @@ Knobs (environment):
                       this machine drifts between a fast and a slow state for minutes)
   BENCH_QUICK=1       1 run x 1 s, 1,000 idle connections, very short criterion
   BENCH_SERVERS=wsreactor,rawecho,tokio-tungstenite,fastwebsockets
+  BENCH_BASELINE=PATH another wsreactor binary, run side by side as server "baseline"
   BENCH_WORKLOADS=a,b,c,d,e
   BENCH_IDLE_CONNS=10000
   BENCH_CRITERION=1   0 skips the criterion benches   BENCH_ALLOCS=1   0 skips the alloc count
@@ -103,6 +104,16 @@ SERVERS = {
         False,
     ),
 }
+
+# BENCH_BASELINE=PATH adds another wsreactor build (e.g. the last commit's, built in a
+# worktree) as server "baseline", run in the same rounds: a change's cost measured side
+# by side, not against a number from another day.
+BASELINE = os.environ.get("BENCH_BASELINE", "")
+if BASELINE:
+    SERVERS["baseline"] = (
+        lambda port: [BASELINE, "--listen", f"127.0.0.1:{port}"],
+        False,
+    )
 
 WORKLOADS = {
     "a": {"label": "(a) 100 conns × 20 B", "conns": 100, "size": 20},
