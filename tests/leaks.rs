@@ -1,7 +1,7 @@
 //! What a client makes the loop hold comes back once the client has gone, however it
-//! went: hundreds of clients doing legal and illegal things at random. The test reads
-//! the loop's own gauges after every turn (`spawn_watched`) instead of trusting any one
-//! cleanup path.
+//! went: hundreds of clients doing legal and illegal things at random, then a hundred
+//! thousand short connections through reused slots. Both read the loop's own gauges
+//! after every turn (`spawn_watched`) instead of trusting any one cleanup path.
 
 mod common;
 
@@ -575,6 +575,24 @@ fn random_key(rng: &mut Rng) -> String {
     use base64::Engine;
     let bytes: Vec<u8> = (0..16).map(|_| rng.next() as u8).collect();
     base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// Connects and upgrades on `path`, offering `extensions` if given; checks the 101.
+fn open(
+    addr: SocketAddr,
+    setup: Setup,
+    path: &str,
+    extensions: Option<&str>,
+    key: &str,
+) -> Result<Client, String> {
+    let stream = connect(addr, setup).map_err(|e| format!("connect: {e}"))?;
+    let mut client = Client::new(stream);
+    let offer = extensions
+        .map(|offer| format!("Sec-WebSocket-Extensions: {offer}\r\n"))
+        .unwrap_or_default();
+    client.send(upgrade_request(path, key, &offer).as_bytes())?;
+    client.check_upgrade(key, extensions.is_some() && path == "/chat")?;
+    Ok(client)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1423,4 +1441,240 @@ fn after_every_kind_of_client_has_gone_every_held_resource_is_back_to_zero() {
         sent > 0 && echoes > 100 && violations > 20,
         "{sent} {echoes} {violations}"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Test 2: connection churn through reused slots, and the deadline heap
+// ---------------------------------------------------------------------------------------
+
+/// Upgraded connections that stay open (and idle) through the churn.
+const HELD: usize = 50;
+/// Short connections at once: few, so that they go through the same few slots.
+const CHURN_THREADS: usize = 6;
+
+/// How many short connections go through: `WSREACTOR_CHURN` if set, else 100,000.
+fn churn_cycles() -> usize {
+    std::env::var("WSREACTOR_CHURN")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(100_000)
+}
+
+/// What the short connections send, each in one write, and what they must read back
+/// after the 101 (server frames: `81 01 'e'` is the echo of "e", `88 02 03 e8` a close
+/// with 1000).
+struct ChurnBytes {
+    head: Vec<u8>,
+    request: Vec<u8>,
+    with_echo: Vec<u8>,
+    with_close: Vec<u8>,
+    with_echo_and_close: Vec<u8>,
+    with_half_a_frame: Vec<u8>,
+}
+
+impl ChurnBytes {
+    /// `head`: the server's 101 to a request with [`RFC_KEY`], as learned once.
+    fn new(head: Vec<u8>) -> ChurnBytes {
+        let request = upgrade_request("/chat", RFC_KEY, "").into_bytes();
+        let echo = frame(true, TEXT, b"e");
+        let close = frame(true, CLOSE, &close_payload(1000, b""));
+        let half = &frame(true, TEXT, b"0123456789")[..9];
+        let join = |parts: &[&[u8]]| parts.concat();
+        ChurnBytes {
+            head,
+            with_echo: join(&[&request, &echo]),
+            with_close: join(&[&request, &close]),
+            with_echo_and_close: join(&[&request, &echo, &close]),
+            with_half_a_frame: join(&[&request, half]),
+            request,
+        }
+    }
+}
+
+/// Short connections one after another: upgrade (the request and any frames in one
+/// write), read the answer, and go — after a close handshake or abruptly (mostly with a
+/// reset: that leaves no TIME_WAIT on either side, so a hundred thousand connections
+/// do not run this side out of ephemeral ports).
+fn churn(addr: SocketAddr, thread: usize, cycles: usize, bytes: &ChurnBytes) -> Result<(), String> {
+    const ECHO: &[u8] = &[0x81, 1, b'e'];
+    const CLOSE_1000: &[u8] = &[0x88, 2, 0x03, 0xE8];
+    const ECHO_AND_CLOSE: &[u8] = &[0x81, 1, b'e', 0x88, 2, 0x03, 0xE8];
+    let mut got = Vec::with_capacity(512);
+    let mut chunk = [0u8; 512];
+    for cycle in 0..cycles {
+        let kind = (cycle + thread) % 8;
+        // (bytes to send, what follows the 101, whether the server then ends the stream)
+        let (send, tail, server_closes): (&[u8], &[u8], bool) = match kind {
+            0 | 1 => (&bytes.with_echo_and_close, ECHO_AND_CLOSE, true),
+            2 | 3 => (&bytes.with_close, CLOSE_1000, true),
+            4 | 5 => (&bytes.request, &[], false),
+            6 => (&bytes.with_half_a_frame, &[], false),
+            _ => (&bytes.with_echo, ECHO, false),
+        };
+        let fail = |what: String| format!("thread {thread}, cycle {cycle} (kind {kind}): {what}");
+        let mut stream = TcpStream::connect(addr).map_err(|e| fail(format!("connect: {e}")))?;
+        stream
+            .set_read_timeout(Some(IO_TIMEOUT))
+            .map_err(|e| fail(format!("{e}")))?;
+        stream
+            .write_all(send)
+            .map_err(|e| fail(format!("write: {e}")))?;
+        let expected = bytes.head.len() + tail.len();
+        got.clear();
+        loop {
+            if !server_closes && got.len() >= expected {
+                break;
+            }
+            match stream.read(&mut chunk) {
+                Ok(0) if server_closes => break,
+                Ok(0) => return Err(fail(format!("EOF after {} bytes", got.len()))),
+                Ok(n) => got.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(fail(format!("read after {} bytes: {e}", got.len()))),
+            }
+            if got.len() > 4096 {
+                return Err(fail("more than 4 KiB in answer".into()));
+            }
+        }
+        if got.len() != expected
+            || got[..bytes.head.len()] != bytes.head[..]
+            || !got.ends_with(tail)
+        {
+            return Err(fail(format!("answer {:?}", String::from_utf8_lossy(&got))));
+        }
+        // One in eight goes with a FIN after the close handshake (the server, which
+        // closed first, keeps the TIME_WAIT); the rest with a reset.
+        if kind != 0 {
+            reset_on_close(&stream);
+        }
+    }
+    Ok(())
+}
+
+/// The server's exact answer to an upgrade with [`RFC_KEY`] on `/chat`.
+fn learn_upgrade_head(addr: SocketAddr) -> Vec<u8> {
+    let mut client = Client::new(connect(addr, Setup::default()).expect("connect"));
+    client
+        .send(upgrade_request("/chat", RFC_KEY, "").as_bytes())
+        .unwrap();
+    while !client.buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        assert!(client.fill().unwrap(), "EOF before the 101");
+    }
+    let head = std::mem::take(&mut client.buf);
+    let text = String::from_utf8_lossy(&head);
+    assert!(
+        text.starts_with("HTTP/1.1 101 ")
+            && text.contains(RFC_ACCEPT)
+            && text.ends_with("\r\n\r\n"),
+        "{text:?}"
+    );
+    client
+        .send(&frame(true, CLOSE, &close_payload(1000, b"")))
+        .unwrap();
+    client.expect_close(Some(1000)).unwrap();
+    client.expect_eof().unwrap();
+    head
+}
+
+#[test]
+fn a_hundred_thousand_short_connections_through_reused_slots_keep_the_deadline_heap_bounded() {
+    let _alone = one_at_a_time();
+    let cycles = churn_cycles();
+    let config = Config {
+        // Every held connection keeps one deadline (its keepalive), and no keepalive
+        // ping falls inside the test.
+        idle_timeout: Duration::from_secs(120),
+        ..Config::default()
+    };
+    let counts = Arc::new(Counts::default());
+    let server = spawn_watched(config, Chat { counts });
+    let addr = server.addr;
+    let bytes = Arc::new(ChurnBytes::new(learn_upgrade_head(addr)));
+    let mut rng = Rng::new(1);
+    let mut held: Vec<Client> = (0..HELD)
+        .map(|_| {
+            let key = random_key(&mut rng);
+            open(addr, Setup::default(), "/chat", None, &key).expect("a held connection")
+        })
+        .collect();
+    server.wait_for("the held connections", IO_TIMEOUT, |s| {
+        s.connections == HELD && s.now.deadline_entries == HELD as u64
+    });
+
+    let started = Instant::now();
+    let threads: Vec<_> = (0..CHURN_THREADS)
+        .map(|thread| {
+            let bytes = bytes.clone();
+            let share = cycles / CHURN_THREADS + usize::from(thread < cycles % CHURN_THREADS);
+            std::thread::Builder::new()
+                .name(format!("churn-{thread}"))
+                .spawn(move || churn(addr, thread, share, &bytes))
+                .expect("spawn a churn thread")
+        })
+        .collect();
+    let results: Vec<Result<(), String>> = threads
+        .into_iter()
+        .map(|t| t.join().expect("a churn thread panicked"))
+        .collect();
+    let took = started.elapsed();
+    eprintln!(
+        "{cycles} short connections in {took:.2?} ({:.0} a second), {HELD} held",
+        cycles as f64 / took.as_secs_f64()
+    );
+    for result in results {
+        result.unwrap();
+    }
+
+    let after = server.wait_for("the short connections to be gone", IO_TIMEOUT, |s| {
+        s.connections == HELD && s.now.open_connections == HELD as u64
+    });
+    let now = &after.now;
+    eprintln!(
+        "{now}\nmax deadline entries {}, max (entries - 2 x live) {}",
+        after.max_deadline_entries, after.max_entries_over_twice_live
+    );
+    assert!(
+        after.max_entries_over_twice_live <= 8,
+        "after some turn the deadline heap held more than twice the live connections + 8: {after:#?}"
+    );
+    assert!(
+        now.deadline_entries <= 2 * HELD as u64 + 8,
+        "{} deadline entries for {HELD} connections",
+        now.deadline_entries
+    );
+    assert!(now.handshakes >= (cycles + HELD) as u64, "{now}");
+    assert!(
+        closes_with(now, 1000) >= cycles as u64 * 3 / 8
+            && closes_with(now, 1006) >= cycles as u64 * 3 / 8,
+        "{now}"
+    );
+    assert_eq!(
+        (
+            now.handshakes_in_progress,
+            now.incoming_bytes,
+            now.outgoing_bytes
+        ),
+        (0, 0, 0),
+        "{now}"
+    );
+
+    // The held connections went through it all untouched; then they go too, half with
+    // a close handshake and half abruptly, and the loop holds nothing at all.
+    for (i, mut client) in held.drain(..).enumerate() {
+        let text = format!("held {i}");
+        client.send(&frame(true, TEXT, text.as_bytes())).unwrap();
+        client.expect_echo(TEXT, text.as_bytes()).unwrap();
+        if i % 2 == 0 {
+            client
+                .send(&frame(true, CLOSE, &close_payload(1000, b"")))
+                .unwrap();
+            client.expect_close(Some(1000)).unwrap();
+            client.expect_eof().unwrap();
+        }
+        client.leave(true);
+    }
+    let end = server.wait_for("every held resource back at zero", IO_TIMEOUT, |s| {
+        still_held(s).is_empty()
+    });
+    assert!(end.max_entries_over_twice_live <= 8, "{end:#?}");
 }
