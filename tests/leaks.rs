@@ -44,8 +44,9 @@ struct Counts {
 }
 
 /// Echoes every message; text commands: `sub:T` and `unsub:T` (topic T), `pub:T:x`
-/// (publish to T), `all:x` (broadcast), each echoed after it is done; `close` (close
-/// with 1000); `flood` (send 64 KiB messages until the queue cap refuses one).
+/// (publish to T), `all:x` (broadcast), `sleep:ms` (block the loop), each echoed after
+/// it is done; `close` (close with 1000); `flood` (send 64 KiB messages until the queue
+/// cap refuses one).
 struct Chat {
     counts: Arc<Counts>,
 }
@@ -87,7 +88,11 @@ impl Handler for Chat {
                 }
                 return;
             }
-            if let Some(topic) = text.strip_prefix("sub:") {
+            if let Some(ms) = text.strip_prefix("sleep:").and_then(|ms| ms.parse().ok()) {
+                // Keeps the loop busy, so that what clients do meanwhile is seen in one
+                // batch of events, in the order it happened.
+                std::thread::sleep(Duration::from_millis(ms).min(Duration::from_secs(1)));
+            } else if let Some(topic) = text.strip_prefix("sub:") {
                 if cx.subscribe(topic) {
                     self.counts.subscribed.fetch_add(1, Ordering::SeqCst);
                 }
@@ -1677,4 +1682,83 @@ fn a_hundred_thousand_short_connections_through_reused_slots_keep_the_deadline_h
         still_held(s).is_empty()
     });
     assert!(end.max_entries_over_twice_live <= 8, "{end:#?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// What the randomized test found, pinned down
+// ---------------------------------------------------------------------------------------
+
+/// A publication (or broadcast) to a subscriber is corked, and written when the loop
+/// settles that subscriber. If the subscriber has reset its connection by then, and the
+/// loop has not seen the reset yet, the write fails, and the connection must still be
+/// reported closed (1006) and leave its topics: otherwise `on_close` never comes, the
+/// `open_connections` gauge stays up, and the topic keeps the freed slot, so that the
+/// next connection in that slot gets the topic's messages without subscribing.
+#[test]
+fn a_subscriber_that_resets_while_a_publication_is_on_its_way_is_closed_and_leaves_its_topic() {
+    let _alone = one_at_a_time();
+    let counts = Arc::new(Counts::default());
+    let server = spawn_watched(
+        Config::default(),
+        Chat {
+            counts: counts.clone(),
+        },
+    );
+    let mut rng = Rng::new(7);
+    let open = |rng: &mut Rng| {
+        let key = random_key(rng);
+        open(server.addr, Setup::default(), "/chat", None, &key).unwrap()
+    };
+    let (mut sleeper, mut publisher, mut subscriber) =
+        (open(&mut rng), open(&mut rng), open(&mut rng));
+    subscriber.send(&frame(true, TEXT, b"sub:news")).unwrap();
+    subscriber.expect_echo(TEXT, b"sub:news").unwrap();
+    // While the loop sleeps, the publication arrives, then the subscriber's reset: the
+    // next turn sees them in that order.
+    sleeper.send(&frame(true, TEXT, b"sleep:300")).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    publisher
+        .send(&frame(true, TEXT, b"pub:news:hello"))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    subscriber.leave(true);
+    publisher.expect_echo(TEXT, b"pub:news:hello").unwrap();
+    sleeper.expect_echo(TEXT, b"sleep:300").unwrap();
+
+    let deadline = Instant::now() + IO_TIMEOUT;
+    loop {
+        let stats = server.stats();
+        let now = &stats.now;
+        let closed = counts.closed.load(Ordering::SeqCst);
+        if stats.connections == 2
+            && now.open_connections == 2
+            && now.topic_memberships == 0
+            && closed == 1
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after the subscriber's reset: {} connections in the table, {} counted open, {} \
+             topic memberships, {closed} on_close calls (expected 2, 2, 0, 1): {now}",
+            stats.connections,
+            now.open_connections,
+            now.topic_memberships,
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // The next connection takes the freed slot; it never subscribed, so the next
+    // publication is not for it.
+    let mut newcomer = open(&mut rng);
+    publisher
+        .send(&frame(true, TEXT, b"pub:news:again"))
+        .unwrap();
+    publisher.expect_echo(TEXT, b"pub:news:again").unwrap();
+    newcomer.send(&frame(true, TEXT, b"mine")).unwrap();
+    let first = newcomer.read_frame().unwrap().expect("a frame");
+    assert_eq!(
+        String::from_utf8_lossy(&first.payload),
+        "mine",
+        "a connection that never subscribed got a publication"
+    );
 }
