@@ -623,6 +623,12 @@ impl<H: Handler> Server<H> {
         let Some(conn) = core.conns.get_mut(slot) else {
             return;
         };
+        // First the write that was corked for this connection: it can fail (the peer
+        // reset), and a connection that fails here must still be reported below, not
+        // dropped unseen with its session and topics.
+        if conn.unflushed {
+            conn.flush(&core.io, Token(slot));
+        }
         if conn.is_closing() && conn.since.is_none() {
             conn.since = When::at(core.now);
         }
@@ -657,9 +663,6 @@ impl<H: Handler> Server<H> {
         let Some(conn) = core.conns.get_mut(slot) else {
             return;
         };
-        if conn.unflushed {
-            conn.flush(&core.io, Token(slot));
-        }
         if conn.counted_as_handshake && conn.phase != Phase::Handshake {
             conn.counted_as_handshake = false;
             core.handshaking -= 1;
@@ -746,6 +749,10 @@ fn upgrade<H: Handler>(
         core.stats.http_responses += 1;
         return conn.finish(&core.io, Token(slot));
     };
+    if conn.phase == Phase::Closed {
+        // The 101 could not be written (the peer is gone): nothing was opened.
+        return;
+    }
     conn.phase = Phase::Open;
     conn.since = When::NONE;
     if let Some(protocol) = accepted.protocol {

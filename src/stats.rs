@@ -80,7 +80,7 @@ impl fmt::Display for Stats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "open {} accepted {} refused {} handshakes {} http {} msgs in/out {}/{} bytes in/out {}/{} fanout encodes/deliveries {}/{} sends refused {} held in/out {}/{} budget closes in/out {}/{} message timeouts {} protocol errors {} panics {} closes",
+            "open {} accepted {} refused {} handshakes {} http {} msgs in/out {}/{} bytes in/out {}/{} fanout encodes/deliveries {}/{} sends refused {} held in/out {}/{} budget closes in/out {}/{} message timeouts {} upgrading {} deadlines {} memberships {} inflaters {} protocol errors {} panics {} closes",
             self.open_connections,
             self.accepted,
             self.refused,
@@ -98,6 +98,10 @@ impl fmt::Display for Stats {
             self.incoming_budget_closes,
             self.outgoing_budget_closes,
             self.message_timeouts,
+            self.handshakes_in_progress,
+            self.deadline_entries,
+            self.topic_memberships,
+            self.inflaters_lent,
             self.protocol_errors,
             self.handler_panics,
         )?;

@@ -76,7 +76,7 @@ impl Handler for Chat {
     fn on_message(&mut self, cx: &mut Ctx<'_>, message: Message<'_>) {
         if let Message::Text(text) = message {
             if text == "close" {
-                return cx.close(CloseCode::NORMAL, "as asked");
+                return cx.close(CloseCode::NORMAL, "as asked").unwrap();
             }
             if text == "flood" {
                 self.counts.floods.fetch_add(1, Ordering::SeqCst);

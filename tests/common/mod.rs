@@ -624,7 +624,8 @@ pub fn text_of_len(len: usize) -> String {
 
 /// A server whose counters the test can read while it runs: the loop turns in a thread
 /// of its own and copies [`Stats`](wsreactor::Stats) after every turn, keeping the
-/// highest `deadline_entries` and `open_connections` it has seen.
+/// highest `deadline_entries` (and its excess over twice the live connections) and the
+/// highest bytes held each way that it has seen.
 pub struct Watched {
     pub addr: SocketAddr,
     pub handle: Handle,
