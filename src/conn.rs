@@ -240,6 +240,14 @@ impl<S> Conn<S> {
         }
     }
 
+    /// Bytes kept of an upgrade request that did not arrive in one read.
+    pub fn head_bytes(&self) -> usize {
+        self.extras
+            .as_ref()
+            .and_then(|e| e.handshake.as_ref())
+            .map_or(0, |h| h.head.capacity())
+    }
+
     pub fn protocol(&self) -> Option<&str> {
         self.extras.as_ref()?.protocol.as_deref()
     }

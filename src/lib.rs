@@ -76,6 +76,7 @@ mod outbox;
 pub mod proto;
 mod reactor;
 mod stats;
+mod sys;
 mod timer;
 mod topics;
 

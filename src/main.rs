@@ -28,7 +28,7 @@ OPTIONS:
                                                              [default: 1048576]
   --max-send-queue BYTES     refuse sends past this queue    [default: 20971520]
   --max-connections N        503 past this many connections  [default: open-file limit - 64]
-  --max-handshakes N         503 past this many clients still upgrading      [default: 1024]
+  --max-handshakes N         503 past this many clients still upgrading      [default: 4096]
   --handle-queue-capacity N  commands other threads may queue for the loop
                                                              [default: 65536]
   --handshake-timeout SECS   drop clients that take longer to upgrade        [default: 10]

@@ -60,6 +60,8 @@ struct Core<S> {
     incoming: usize,
     /// Budget closes not yet logged: logged once per burst, not per connection.
     budget_log: BurstLog,
+    /// When memory was last handed back to the system, and the most held since.
+    trim: HeapTrim,
     config: Config,
     timeouts: Timeouts,
     timers: DeadlineQueue,
@@ -169,6 +171,7 @@ impl<H: Handler> Server<H> {
                 },
                 incoming: 0,
                 budget_log: BurstLog::default(),
+                trim: HeapTrim::default(),
                 timeouts: config.timeouts(),
                 timers: DeadlineQueue::with_capacity(reserved),
                 topics: Topics::default(),
@@ -462,22 +465,37 @@ impl<H: Handler> Server<H> {
         if conn.phase != Phase::Handshake {
             return;
         }
-        let partial = conn.extras.as_mut().and_then(|e| e.handshake.as_mut());
-        let (polled, mut owned) = match partial {
+        // The start of a request that did not come in one read is kept, and counted in
+        // the incoming budget like any other incomplete message.
+        let held = conn.head_bytes();
+        let wanted = match conn.extras.as_ref().and_then(|e| e.handshake.as_ref()) {
+            None => n,
+            Some(Handshake { head, .. }) => (head.len() + n).saturating_sub(head.capacity()),
+        };
+        let partial = held > 0;
+        if partial && wanted > 0 && !core.grant_incoming(slot, held, wanted) {
+            return refuse_upgrade(core, slot);
+        }
+        let conn = &mut core.conns[slot];
+        let (polled, mut owned) = match conn.extras.as_mut().and_then(|e| e.handshake.as_mut()) {
             // The usual case: the whole request in one read, answered straight from
             // the read buffer, with no copy and no allocation.
             None => {
                 let mut reader = HeadReader::new(core.config.max_header_bytes);
                 match reader.poll(&self.read_buf[..n]) {
                     Ok(None) => {
+                        if !core.grant_incoming(slot, held, wanted) {
+                            return refuse_upgrade(core, slot);
+                        }
                         let head = self.read_buf[..n].to_vec();
-                        conn.extras_mut().handshake = Some(Handshake { head, reader });
+                        core.conns[slot].extras_mut().handshake = Some(Handshake { head, reader });
                         return;
                     }
                     polled => (polled, None),
                 }
             }
             Some(Handshake { head, reader }) => {
+                head.reserve_exact(n);
                 head.extend_from_slice(&self.read_buf[..n]);
                 match reader.poll(head) {
                     Ok(None) => return,
@@ -485,10 +503,16 @@ impl<H: Handler> Server<H> {
                 }
             }
         };
+        let conn = &mut core.conns[slot];
         if let Some(extras) = &mut conn.extras {
             extras.handshake = None;
             conn.shed_extras();
         }
+        // The head is answered now and dropped at the end of this call.
+        if partial {
+            core.adjust_incoming(held + wanted, 0);
+        }
+        let conn = &mut core.conns[slot];
         let end = match polled {
             Ok(Some(end)) => end,
             Ok(None) => return,
@@ -670,7 +694,7 @@ impl<H: Handler> Server<H> {
         if matches!(conn.phase, Phase::Closed) {
             let mut conn = core.conns.remove(slot);
             core.timers.remove(slot);
-            let held = conn.rx.held();
+            let held = conn.rx.held() + conn.head_bytes();
             core.compression.release(&mut conn.rx);
             core.adjust_incoming(held, 0);
             let _ = core.io.registry.deregister(&mut conn.socket);
@@ -710,12 +734,28 @@ fn is_resource_exhaustion(error: &io::Error) -> bool {
     )
 }
 
+/// Answers a connection whose request head cannot be kept (the incoming budget is
+/// full) with 503, and closes it.
+fn refuse_upgrade<S>(core: &mut Core<S>, slot: usize) {
+    let conn = &mut core.conns[slot];
+    log::debug!("{}: refused with 503 (incoming budget)", conn.peer);
+    core.stats.http_responses += 1;
+    core.stats.incoming_budget_closes += 1;
+    let _ = conn.send_bytes(&core.io, Token(slot), &busy_response());
+    conn.finish(&core.io, Token(slot));
+}
+
+/// `503 Service Unavailable` with `Retry-After: 1`: what an overloaded server says.
+fn busy_response() -> Vec<u8> {
+    HttpResponse::text(StatusCode::SERVICE_UNAVAILABLE, "server busy\n")
+        .with_header("Retry-After", "1")
+        .to_bytes()
+}
+
 /// Answers a connection over our limits with 503 and closes it, without giving it a
 /// slot: a refusal must cost less than a connection.
 fn refuse_busy(mut socket: TcpStream) {
-    let response = HttpResponse::text(StatusCode::SERVICE_UNAVAILABLE, "server busy\n")
-        .with_header("Retry-After", "1")
-        .to_bytes();
+    let response = busy_response();
     // Drain what the client already sent, so closing does not reset the connection
     // and destroy the answer before the client reads it.
     let mut sink = [0u8; 1024];
@@ -1428,12 +1468,41 @@ impl<S> Core<S> {
         self.stats.topic_memberships = self.topics.memberships() as u64;
         self.stats.inflaters_lent = self.compression.lent() as u64;
         self.budget_log.report(self.now);
+        self.trim
+            .after_turn(self.incoming + self.io.meter.get(), self.now);
     }
 }
 
 /// A half-received message that has not grown for this long counts as stalled when the
 /// incoming budget needs room: its connection is closed before any that is sending.
 const STALL_GRACE: Millis = 1000;
+
+/// Gives freed message and queue memory back to the system once a lot of it has been
+/// freed (a budget closed out an attack, a burst of large messages ended), at most once
+/// a second: otherwise the allocator keeps it, and RSS stays at the peak.
+#[derive(Debug, Default)]
+struct HeapTrim {
+    high_water: usize,
+    last: Millis,
+}
+
+/// Freed bytes (of what the budgets count) worth a trim.
+const TRIM_AFTER_FREEING: usize = 16 << 20;
+
+/// Trims at most this often (a trim walks the allocator's free lists: a millisecond or
+/// so with a large heap).
+const TRIM_INTERVAL: Millis = 1000;
+
+impl HeapTrim {
+    fn after_turn(&mut self, held: usize, now: Millis) {
+        self.high_water = self.high_water.max(held);
+        if self.high_water - held >= TRIM_AFTER_FREEING && now >= self.last + TRIM_INTERVAL {
+            crate::sys::trim_heap();
+            self.high_water = held;
+            self.last = now;
+        }
+    }
+}
 
 /// Counts events worth a warning and logs them at most once a second, so that an
 /// attack that closes thousands of connections leaves a few lines, not thousands.
