@@ -212,7 +212,13 @@ impl<S: Default> Conn<S> {
             peer: PeerAddr::from(peer),
             generation,
             phase: Phase::Handshake,
-            rx: Receiver::new(config.max_message_size as u64),
+            rx: {
+                // The loop counts what receivers hold in its incoming budget, and sheds
+                // their buffers when it runs short or a connection goes quiet.
+                let mut rx = Receiver::new(config.max_message_size as u64);
+                rx.keep_buffers(true);
+                rx
+            },
             out: Outbox::default(),
             writable_interest: false,
             unflushed: false,

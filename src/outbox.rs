@@ -143,9 +143,10 @@ impl Queue {
     /// Brings the meter up to date with what this queue holds now.
     fn recount(&mut self) {
         let cost = self.cost();
+        // Usually nothing changed (a small send reused the spare buffer): no atomic op.
         if cost > self.counted {
             self.meter.add(cost - self.counted);
-        } else {
+        } else if cost < self.counted {
             self.meter.sub(self.counted - cost);
         }
         self.counted = cost;
@@ -195,14 +196,20 @@ impl Queue {
             if self.pending == 0 {
                 break Ok(true);
             }
-            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-            let mut count = 0;
-            for (i, chunk) in self.chunks.iter().take(MAX_IOVECS).enumerate() {
-                let skip = if i == 0 { self.front_sent } else { 0 };
-                slices[i] = IoSlice::new(&chunk.bytes()[skip..]);
-                count = i + 1;
-            }
-            match socket.write_vectored(&slices[..count]) {
+            let written = if self.chunks.len() == 1 {
+                // The usual case (corked replies in one buffer): a plain write.
+                socket.write(&self.chunks[0].bytes()[self.front_sent..])
+            } else {
+                let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+                let mut count = 0;
+                for (i, chunk) in self.chunks.iter().take(MAX_IOVECS).enumerate() {
+                    let skip = if i == 0 { self.front_sent } else { 0 };
+                    slices[i] = IoSlice::new(&chunk.bytes()[skip..]);
+                    count = i + 1;
+                }
+                socket.write_vectored(&slices[..count])
+            };
+            match written {
                 Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
                     self.advance(n);

@@ -318,6 +318,7 @@ impl<H: Handler> Server<H> {
             self.core.timers.next(),
             self.accept_paused_until,
             self.shutdown_deadline,
+            self.core.trim.due(),
         ];
         let due = wakeups
             .into_iter()
@@ -1478,28 +1479,41 @@ impl<S> Core<S> {
 const STALL_GRACE: Millis = 1000;
 
 /// Gives freed message and queue memory back to the system once a lot of it has been
-/// freed (a budget closed out an attack, a burst of large messages ended), at most once
-/// a second: otherwise the allocator keeps it, and RSS stays at the peak.
+/// freed and stayed free for a second (an attack closed out of the budgets, a burst of
+/// large messages over): otherwise the allocator keeps it, and RSS stays at the peak.
+/// Not while large messages keep flowing: the next one would fault every page in again.
 #[derive(Debug, Default)]
 struct HeapTrim {
     high_water: usize,
-    last: Millis,
+    low_since: Option<Millis>,
 }
 
 /// Freed bytes (of what the budgets count) worth a trim.
 const TRIM_AFTER_FREEING: usize = 16 << 20;
 
-/// Trims at most this often (a trim walks the allocator's free lists: a millisecond or
-/// so with a large heap).
-const TRIM_INTERVAL: Millis = 1000;
+/// How long that much must stay free before the trim.
+const TRIM_AFTER_QUIET: Millis = 1000;
 
 impl HeapTrim {
+    /// When a trim is waiting to happen, so that an idle loop wakes for it.
+    fn due(&self) -> Option<Millis> {
+        Some(self.low_since? + TRIM_AFTER_QUIET)
+    }
+
     fn after_turn(&mut self, held: usize, now: Millis) {
         self.high_water = self.high_water.max(held);
-        if self.high_water - held >= TRIM_AFTER_FREEING && now >= self.last + TRIM_INTERVAL {
-            crate::sys::trim_heap();
-            self.high_water = held;
-            self.last = now;
+        if self.high_water - held < TRIM_AFTER_FREEING {
+            self.low_since = None;
+            return;
+        }
+        match self.low_since {
+            None => self.low_since = Some(now),
+            Some(since) if now >= since + TRIM_AFTER_QUIET => {
+                crate::sys::trim_heap();
+                self.high_water = held;
+                self.low_since = None;
+            }
+            Some(_) => {}
         }
     }
 }

@@ -22,7 +22,8 @@ use super::message::{Event, Message};
 use super::utf8::Utf8Validator;
 
 /// Assembly buffers larger than this are released after their message is delivered,
-/// so that one large message does not pin memory on a connection that goes quiet.
+/// so that one large message does not pin memory on a connection that goes quiet
+/// (unless [`Receiver::keep_buffers`] says the caller will shed them itself).
 const RETAINED_BUFFER_CAPACITY: usize = 64 * 1024;
 
 /// What an inflater costs while a receiver holds one (zlib state with its 32 KiB
@@ -106,6 +107,8 @@ pub struct Receiver {
     /// Payload bytes of data frames received, wrapping: lets the caller see whether
     /// a half-received message is still growing.
     data_received: u32,
+    /// Keep the assembly buffer, whatever its size, for the next message.
+    keep_buffers: bool,
 }
 
 /// How inflating works on this connection.
@@ -134,6 +137,15 @@ impl Receiver {
             max_message_size: u32::try_from(max_message_size).unwrap_or(u32::MAX),
             ..Receiver::default()
         }
+    }
+
+    /// Keeps the assembly buffer for the next message whatever its size, instead of
+    /// releasing one over 64 KiB: for a caller that counts what receivers hold and
+    /// sheds their buffers itself when memory is short or the connection goes quiet
+    /// ([`shed_buffers`](Self::shed_buffers)). A stream of large messages then needs
+    /// no allocation, and no copying to grow the buffer, per message.
+    pub fn keep_buffers(&mut self, keep: bool) {
+        self.keep_buffers = keep;
     }
 
     /// Accepts compressed messages (RSV1) as negotiated by permessage-deflate.
@@ -502,7 +514,7 @@ impl Receiver {
     }
 
     fn release_assembled(&mut self) {
-        if self.assembled.capacity() > RETAINED_BUFFER_CAPACITY {
+        if self.assembled.capacity() > RETAINED_BUFFER_CAPACITY && !self.keep_buffers {
             self.assembled = Vec::new();
         } else {
             self.assembled.clear();
