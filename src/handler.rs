@@ -5,7 +5,7 @@ use crate::proto::http::HttpResponse;
 use crate::proto::{CloseCode, Message, ProtocolError};
 use std::net::SocketAddr;
 
-pub use crate::reactor::Ctx;
+pub use crate::server::Ctx;
 
 /// Identifies one connection for as long as it lives.
 ///

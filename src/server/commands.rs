@@ -1,0 +1,48 @@
+//! The `Handle`'s inbox: commands from other threads, carried out on the loop in the
+//! order they were queued, settled once per batch.
+
+use super::*;
+
+impl<H: Handler> Server<H> {
+    pub(super) fn run_commands(&mut self) {
+        self.inbox.drain_into(&mut self.commands);
+        while let Some(command) = self.commands.pop_front() {
+            let core = &mut self.core;
+            match command {
+                Command::Send(id, payload) => {
+                    if let Some(slot) = core.slot_of(id) {
+                        let (opcode, bytes) = payload.parts();
+                        let _ = core.send(slot, opcode, bytes);
+                        core.touched.push(slot);
+                    }
+                }
+                Command::Broadcast(payload) => {
+                    let (opcode, bytes) = payload.parts();
+                    core.broadcast(opcode, bytes);
+                }
+                Command::Publish(topic, payload) => {
+                    let (opcode, bytes) = payload.parts();
+                    core.publish(&topic, opcode, bytes);
+                }
+                Command::Close(id, code, reason) => {
+                    if let Some(slot) = core.slot_of(id) {
+                        core.close(slot, code, &reason, CloseReason::Local { code });
+                    }
+                }
+                Command::Shutdown => core.shutdown_requested = true,
+            }
+        }
+        // Settled once for the whole batch, so the sends queued for one connection
+        // leave in one write.
+        self.settle();
+    }
+}
+
+impl Payload {
+    pub(super) fn parts(&self) -> (Opcode, &[u8]) {
+        match self {
+            Payload::Text(text) => (Opcode::Text, text.as_bytes()),
+            Payload::Binary(bytes) => (Opcode::Binary, bytes),
+        }
+    }
+}

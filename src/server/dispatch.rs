@@ -1,0 +1,219 @@
+//! Reading: the read loop with its per-turn cap and backpressure, the frames a read
+//! carries run through the connection's receiver, and each event acted on — messages
+//! to the handler (a panic there closes that connection alone, 1011), pings answered,
+//! a peer's close echoed.
+
+use super::*;
+
+/// Reads per connection per loop turn before the others get their turn; a connection
+/// with more input waiting is picked up again on the next turn.
+pub(super) const MAX_READS_PER_TURN: usize = 16;
+
+impl<H: Handler> Server<H> {
+    pub(super) fn writable(&mut self, slot: usize) {
+        let core = &mut self.core;
+        let Some(conn) = core.conns.get_mut(slot) else {
+            return;
+        };
+        conn.flush(&core.io, Token(slot));
+        if conn.stalled_since.is_some() && conn.out.pending() <= core.config.max_send_queue / 2 {
+            conn.stalled_since = When::NONE;
+        }
+        if conn.read_paused && conn.out.pending() <= core.config.write_high_water / 2 {
+            conn.read_paused = false;
+            // Edge-triggered: input that waited meanwhile raises no new event.
+            core.backlog.push(slot);
+        }
+    }
+
+    /// Reads until the socket is drained, the per-turn cap, or backpressure.
+    ///
+    /// A read that returns less than the buffer size has emptied the socket, so unless
+    /// `until_would_block` is set we stop there instead of paying one more syscall
+    /// for the `WouldBlock` (as nginx does): with edge-triggered readiness, bytes that
+    /// arrive after that read raise a new event. A FIN that came with the data has
+    /// already been reported (`is_read_closed`), and then we do read to the end.
+    pub(super) fn read(&mut self, slot: usize, until_would_block: bool) {
+        for _ in 0..MAX_READS_PER_TURN {
+            let Some(conn) = self.core.conns.get_mut(slot) else {
+                return;
+            };
+            if conn.read_paused || matches!(conn.phase, Phase::Closed) {
+                return;
+            }
+            let n = match (&conn.socket).read(&mut self.read_buf) {
+                Ok(0) => return self.core.eof(slot),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return conn.fail_io(e),
+            };
+            conn.last_seen = self.core.now;
+            if conn.phase == Phase::Open {
+                // Anything from the peer answers a keepalive ping.
+                conn.since = When::NONE;
+            }
+            match conn.phase {
+                Phase::Handshake => self.handshake(slot, n),
+                Phase::Open | Phase::CloseSent => {
+                    let was = (conn.rx.is_mid_message(), conn.rx.data_received());
+                    frames(
+                        &mut self.core,
+                        &mut self.handler,
+                        slot,
+                        &mut self.read_buf[..n],
+                    );
+                    if let Some(conn) = self.core.conns.get_mut(slot) {
+                        let now = (conn.rx.is_mid_message(), conn.rx.data_received());
+                        // A message that began or grew: its stall clock starts again.
+                        if now.0 && (!was.0 || was.1 != now.1) {
+                            conn.progress = When::at(self.core.now);
+                        }
+                    }
+                }
+                // Discarding: the stream is over as far as we are concerned.
+                Phase::Finishing | Phase::Draining | Phase::Closed => {}
+            }
+            let Some(conn) = self.core.conns.get_mut(slot) else {
+                return;
+            };
+            if conn.out.pending() > self.core.config.write_high_water {
+                conn.read_paused = true;
+                return;
+            }
+            if n < self.read_buf.len() && !until_would_block {
+                return;
+            }
+        }
+        self.core.backlog.push(slot);
+    }
+}
+
+/// Runs a handler callback for `slot`, turning a panic into a 1011 close of that
+/// connection alone.
+pub(super) fn guard<S>(core: &mut Core<S>, slot: usize, callback: impl FnOnce(&mut Ctx<'_, S>)) {
+    let result = catch_unwind(AssertUnwindSafe(|| callback(&mut Ctx { core, slot })));
+    if result.is_err() {
+        let conn = &core.conns[slot];
+        log::error!(
+            "{}: handler panicked; closing {} with 1011",
+            conn.peer,
+            core.id(slot)
+        );
+        core.stats.handler_panics += 1;
+        core.close(
+            slot,
+            CloseCode::INTERNAL_ERROR,
+            "internal error",
+            CloseReason::HandlerPanic,
+        );
+        // Stop parsing: whatever the peer sends next, the handler is not trusted with it.
+        let conn = &mut core.conns[slot];
+        if matches!(conn.phase, Phase::CloseSent) {
+            conn.finish(&core.io, Token(slot));
+        }
+    }
+}
+
+/// Runs `input` through the connection's receiver and acts on each event in order.
+///
+/// The receiver is moved out of the table for the duration, so the events it lends
+/// (which borrow it and `input`) can be handled with the whole table available to the
+/// handler's [`Ctx`].
+pub(super) fn frames<H: Handler>(
+    core: &mut Core<H::Session>,
+    handler: &mut H,
+    slot: usize,
+    input: &mut [u8],
+) {
+    let mut rx = std::mem::take(&mut core.conns[slot].rx);
+    let (held, had_inflater) = (rx.held(), rx.holds_inflater());
+    core.compression.lend_inflater(&mut rx);
+    core.adjust_incoming(held, rx.held());
+    let parsing =
+        |core: &Core<H::Session>| matches!(core.conns[slot].phase, Phase::Open | Phase::CloseSent);
+    let mut pos = 0;
+    while pos < input.len() && parsing(core) {
+        // What `core.incoming` counts for this receiver. Every growth asks the budget
+        // first (which may close others to make room), after counting what the
+        // receiver freed meanwhile (the buffer of the message it delivered last).
+        let mut counted = rx.held();
+        let result = rx.read_within(&mut input[pos..], &mut |holds, bytes| {
+            core.adjust_incoming(counted, holds);
+            counted = holds;
+            let ok = core.grant_incoming(slot, holds, bytes);
+            if ok {
+                counted += bytes;
+            }
+            ok
+        });
+        match result {
+            Ok(Progress { consumed, event }) => {
+                pos += consumed;
+                if let Some(event) = event {
+                    on_event(core, handler, slot, event);
+                }
+            }
+            Err(error) => {
+                if error == ProtocolError::OverBudget {
+                    core.stats.incoming_budget_closes += 1;
+                    core.budget_log
+                        .note("incoming budget full: closing connections with 1013");
+                }
+                core.fail(slot, error);
+            }
+        }
+        core.adjust_incoming(counted, rx.held());
+    }
+    let held = rx.held();
+    core.compression.reclaim_inflater(&mut rx, had_inflater);
+    if !parsing(core) {
+        // Failed or finishing: nothing more will be parsed, so nothing is kept.
+        core.compression.release(&mut rx);
+    }
+    core.adjust_incoming(held, rx.held());
+    core.conns[slot].rx = rx;
+}
+
+pub(super) fn on_event<H: Handler>(
+    core: &mut Core<H::Session>,
+    handler: &mut H,
+    slot: usize,
+    event: Event<'_>,
+) {
+    let conn = &mut core.conns[slot];
+    let open = conn.is_open();
+    match event {
+        Event::Message(message) if open => {
+            core.stats.messages_in += 1;
+            core.stats.bytes_in += message.len() as u64;
+            guard(core, slot, |cx| handler.on_message(cx, message));
+        }
+        // After our close, data is read and dropped until the peer's close arrives.
+        Event::Message(_) => {}
+        Event::Ping(payload) if open => {
+            let _ = conn.send_frame(
+                &core.io,
+                Token(slot),
+                Opcode::Pong,
+                payload,
+                core.config.max_send_queue,
+            );
+        }
+        Event::Ping(_) | Event::Pong(_) => {}
+        Event::Close(frame) => {
+            if open {
+                // §5.5.1: answer with a close, echoing the peer's code.
+                let code = frame.map(|f| f.code);
+                conn.send_close(&core.io, Token(slot), code, "");
+                conn.set_close_reason(CloseReason::Peer {
+                    code: code.unwrap_or(CloseCode::NO_STATUS),
+                    reason: frame.map(|f| f.reason.to_owned()).unwrap_or_default(),
+                });
+                log::debug!("{}: peer sent close {:?}", conn.peer, code);
+            }
+            // Either way the close handshake is complete: the server closes TCP first.
+            conn.finish(&core.io, Token(slot));
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! Settling: after anything happened on a connection, report a finished WebSocket to
+//! the handler (once), remove a closed connection and everything it held, or
+//! reschedule its deadline; and the graceful shutdown.
+
+use super::*;
+
+impl<H: Handler> Server<H> {
+    /// Settles every touched connection and a requested shutdown.
+    pub(super) fn settle(&mut self) {
+        while let Some(slot) = self.core.touched.pop() {
+            self.settle_conn(slot);
+        }
+        if self.core.shutdown_requested && self.shutdown_deadline.is_none() {
+            self.begin_shutdown();
+        }
+        if self.shutdown_deadline.is_some() && self.core.conns.is_empty() && !self.finished {
+            log::info!("shutdown complete");
+            self.finished = true;
+            self.inbox.close();
+        }
+    }
+
+    pub(super) fn begin_shutdown(&mut self) {
+        log::info!(
+            "shutting down: closing {} connections",
+            self.core.conns.len()
+        );
+        if let Some(mut listener) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+        // Without a close timeout (zero or "never"), shutdown waits for every peer's
+        // close: MAX is a deadline that never comes.
+        let close = self.core.timeouts.close;
+        self.shutdown_deadline =
+            Some(close.map_or(Millis::MAX, |close| deadline_after(self.core.now, close)));
+        for slot in self.core.slots() {
+            let conn = &mut self.core.conns[slot];
+            match conn.phase {
+                Phase::Handshake => conn.phase = Phase::Closed,
+                Phase::Open => {
+                    let reason = CloseReason::Shutdown;
+                    self.core
+                        .close(slot, CloseCode::GOING_AWAY, "server shutting down", reason);
+                }
+                _ => {}
+            }
+            self.settle_conn(slot);
+        }
+    }
+
+    /// After anything happened on a connection: report a finished WebSocket to the
+    /// handler, remove a closed connection, or reschedule its deadline.
+    pub(super) fn settle_conn(&mut self, slot: usize) {
+        let core = &mut self.core;
+        let Some(conn) = core.conns.get_mut(slot) else {
+            return;
+        };
+        // First the write that was corked for this connection: it can fail (the peer
+        // reset), and a connection that fails here must still be reported below, not
+        // dropped unseen with its session and topics.
+        if conn.unflushed {
+            conn.flush(&core.io, Token(slot));
+        }
+        if conn.is_closing() && conn.since.is_none() {
+            conn.since = When::at(core.now);
+        }
+        if conn.opened && !matches!(conn.phase, Phase::Open | Phase::CloseSent) {
+            conn.opened = false;
+            let reason = conn.take_close_reason().unwrap_or(CloseReason::Abnormal);
+            let session = std::mem::take(&mut conn.session);
+            let id = ConnId {
+                slot: slot as u32,
+                generation: conn.generation,
+            };
+            log::debug!(
+                "{}: WebSocket {id} closed: {reason:?} (code {})",
+                conn.peer,
+                reason.code()
+            );
+            let topics = conn.extras.as_mut().map(|e| std::mem::take(&mut e.topics));
+            for topic in topics.unwrap_or_default() {
+                core.topics.unsubscribe(&topic, slot);
+            }
+            core.stats.open_connections -= 1;
+            core.stats.count_close(reason.code().0);
+            if matches!(reason, CloseReason::Protocol(_)) {
+                core.stats.protocol_errors += 1;
+            }
+            let handler = &mut self.handler;
+            if catch_unwind(AssertUnwindSafe(|| handler.on_close(id, session, &reason))).is_err() {
+                log::error!("handler panicked in on_close for {id}");
+                core.stats.handler_panics += 1;
+            }
+        }
+        let Some(conn) = core.conns.get_mut(slot) else {
+            return;
+        };
+        if conn.counted_as_handshake && conn.phase != Phase::Handshake {
+            conn.counted_as_handshake = false;
+            core.handshaking -= 1;
+        }
+        if matches!(conn.phase, Phase::Closed) {
+            let mut conn = core.conns.remove(slot);
+            core.timers.remove(slot);
+            let held = conn.rx.held() + conn.head_bytes();
+            core.compression.release(&mut conn.rx);
+            core.adjust_incoming(held, 0);
+            let _ = core.io.registry.deregister(&mut conn.socket);
+            log::debug!("{}: disconnected", conn.peer);
+            return;
+        }
+        match conn.next_deadline(&core.timeouts) {
+            Some((at, _)) => core.timers.schedule(slot, at),
+            None => core.timers.remove(slot),
+        }
+    }
+}

@@ -1,0 +1,385 @@
+//! The event loop: a thin I/O shell over `mio::Poll` around the sans-I/O core.
+//!
+//! One thread, one `Poll`, a `Slab` of connections indexed by `Token`. Every read goes
+//! into one loop-wide buffer, where frames are unmasked in place and handed to the
+//! [`Handler`] as slices; WRITABLE interest is registered only while a connection has
+//! queued output; deadlines live in a heap the loop consults for its poll timeout; a
+//! `mio::Waker` is the only door in from other threads ([`Handle`]).
+//!
+//! This file holds the two structs and the turn: what happens in one pass of the loop,
+//! in order. Each job has a room of its own:
+//!
+//! | room | job |
+//! |---|---|
+//! | `accept` | new connections: per-turn cap, 503s, out of descriptors |
+//! | `upgrade` | the request head and the handler's decision → 101 or an HTTP answer |
+//! | `dispatch` | reading, frames through the receiver, events to the handler |
+//! | `table` | the connection table: look a connection up, send to it, close, fail it |
+//! | `fanout`, `topics` | one message to many |
+//! | `budget` | the loop-wide memory budgets, and whom to close when they run out |
+//! | `deadlines` | timeouts and keepalive |
+//! | `lifecycle` | settling a connection after anything happened; shutdown |
+//! | `commands` | the `Handle`'s inbox |
+//! | `ctx` | `Ctx`, the handler's view of the loop |
+
+mod accept;
+mod budget;
+mod commands;
+mod ctx;
+mod deadlines;
+mod dispatch;
+mod fanout;
+mod lifecycle;
+mod table;
+mod topics;
+mod upgrade;
+
+pub use ctx::Ctx;
+pub use fanout::Fanout;
+
+use accept::busy_response;
+use budget::{BurstLog, HeapTrim};
+use dispatch::{frames, guard};
+use table::opcode_of;
+
+use crate::compression::Compression;
+use crate::config::{Config, Timeouts};
+use crate::conn::ConnDeflate;
+use crate::conn::{Conn, Handshake, Io, Phase, Wait};
+use crate::handle::{Command, Handle, Inbox, Payload};
+use crate::handler::{CloseReason, ConnId, Decision, Handler, SendStatus};
+use crate::outbox::{Meter, SharedFrame};
+use crate::proto::deflate::{self, DeflateParams};
+use crate::proto::extension::parse_offers;
+use crate::proto::frame::{FrameHeader, Opcode, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN};
+use crate::proto::handshake::{accept_response, HandshakeError, HeadReader, Request};
+use crate::proto::http::{HttpResponse, StatusCode};
+use crate::proto::receiver::Progress;
+use crate::proto::{CloseCode, Event, InvalidCloseCode, Message, ProtocolError};
+use crate::stats::Stats;
+use crate::timer::{deadline_after, Clock, DeadlineQueue, Millis, When};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use slab::Slab;
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::Duration;
+use topics::Topics;
+
+const LISTENER: Token = Token(usize::MAX);
+
+/// Pending connections the kernel may queue for us (tokio's default too).
+const LISTEN_BACKLOG: libc::c_int = 1024;
+
+const WAKER: Token = Token(usize::MAX - 1);
+
+/// Everything the loop owns except the poller, the listener and the handler: the part
+/// a [`Ctx`] lends to the handler.
+struct Core<S> {
+    conns: Slab<Conn<S>>,
+    io: Io,
+    /// Bytes the receivers hold now (`Stats::incoming_bytes`), against
+    /// `Config::incoming_budget`.
+    incoming: usize,
+    /// Budget closes not yet logged: logged once per burst, not per connection.
+    budget_log: BurstLog,
+    /// When memory was last handed back to the system, and the most held since.
+    trim: HeapTrim,
+    config: Config,
+    timeouts: Timeouts,
+    timers: DeadlineQueue,
+    topics: Topics,
+    stats: Stats,
+    clock: Clock,
+    /// The loop's time, read once per turn.
+    now: Millis,
+    /// Connections whose state changed outside their own event (a handler closed
+    /// them, a broadcast failed on them): settled at the end of the turn.
+    touched: Vec<usize>,
+    /// Connections that may have unread input left when their turn ended.
+    backlog: Vec<usize>,
+    /// Connections still in the handshake phase.
+    handshaking: usize,
+    shutdown_requested: bool,
+    compression: Compression,
+}
+
+/// A WebSocket server: a listener, its connections, and the [`Handler`] they serve.
+///
+/// ```no_run
+/// use wsreactor::{Config, Ctx, Handler, Message, Server};
+///
+/// struct Echo;
+/// impl Handler for Echo {
+///     type Session = ();
+///     fn on_message(&mut self, cx: &mut Ctx<'_>, message: Message<'_>) {
+///         let _ = cx.send(message);
+///     }
+/// }
+///
+/// let mut server = Server::bind("127.0.0.1:9998".parse()?, Config::default(), Echo)?;
+/// server.run()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Server<H: Handler> {
+    poll: Poll,
+    events: Events,
+    listener: Option<TcpListener>,
+    local_addr: SocketAddr,
+    core: Core<H::Session>,
+    handler: H,
+    /// The one read buffer the whole loop shares.
+    read_buf: Vec<u8>,
+    inbox: Arc<Inbox>,
+    commands: VecDeque<Command>,
+    /// Accepting is paused until then (the process ran out of file descriptors).
+    accept_paused_until: Option<Millis>,
+    /// Out of descriptors since the last successful accept (logged once).
+    accept_exhausted: bool,
+    /// The last turn stopped accepting at `max_accepts_per_turn`: the listener may
+    /// hold more connections, and (edge-triggered) will raise no new event for them.
+    accept_more: bool,
+    /// Set once shutdown began: connections get until then to finish closing.
+    shutdown_deadline: Option<Millis>,
+    finished: bool,
+}
+
+impl<H: Handler> Server<H> {
+    /// Binds a listener on `addr` (port 0 picks a free port; see [`local_addr`]).
+    ///
+    /// A `config` that [`Config::validate`] refuses is an error of kind
+    /// `InvalidInput` carrying its message, before anything is bound.
+    ///
+    /// [`local_addr`]: Server::local_addr
+    pub fn bind(addr: SocketAddr, config: Config, handler: H) -> io::Result<Server<H>> {
+        config.check()?;
+        let listener = std::net::TcpListener::bind(addr)?;
+        // std listens with a backlog of 128: a burst of connects larger than that
+        // overflows it, and each overflowed client waits a SYN retry (a second or
+        // more). Listening again on a bound socket just raises the backlog.
+        // SAFETY: listen() on a descriptor we own; the kernel caps it at somaxconn.
+        if unsafe { libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Server::from_listener(listener, config, handler)
+    }
+
+    /// Serves on a listener the caller set up (bound, listening). A `config` that
+    /// [`Config::validate`] refuses is an error of kind `InvalidInput`.
+    pub fn from_listener(
+        listener: std::net::TcpListener,
+        config: Config,
+        handler: H,
+    ) -> io::Result<Server<H>> {
+        config.check()?;
+        config.log_warnings();
+        listener.set_nonblocking(true)?;
+        let mut listener = TcpListener::from_std(listener);
+        let local_addr = listener.local_addr()?;
+        let poll = Poll::new()?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let waker = Waker::new(poll.registry(), WAKER)?;
+        let clock = Clock::new();
+        let reserved = reserved_slots::<H::Session>(&config);
+        Ok(Server {
+            events: Events::with_capacity(1024),
+            listener: Some(listener),
+            local_addr,
+            core: Core {
+                conns: Slab::with_capacity(reserved),
+                io: Io {
+                    registry: poll.registry().try_clone()?,
+                    meter: Meter::default(),
+                },
+                incoming: 0,
+                budget_log: BurstLog::default(),
+                trim: HeapTrim::default(),
+                timeouts: config.timeouts(),
+                timers: DeadlineQueue::with_capacity(reserved),
+                topics: Topics::default(),
+                stats: Stats::default(),
+                clock,
+                now: clock.now(),
+                touched: Vec::new(),
+                backlog: Vec::new(),
+                handshaking: 0,
+                shutdown_requested: false,
+                compression: Compression::new(config.deflate_level),
+                config: config.clone(),
+            },
+            poll,
+            handler,
+            read_buf: vec![
+                0;
+                config
+                    .read_buffer_size
+                    .max(MAX_CONTROL_PAYLOAD + MAX_HEADER_LEN)
+            ],
+            inbox: Arc::new(Inbox::new(waker, config.handle_queue_capacity.max(1))),
+            commands: VecDeque::new(),
+            accept_paused_until: None,
+            accept_exhausted: false,
+            accept_more: false,
+            shutdown_deadline: None,
+            finished: false,
+        })
+    }
+
+    /// The address the listener is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// A handle for other threads: send, broadcast, publish, close, shut down.
+    pub fn handle(&self) -> Handle {
+        Handle {
+            inbox: Arc::clone(&self.inbox),
+        }
+    }
+
+    /// The handler, e.g. to inspect its state between turns.
+    pub fn handler(&mut self) -> &mut H {
+        &mut self.handler
+    }
+
+    /// Counters since start.
+    pub fn stats(&self) -> &Stats {
+        &self.core.stats
+    }
+
+    /// How many connections are in the table (in any phase).
+    pub fn connection_count(&self) -> usize {
+        self.core.conns.len()
+    }
+
+    /// Whether a shutdown has completed (then `run` has returned).
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    /// Runs the loop until a graceful shutdown completes ([`Handle::shutdown`]), or an
+    /// unrecoverable error of the poller itself.
+    pub fn run(&mut self) -> io::Result<()> {
+        while !self.finished {
+            self.turn(None)?;
+        }
+        Ok(())
+    }
+
+    /// Starts a graceful shutdown: stop accepting, send close 1001 to every open
+    /// connection, and finish once they are closed or the close timeout has passed
+    /// (with no close timeout, once they are all closed).
+    pub fn shutdown(&mut self) {
+        self.core.shutdown_requested = true;
+        self.settle();
+    }
+
+    /// Waits up to `timeout` for readiness and handles what is ready: one turn of the
+    /// loop, for callers that interleave the server with their own work.
+    pub fn turn(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        if self.finished {
+            return Ok(());
+        }
+        let timeout = self.poll_timeout(timeout);
+        match self.poll.poll(&mut self.events, timeout) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+        self.core.now = self.core.clock.now();
+        self.core.io.meter.set_now(self.core.now);
+        for slot in std::mem::take(&mut self.core.backlog) {
+            self.read(slot, true);
+            self.settle_conn(slot);
+        }
+        if std::mem::take(&mut self.accept_more) {
+            self.accept();
+        }
+        // Move the events out so handling them can borrow `self` mutably.
+        let events = std::mem::replace(&mut self.events, Events::with_capacity(0));
+        for event in events.iter() {
+            match event.token() {
+                LISTENER => self.accept(),
+                WAKER => self.run_commands(),
+                Token(slot) => {
+                    if event.is_writable() {
+                        self.writable(slot);
+                    }
+                    if event.is_read_closed() || event.is_error() {
+                        self.read(slot, true);
+                    } else if event.is_readable() {
+                        self.read(slot, false);
+                    }
+                    self.settle_conn(slot);
+                }
+            }
+            self.settle();
+        }
+        self.events = events;
+        if self
+            .accept_paused_until
+            .is_some_and(|until| until <= self.core.now)
+        {
+            self.accept_paused_until = None;
+            self.accept();
+        }
+        self.expire_deadlines();
+        self.settle();
+        self.core.enforce_outgoing_budget();
+        self.settle();
+        self.core.update_gauges();
+        Ok(())
+    }
+
+    fn poll_timeout(&self, requested: Option<Duration>) -> Option<Duration> {
+        if !self.core.backlog.is_empty() || self.accept_more {
+            return Some(Duration::ZERO);
+        }
+        let now = self.core.clock.now();
+        let wakeups = [
+            self.core.timers.next(),
+            self.accept_paused_until,
+            self.shutdown_deadline,
+            self.core.trim.due(),
+        ];
+        let due = wakeups
+            .into_iter()
+            .flatten()
+            .min()
+            // +1: wake just after the deadline, not a hair before it.
+            .map(|at| Duration::from_millis(at.saturating_sub(now).saturating_add(1)));
+        match (requested, due) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+impl<H: Handler> Drop for Server<H> {
+    fn drop(&mut self) {
+        // Handles outlive the server: tell them it is gone.
+        self.inbox.close();
+    }
+}
+
+/// Connection slots (and deadline entries) reserved up front. Reserving costs address
+/// space, not memory: the pages are touched only as connections arrive. What it saves:
+/// a slab grown by doubling copies every connection during an accept burst (a latency
+/// spike in the loop) and leaves the old copy behind in the allocator, which showed as
+/// about 20 bytes of RSS per idle connection. Past this many the slab grows as usual.
+/// Capped at 65,536 slots and at about 16 MiB of address space (a large `Session` makes
+/// fewer), so that a strict overcommit policy is not asked for much up front.
+fn reserved_slots<S>(config: &Config) -> usize {
+    let by_size = (16 << 20) / std::mem::size_of::<Conn<S>>();
+    config.max_connections.min(1 << 16).min(by_size)
+}
+
+/// Accepts connections on `addr` and serves them with `handler` until shut down.
+pub fn serve<H: Handler>(addr: SocketAddr, config: Config, handler: H) -> io::Result<()> {
+    Server::bind(addr, config, handler)?.run()
+}

@@ -1,0 +1,136 @@
+//! The connection table: look a connection up by id, send to it, close it, fail it;
+//! and the gauges copied into `Stats` after every turn.
+
+use super::*;
+
+impl<S> Core<S> {
+    pub(super) fn id(&self, slot: usize) -> ConnId {
+        ConnId {
+            slot: slot as u32,
+            generation: self.conns[slot].generation,
+        }
+    }
+
+    /// The slot of a live connection, if `id` still names one.
+    pub(super) fn slot_of(&self, id: ConnId) -> Option<usize> {
+        let slot = id.slot as usize;
+        match self.conns.get(slot) {
+            Some(conn) if conn.generation == id.generation => Some(slot),
+            _ => None,
+        }
+    }
+
+    pub(super) fn eof(&mut self, slot: usize) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        if matches!(conn.phase, Phase::Open | Phase::CloseSent) {
+            log::debug!("{}: peer closed TCP without a close handshake", conn.peer);
+            conn.note_close_reason(CloseReason::Abnormal);
+        }
+        // Nothing worth keeping the socket for once the peer has gone.
+        conn.phase = Phase::Closed;
+    }
+
+    /// Sends one frame to an open connection, counting it and noting a stall.
+    pub(super) fn send(&mut self, slot: usize, opcode: Opcode, payload: &[u8]) -> SendStatus {
+        if !self.conns[slot].is_open() {
+            self.stats.sends_refused += 1;
+            return SendStatus::Refused;
+        }
+        // A connection that is behind queues whatever it is sent: it needs room in
+        // the outgoing budget first. (One that is not writes through; what the socket
+        // does not take is queued and the budget is enforced at the end of the turn.)
+        if self.conns[slot].out.pending() > 0 && !self.outgoing_room(slot, payload.len()) {
+            self.count_send(slot, SendStatus::Refused, payload.len());
+            return SendStatus::Refused;
+        }
+        let conn = &mut self.conns[slot];
+        let (io, max_queue) = (&self.io, self.config.max_send_queue);
+        let compress = payload.len() >= self.config.deflate_threshold
+            && matches!(opcode, Opcode::Text | Opcode::Binary);
+        let deflate = conn.extras.as_mut().and_then(|e| e.deflate.as_mut());
+        let status = match deflate {
+            Some(deflate) if compress => {
+                let compressed = self.compression.compress(deflate, payload);
+                let header = FrameHeader::server_compressed(opcode, compressed.len());
+                conn.send_with_header(io, Token(slot), header, compressed, max_queue)
+            }
+            _ => conn.send_frame(io, Token(slot), opcode, payload, max_queue),
+        };
+        self.count_send(slot, status, payload.len());
+        status
+    }
+
+    pub(super) fn count_send(&mut self, slot: usize, status: SendStatus, len: usize) {
+        match status {
+            SendStatus::Written | SendStatus::Queued(_) => {
+                self.stats.messages_out += 1;
+                self.stats.bytes_out += len as u64;
+            }
+            SendStatus::Refused => {
+                self.stats.sends_refused += 1;
+                let conn = &mut self.conns[slot];
+                if conn.is_open() && conn.stalled_since.is_none() {
+                    conn.stalled_since = When::at(self.now);
+                    self.touched.push(slot);
+                }
+            }
+        }
+    }
+
+    /// Every connection's slot: a copy, so the table can change while they are visited.
+    pub(super) fn slots(&self) -> Vec<usize> {
+        self.conns.iter().map(|(slot, _)| slot).collect()
+    }
+
+    /// Starts the close handshake on an open connection.
+    pub(super) fn close(&mut self, slot: usize, code: CloseCode, reason: &str, why: CloseReason) {
+        let conn = &mut self.conns[slot];
+        if !conn.is_open() {
+            return;
+        }
+        conn.send_close(&self.io, Token(slot), Some(code), reason);
+        conn.set_close_reason(why);
+        if conn.is_open() {
+            conn.enter_closing(Phase::CloseSent);
+        }
+        self.touched.push(slot);
+    }
+
+    /// Fails the connection (§7.1.7): a close frame with the error's code, then shut down.
+    pub(super) fn fail(&mut self, slot: usize, error: ProtocolError) {
+        let conn = &mut self.conns[slot];
+        log::debug!("{}: protocol error: {error}", conn.peer);
+        if conn.is_open() {
+            conn.send_close(
+                &self.io,
+                Token(slot),
+                Some(error.close_code()),
+                &error.to_string(),
+            );
+            conn.set_close_reason(CloseReason::Protocol(error));
+        }
+        conn.finish(&self.io, Token(slot));
+    }
+
+    /// Copies the gauges into the stats, and logs budget closes once per burst.
+    pub(super) fn update_gauges(&mut self) {
+        self.stats.handshakes_in_progress = self.handshaking as u64;
+        self.stats.deadline_entries = self.timers.len() as u64;
+        self.stats.incoming_bytes = self.incoming as u64;
+        self.stats.outgoing_bytes = self.io.meter.get() as u64;
+        self.stats.topic_memberships = self.topics.memberships() as u64;
+        self.stats.inflaters_lent = self.compression.lent() as u64;
+        self.budget_log.report(self.now);
+        self.trim
+            .after_turn(self.incoming + self.io.meter.get(), self.now);
+    }
+}
+
+pub(super) fn opcode_of(message: &Message<'_>) -> Opcode {
+    match message {
+        Message::Text(_) => Opcode::Text,
+        Message::Binary(_) => Opcode::Binary,
+    }
+}
