@@ -19,10 +19,10 @@ use crate::proto::frame::{FrameHeader, Opcode, MAX_HEADER_LEN};
 use crate::proto::handshake::HeadReader;
 use crate::proto::{CloseCode, Receiver};
 use crate::timer::{deadline_after, Millis, When};
-use mio::net::TcpStream;
+use crate::transport::Transport;
 use mio::{Interest, Registry, Token};
 use std::io::{self, IoSlice, Write};
-use std::net::{Shutdown, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// Frames up to this size are corked (copied into the queue and written once per
@@ -163,7 +163,7 @@ pub(crate) struct Handshake {
 
 /// One client connection.
 pub(crate) struct Conn<S> {
-    pub socket: TcpStream,
+    pub transport: Transport,
     pub peer: PeerAddr,
     pub generation: u64,
     pub phase: Phase,
@@ -201,14 +201,14 @@ pub(crate) struct Conn<S> {
 
 impl<S: Default> Conn<S> {
     pub fn new(
-        socket: TcpStream,
+        transport: Transport,
         peer: SocketAddr,
         generation: u64,
         config: &Config,
         now: Millis,
     ) -> Conn<S> {
         Conn {
-            socket,
+            transport,
             peer: PeerAddr::from(peer),
             generation,
             phase: Phase::Handshake,
@@ -425,10 +425,10 @@ impl<S> Conn<S> {
             // Write-through: header and payload in one syscall, no copy.
             while written < total {
                 let result = if written < first.len() {
-                    (&self.socket)
+                    self.transport
                         .write_vectored(&[IoSlice::new(&first[written..]), IoSlice::new(second)])
                 } else {
-                    (&self.socket).write(&second[written - first.len()..])
+                    self.transport.write(&second[written - first.len()..])
                 };
                 match result {
                     Ok(0) => {
@@ -472,8 +472,12 @@ impl<S> Conn<S> {
     pub fn flush(&mut self, io: &Io, token: Token) {
         self.unflushed = false;
         if self.out.pending() > 0 {
-            match self.out.write_to(&self.socket) {
-                Ok(true) => self.want_writable(&io.registry, token, false),
+            match self.out.write_to(&mut self.transport) {
+                // A transport that holds bytes of its own (TLS) still needs the socket.
+                Ok(true) => {
+                    let more = self.transport.wants_write();
+                    self.want_writable(&io.registry, token, more)
+                }
                 Ok(false) => return self.want_writable(&io.registry, token, true),
                 Err(e) => return self.fail_io(e),
             }
@@ -481,7 +485,7 @@ impl<S> Conn<S> {
         if matches!(self.phase, Phase::Finishing) {
             // Half-close: the peer sees EOF after our last bytes, and we read (and drop)
             // whatever it still sends until it closes too, so it never gets a reset.
-            match self.socket.shutdown(Shutdown::Write) {
+            match self.transport.shutdown_write() {
                 Ok(()) => self.phase = Phase::Draining,
                 Err(_) => self.phase = Phase::Closed,
             }
@@ -519,7 +523,7 @@ impl<S> Conn<S> {
         } else {
             Interest::READABLE
         };
-        match registry.reregister(&mut self.socket, token, interest) {
+        match self.transport.reregister(registry, token, interest) {
             Ok(()) => self.writable_interest = writable,
             Err(e) => self.fail_io(e),
         }
@@ -529,6 +533,7 @@ impl<S> Conn<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mio::net::TcpStream;
 
     #[test]
     fn a_peer_address_survives_compaction() {

@@ -78,6 +78,7 @@ mod server;
 mod stats;
 mod sys;
 mod timer;
+mod transport;
 
 pub use config::{Config, ConfigError};
 pub use handle::{Handle, HandleError};

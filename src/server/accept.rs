@@ -87,22 +87,25 @@ pub(super) fn refuse_busy(mut socket: TcpStream) {
 }
 
 impl<S: Default> Core<S> {
-    pub(super) fn add(&mut self, mut socket: TcpStream, peer: SocketAddr) {
+    pub(super) fn add(&mut self, socket: TcpStream, peer: SocketAddr) {
         // Small frames go out at once; batching is ours to do, not Nagle's.
         let _ = socket.set_nodelay(true);
+        let mut transport = Transport::Tcp(socket);
         let entry = self.conns.vacant_entry();
         let slot = entry.key();
-        if let Err(e) = self
-            .io
-            .registry
-            .register(&mut socket, Token(slot), Interest::READABLE)
-        {
+        if let Err(e) = transport.register(&self.io.registry, Token(slot), Interest::READABLE) {
             log::warn!("{peer}: cannot register: {e}");
             return;
         }
         let generation = self.stats.accepted;
         log::debug!("{peer}: connected");
-        entry.insert(Conn::new(socket, peer, generation, &self.config, self.now));
+        entry.insert(Conn::new(
+            transport,
+            peer,
+            generation,
+            &self.config,
+            self.now,
+        ));
         self.handshaking += 1;
         self.touched.push(slot);
     }

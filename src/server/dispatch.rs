@@ -41,7 +41,7 @@ impl<H: Handler> Server<H> {
             if conn.read_paused || matches!(conn.phase, Phase::Closed) {
                 return;
             }
-            let n = match (&conn.socket).read(&mut self.read_buf) {
+            let n = match conn.transport.read(&mut self.read_buf) {
                 Ok(0) => return self.core.eof(slot),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,

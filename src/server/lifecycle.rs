@@ -105,7 +105,7 @@ impl<H: Handler> Server<H> {
             let held = conn.rx.held() + conn.head_bytes();
             core.compression.release(&mut conn.rx);
             core.adjust_incoming(held, 0);
-            let _ = core.io.registry.deregister(&mut conn.socket);
+            let _ = conn.transport.deregister(&core.io.registry);
             log::debug!("{}: disconnected", conn.peer);
             return;
         }

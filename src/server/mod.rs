@@ -58,6 +58,7 @@ use crate::proto::receiver::Progress;
 use crate::proto::{CloseCode, Event, InvalidCloseCode, Message, ProtocolError};
 use crate::stats::Stats;
 use crate::timer::{deadline_after, Clock, DeadlineQueue, Millis, When};
+use crate::transport::Transport;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
