@@ -15,3 +15,15 @@ pub(crate) fn trim_heap() {
         libc::malloc_trim(0);
     }
 }
+
+/// Listens again on a bound socket with `backlog`: std's `TcpListener::bind` listens
+/// with 128, too few for a burst of connects.
+pub(crate) fn listen(listener: &std::net::TcpListener, backlog: i32) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: listen() on a descriptor the listener owns and keeps open for the call;
+    // the kernel caps the backlog at somaxconn.
+    if unsafe { libc::listen(listener.as_raw_fd(), backlog) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}

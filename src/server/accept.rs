@@ -3,7 +3,17 @@
 //! clients over the connection or handshake limits, and a pause instead of a spin when
 //! the process runs out of file descriptors.
 
-use super::*;
+use super::{Core, Server};
+use crate::conn::Conn;
+use crate::handler::Handler;
+use crate::proto::http::{HttpResponse, StatusCode};
+use crate::timer::Millis;
+use crate::transport::Transport;
+use mio::net::TcpStream;
+use mio::{Interest, Token};
+use std::io;
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr};
 
 /// How long accepting pauses after the process ran out of file descriptors. Pending
 /// clients wait in the kernel's backlog meanwhile; retrying sooner would only spin.

@@ -2,7 +2,11 @@
 //! queued for sending, counted in one place, and who is closed when they run out. Also
 //! the burst-rate logging of those closes, and handing freed memory back to the system.
 
-use super::*;
+use super::Core;
+use crate::conn::Phase;
+use crate::handler::CloseReason;
+use crate::proto::ProtocolError;
+use crate::timer::Millis;
 
 impl<S> Core<S> {
     /// Brings the incoming total up to date after a receiver went from holding

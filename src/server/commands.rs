@@ -1,7 +1,10 @@
 //! The `Handle`'s inbox: commands from other threads, carried out on the loop in the
 //! order they were queued, settled once per batch.
 
-use super::*;
+use super::Server;
+use crate::handle::{Command, Payload};
+use crate::handler::{CloseReason, Handler};
+use crate::proto::frame::Opcode;
 
 impl<H: Handler> Server<H> {
     pub(super) fn run_commands(&mut self) {

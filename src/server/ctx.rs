@@ -1,7 +1,14 @@
 //! `Ctx`: what a handler acts through — the connection it was called for, and through
 //! it the rest of the loop (other connections, broadcast, topics, stats, shutdown).
 
-use super::*;
+use super::table::opcode_of;
+use super::{Core, Fanout};
+use crate::conn::Conn;
+use crate::handler::{CloseReason, ConnId, SendStatus};
+use crate::proto::frame::{Opcode, MAX_CONTROL_PAYLOAD};
+use crate::proto::{CloseCode, InvalidCloseCode, Message};
+use crate::stats::Stats;
+use std::net::SocketAddr;
 
 /// What a handler acts through: the current connection, and through it the rest of
 /// the loop (other connections, broadcast, topics, stats, shutdown).

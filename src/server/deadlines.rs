@@ -2,7 +2,13 @@
 //! keepalive ping and its pong, a send queue stuck over its cap, a half-received
 //! message that stopped growing, the peer's side of the close.
 
-use super::*;
+use super::{Core, Server};
+use crate::conn::{Phase, Wait};
+use crate::handler::{CloseReason, Handler};
+use crate::proto::frame::Opcode;
+use crate::proto::CloseCode;
+use crate::timer::When;
+use mio::Token;
 
 impl<H: Handler> Server<H> {
     /// Acts on every deadline that has passed.

@@ -3,7 +3,17 @@
 //! to the handler (a panic there closes that connection alone, 1011), pings answered,
 //! a peer's close echoed.
 
-use super::*;
+use super::{Core, Ctx, Server};
+use crate::conn::Phase;
+use crate::handler::{CloseReason, Handler};
+use crate::proto::frame::Opcode;
+use crate::proto::receiver::Progress;
+use crate::proto::{CloseCode, Event, ProtocolError};
+use crate::timer::When;
+use mio::Token;
+use std::io;
+use std::io::Read;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 
 /// Reads per connection per loop turn before the others get their turn; a connection
 /// with more input waiting is picked up again on the next turn.

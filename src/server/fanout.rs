@@ -1,7 +1,12 @@
 //! One message to many connections: broadcast and topic publish, encoded (and
 //! compressed) once and shared by every queue that has to hold it.
 
-use super::*;
+use super::Core;
+use crate::conn::Conn;
+use crate::handler::SendStatus;
+use crate::outbox::SharedFrame;
+use crate::proto::frame::{FrameHeader, Opcode};
+use mio::Token;
 
 impl<S> Core<S> {
     /// Sends one message to every open connection (encoded once).

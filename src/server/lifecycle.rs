@@ -2,7 +2,13 @@
 //! the handler (once), remove a closed connection and everything it held, or
 //! reschedule its deadline; and the graceful shutdown.
 
-use super::*;
+use super::Server;
+use crate::conn::Phase;
+use crate::handler::{CloseReason, ConnId, Handler};
+use crate::proto::CloseCode;
+use crate::timer::{deadline_after, Millis, When};
+use mio::Token;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 
 impl<H: Handler> Server<H> {
     /// Settles every touched connection and a requested shutdown.

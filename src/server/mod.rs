@@ -37,36 +37,22 @@ mod upgrade;
 pub use ctx::Ctx;
 pub use fanout::Fanout;
 
-use accept::busy_response;
-use budget::{BurstLog, HeapTrim};
-use dispatch::{frames, guard};
-use table::opcode_of;
-
 use crate::compression::Compression;
 use crate::config::{Config, Timeouts};
-use crate::conn::ConnDeflate;
-use crate::conn::{Conn, Handshake, Io, Phase, Wait};
-use crate::handle::{Command, Handle, Inbox, Payload};
-use crate::handler::{CloseReason, ConnId, Decision, Handler, SendStatus};
-use crate::outbox::{Meter, SharedFrame};
-use crate::proto::deflate::{self, DeflateParams};
-use crate::proto::extension::parse_offers;
-use crate::proto::frame::{FrameHeader, Opcode, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN};
-use crate::proto::handshake::{accept_response, HandshakeError, HeadReader, Request};
-use crate::proto::http::{HttpResponse, StatusCode};
-use crate::proto::receiver::Progress;
-use crate::proto::{CloseCode, Event, InvalidCloseCode, Message, ProtocolError};
+use crate::conn::{Conn, Io};
+use crate::handle::{Command, Handle, Inbox};
+use crate::handler::Handler;
+use crate::outbox::Meter;
+use crate::proto::frame::{MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN};
 use crate::stats::Stats;
-use crate::timer::{deadline_after, Clock, DeadlineQueue, Millis, When};
-use crate::transport::Transport;
-use mio::net::{TcpListener, TcpStream};
+use crate::timer::{Clock, DeadlineQueue, Millis};
+use budget::{BurstLog, HeapTrim};
+use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 use std::collections::VecDeque;
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr};
-use std::os::fd::AsRawFd;
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use topics::Topics;
@@ -74,7 +60,7 @@ use topics::Topics;
 const LISTENER: Token = Token(usize::MAX);
 
 /// Pending connections the kernel may queue for us (tokio's default too).
-const LISTEN_BACKLOG: libc::c_int = 1024;
+const LISTEN_BACKLOG: i32 = 1024;
 
 const WAKER: Token = Token(usize::MAX - 1);
 
@@ -162,10 +148,7 @@ impl<H: Handler> Server<H> {
         // std listens with a backlog of 128: a burst of connects larger than that
         // overflows it, and each overflowed client waits a SYN retry (a second or
         // more). Listening again on a bound socket just raises the backlog.
-        // SAFETY: listen() on a descriptor we own; the kernel caps it at somaxconn.
-        if unsafe { libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        crate::sys::listen(&listener, LISTEN_BACKLOG)?;
         Server::from_listener(listener, config, handler)
     }
 

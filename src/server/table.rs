@@ -1,7 +1,13 @@
 //! The connection table: look a connection up by id, send to it, close it, fail it;
 //! and the gauges copied into `Stats` after every turn.
 
-use super::*;
+use super::Core;
+use crate::conn::Phase;
+use crate::handler::{CloseReason, ConnId, SendStatus};
+use crate::proto::frame::{FrameHeader, Opcode};
+use crate::proto::{CloseCode, Message, ProtocolError};
+use crate::timer::When;
+use mio::Token;
 
 impl<S> Core<S> {
     pub(super) fn id(&self, slot: usize) -> ConnId {

@@ -3,7 +3,21 @@
 //! subprotocol, compression), a 101 that opens the connection, or an HTTP refusal,
 //! checked before it reaches the wire.
 
-use super::*;
+use super::accept::busy_response;
+use super::dispatch::{frames, guard};
+use super::{Core, Server};
+use crate::config::Config;
+use crate::conn::{ConnDeflate, Handshake, Phase};
+use crate::handler::{Decision, Handler};
+use crate::proto::deflate;
+use crate::proto::deflate::DeflateParams;
+use crate::proto::extension::parse_offers;
+use crate::proto::handshake::{accept_response, HandshakeError, HeadReader, Request};
+use crate::proto::http::{HttpResponse, StatusCode};
+use crate::timer::When;
+use mio::Token;
+use std::net::SocketAddr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 
 impl<H: Handler> Server<H> {
     /// Feeds bytes to the HTTP head reader; once the head is complete, answers it.
