@@ -4,6 +4,7 @@
 //! is tested (and fuzzed) by feeding bytes in and looking at what comes out.
 
 pub mod close;
+pub mod closing;
 pub mod deflate;
 pub mod error;
 pub mod extension;
@@ -16,6 +17,7 @@ pub mod receiver;
 pub mod utf8;
 
 pub use close::{CloseCode, CloseFrame, InvalidCloseCode};
+pub use closing::{CloseHandshake, CloseState};
 pub use error::ProtocolError;
 pub use frame::{FrameHeader, Opcode};
 pub use message::{Event, Message};
