@@ -4,19 +4,23 @@
 //! is tested (and fuzzed) by feeding bytes in and looking at what comes out.
 
 pub mod close;
+pub mod closing;
 pub mod deflate;
 pub mod error;
 pub mod extension;
 pub mod frame;
 pub mod handshake;
 pub mod http;
+pub mod keepalive;
 pub mod mask;
 pub mod message;
 pub mod receiver;
 pub mod utf8;
 
 pub use close::{CloseCode, CloseFrame, InvalidCloseCode};
+pub use closing::{CloseHandshake, CloseState};
 pub use error::ProtocolError;
 pub use frame::{FrameHeader, Opcode};
+pub use keepalive::{Keepalive, KeepaliveDue};
 pub use message::{Event, Message};
 pub use receiver::Receiver;
