@@ -1,23 +1,33 @@
-//! One connection: its socket, where it is in its life, and its outgoing bytes.
+//! One connection: its transport, where it is in its life, and its outgoing bytes.
 //!
 //! ```text
-//!  Handshake ──101──► Open ──close sent──► CloseSent ──peer's close──┐
-//!      │               │                                             ▼
-//!      └─HTTP answer─► └─peer's close / protocol error──────────► Finishing ──► (dropped)
+//!  Handshake ──101──► WebSocket: Open ──our close──► CloseSent ──peer's close──┐
+//!      │                          │                                           ▼
+//!      │                          └──peer's close / failure──────────────► Flushing
+//!      │                                                                      │
+//!      └──HTTP answer──► Answered (flush) ──────────────────────────────► half-close,
+//!                                                                   drain to EOF ──► Closed
 //! ```
 //!
-//! `Finishing` flushes what is queued (a close frame or an HTTP response), then
-//! half-closes the socket and reads until the peer's EOF, so the peer reads our last
-//! bytes instead of a reset.
+//! The WebSocket's close handshake is the sans-I/O [`CloseHandshake`] and its
+//! keepalive decisions the sans-I/O [`Keepalive`]; this file does their I/O: it
+//! writes the frames they ask for and half-closes the transport when they say so.
+//! Every transition is a method here, stamped with the loop's time, so each wait
+//! (handshake, keepalive, close) carries its own start: the loop asks, it does not poke.
+//! Flushing ends in a half-close: the peer reads our last bytes, then EOF, instead of a
+//! reset.
 
 use crate::config::{Config, Timeouts};
 use crate::handler::{CloseReason, SendStatus};
 use crate::outbox::{Meter, Outbox, SharedFrame};
-use crate::proto::close::encode_close_payload;
+use crate::proto::closing::CloseState;
 use crate::proto::deflate::{DeflateParams, Deflater};
+use crate::proto::frame::MAX_CONTROL_PAYLOAD;
 use crate::proto::frame::{FrameHeader, Opcode, MAX_HEADER_LEN};
 use crate::proto::handshake::HeadReader;
+use crate::proto::keepalive::KeepaliveDue;
 use crate::proto::{CloseCode, Receiver};
+use crate::proto::{CloseFrame, CloseHandshake, Keepalive, ProtocolError};
 use crate::timer::{deadline_after, Millis, When};
 use crate::transport::Transport;
 use mio::{Interest, Registry, Token};
@@ -62,21 +72,22 @@ pub(crate) struct ConnDeflate {
     pub deflater: Option<Box<Deflater>>,
 }
 
-/// Where a connection is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Phase {
-    /// Reading the HTTP upgrade request. A request that arrives in one read needs no
-    /// storage; the start of one that does not waits in [`Extras::handshake`].
-    Handshake,
-    /// Exchanging messages.
-    Open,
-    /// We sent a close frame and read on until the peer's close arrives.
-    CloseSent,
-    /// Nothing more will be parsed: flush the queue, then shut down.
-    Finishing,
-    /// Our side is shut down; discard input until the peer's EOF.
-    Draining,
-    /// The socket is done with; the reactor removes the connection.
+/// Where a connection is in its life, with the moment its current wait began.
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    /// Reading the HTTP upgrade request, since the accept (`handshake_timeout`). A
+    /// request that arrives in one read needs no storage; the start of one that does
+    /// not waits in [`Extras::handshake`].
+    Handshake { accepted: Millis },
+    /// An HTTP answer (a refusal, a page) is queued: flush it, half-close, then read
+    /// until the peer's EOF (`close_timeout` from `since`).
+    Answered { since: Millis, draining: bool },
+    /// The WebSocket, where its close handshake stands, and when the close began.
+    WebSocket {
+        close: CloseHandshake,
+        closing_since: When,
+    },
+    /// Done with; the loop removes the connection.
     Closed,
 }
 
@@ -166,7 +177,7 @@ pub(crate) struct Conn<S> {
     pub transport: Transport,
     pub peer: PeerAddr,
     pub generation: u64,
-    pub phase: Phase,
+    phase: Phase,
     pub rx: Receiver,
     pub out: Outbox,
     /// Whether WRITABLE interest is registered: the socket refused bytes that still
@@ -174,24 +185,19 @@ pub(crate) struct Conn<S> {
     writable_interest: bool,
     /// Corked bytes wait in `out` for [`flush`](Conn::flush), which the reactor calls
     /// when it settles the connection at the end of the event.
-    pub unflushed: bool,
+    unflushed: bool,
     /// Reading stopped because the send queue is over the high-water mark.
     pub read_paused: bool,
     /// Whether this connection is counted in the loop's handshakes in progress.
-    pub counted_as_handshake: bool,
-    /// Whether the handler saw `on_open` (and so is owed an `on_close`).
-    pub opened: bool,
+    counted_as_handshake: bool,
+    /// Whether the handler saw `on_open` and is still owed its `on_close`.
+    opened: bool,
     /// Rarely set things, boxed so that connections without them stay small.
     pub extras: Option<Box<Extras>>,
     /// The handler's own per-connection state.
     pub session: S,
-    /// When the current timed wait began. The phase says which wait: the accept
-    /// (handshake), our keepalive ping while its pong is awaited (open; `NONE` when no
-    /// ping is out), the start of the close (closing phases). One field, as the waits
-    /// never overlap.
-    pub since: When,
-    /// When the peer last sent anything (for keepalive).
-    pub last_seen: Millis,
+    /// When the peer was last heard from, or our ping went out.
+    keepalive: Keepalive,
     /// Since when sends have been refused for a full queue.
     pub stalled_since: When,
     /// When the message being received last grew (or began): a half-received message
@@ -211,7 +217,7 @@ impl<S: Default> Conn<S> {
             transport,
             peer: PeerAddr::from(peer),
             generation,
-            phase: Phase::Handshake,
+            phase: Phase::Handshake { accepted: now },
             rx: {
                 // The loop counts what receivers hold in its incoming budget, and sheds
                 // their buffers when it runs short or a connection goes quiet.
@@ -227,8 +233,7 @@ impl<S: Default> Conn<S> {
             opened: false,
             extras: None,
             session: S::default(),
-            since: When::at(now),
-            last_seen: now,
+            keepalive: Keepalive::new(now),
             stalled_since: When::NONE,
             progress: When::NONE,
         }
@@ -290,49 +295,240 @@ impl<S> Conn<S> {
         self.extras.as_mut()?.close_reason.take()
     }
 
-    /// Whether the close handshake (or a failure) has begun.
-    pub fn is_closing(&self) -> bool {
-        matches!(
-            self.phase,
-            Phase::CloseSent | Phase::Finishing | Phase::Draining
-        )
+    /// Still reading the upgrade request.
+    pub fn is_handshaking(&self) -> bool {
+        matches!(self.phase, Phase::Handshake { .. })
+    }
+
+    /// Whether frames and messages may still be sent by the application.
+    pub fn is_open(&self) -> bool {
+        matches!(self.phase, Phase::WebSocket { close, .. } if close.may_send())
+    }
+
+    /// Whether the frames the peer sends are still parsed (open, or our close sent and
+    /// the peer's awaited).
+    pub fn parses_frames(&self) -> bool {
+        matches!(self.phase, Phase::WebSocket { close, .. } if close.parses_frames())
+    }
+
+    /// Whether the connection is done with and can be removed.
+    pub fn is_closed(&self) -> bool {
+        match self.phase {
+            Phase::Closed => true,
+            Phase::WebSocket { close, .. } => close.state() == CloseState::Closed,
+            _ => false,
+        }
+    }
+
+    /// Whether bytes may still be written (not after the half-close).
+    fn may_write(&self) -> bool {
+        match self.phase {
+            Phase::Closed | Phase::Answered { draining: true, .. } => false,
+            Phase::WebSocket { close, .. } => matches!(
+                close.state(),
+                CloseState::Open | CloseState::CloseSent | CloseState::Flushing
+            ),
+            _ => true,
+        }
+    }
+
+    /// Whether the handler was told of this WebSocket and is owed `on_close`, now that
+    /// it no longer parses frames: true once, so `on_close` is called once.
+    pub fn take_ended(&mut self) -> bool {
+        let ended = self.opened && !self.parses_frames();
+        if ended {
+            self.opened = false;
+        }
+        ended
+    }
+
+    /// Whether this connection still counted as a handshake in progress and has now
+    /// left the handshake: true once.
+    pub fn take_left_handshake(&mut self) -> bool {
+        let left = self.counted_as_handshake && !self.is_handshaking();
+        if left {
+            self.counted_as_handshake = false;
+        }
+        left
+    }
+
+    /// Whether sends were corked and wait for [`flush`](Self::flush).
+    pub fn is_unflushed(&self) -> bool {
+        self.unflushed
+    }
+
+    /// The upgrade went through: the WebSocket is open, and the handler will be told.
+    pub fn open(&mut self, now: Millis) {
+        if self.is_handshaking() {
+            self.phase = Phase::WebSocket {
+                close: CloseHandshake::new(),
+                closing_since: When::NONE,
+            };
+            self.keepalive = Keepalive::new(now);
+            self.opened = true;
+        }
+    }
+
+    /// Answers the request with an HTTP response (a refusal, a page) and ends the
+    /// connection after it: flush, half-close, drain.
+    pub fn answer(&mut self, io: &Io, token: Token, response: &[u8], now: Millis) {
+        let _ = self.send_bytes(io, token, response);
+        if self.is_handshaking() {
+            self.phase = Phase::Answered {
+                since: now,
+                draining: false,
+            };
+        }
+        self.flush(io, token);
+    }
+
+    /// The peer sent something: it is alive (this answers a keepalive ping too).
+    pub fn heard(&mut self, now: Millis) {
+        self.keepalive.heard(now);
+    }
+
+    /// Sends a keepalive ping.
+    pub fn ping(&mut self, io: &Io, token: Token, now: Millis) {
+        let _ = self.send_frame(io, token, Opcode::Ping, b"keepalive", usize::MAX);
+        self.keepalive.ping_sent(now);
+    }
+
+    /// Starts the close handshake from our side with `code` and `reason`; a no-op
+    /// unless open.
+    pub fn close(&mut self, io: &Io, token: Token, code: CloseCode, reason: &str, now: Millis) {
+        let mut payload = [0u8; MAX_CONTROL_PAYLOAD];
+        let sent = match &mut self.phase {
+            Phase::WebSocket { close, .. } => close.close(code, reason, &mut payload),
+            _ => None,
+        };
+        if let Some(len) = sent {
+            self.send_close_frame(io, token, &payload[..len]);
+            self.closing_began(now);
+        }
+    }
+
+    /// Fails the connection (RFC 6455 §7.1.7): a close frame with the error's code if
+    /// ours is not out yet, then no more parsing; flushed and half-closed.
+    pub fn fail(&mut self, io: &Io, token: Token, error: ProtocolError, now: Millis) {
+        let mut payload = [0u8; MAX_CONTROL_PAYLOAD];
+        let sent = match &mut self.phase {
+            Phase::WebSocket { close, .. } => close.fail(error, &mut payload),
+            _ => None,
+        };
+        if let Some(len) = sent {
+            self.send_close_frame(io, token, &payload[..len]);
+        }
+        self.closing_began(now);
+        self.flush(io, token);
+    }
+
+    /// The peer's close arrived: echo its code if ours is not out yet (§5.5.1); either
+    /// way the handshake is complete, and the server closes TCP first (§7.1.1).
+    pub fn receive_close(
+        &mut self,
+        io: &Io,
+        token: Token,
+        frame: Option<CloseFrame<'_>>,
+        now: Millis,
+    ) {
+        let mut payload = [0u8; MAX_CONTROL_PAYLOAD];
+        let sent = match &mut self.phase {
+            Phase::WebSocket { close, .. } => close.receive_close(frame, &mut payload),
+            _ => None,
+        };
+        if let Some(len) = sent {
+            self.send_close_frame(io, token, &payload[..len]);
+        }
+        self.closing_began(now);
+        self.flush(io, token);
+    }
+
+    /// Stops waiting for the peer's close after ours went out (a handler that
+    /// panicked, a message that stalled): nothing more is parsed.
+    pub fn stop_reading(&mut self, io: &Io, token: Token) {
+        if let Phase::WebSocket { close, .. } = &mut self.phase {
+            close.stop_reading();
+        }
+        self.flush(io, token);
+    }
+
+    /// The peer closed its side (EOF): nothing more will come. Notes an abnormal end
+    /// if the WebSocket was open or awaiting the peer's close.
+    pub fn peer_eof(&mut self) {
+        let abnormal = match &mut self.phase {
+            Phase::WebSocket { close, .. } => close.peer_eof(),
+            _ => false,
+        };
+        if abnormal {
+            log::debug!("{}: peer closed TCP without a close handshake", self.peer);
+            self.note_close_reason(CloseReason::Abnormal);
+        }
+        self.phase = Phase::Closed;
+    }
+
+    /// Drops the connection at once: its transport failed, or it must go without
+    /// ceremony (a timeout, a reader that stopped reading).
+    pub fn abort(&mut self) {
+        if let Phase::WebSocket { close, .. } = &mut self.phase {
+            close.abort();
+        }
+        self.phase = Phase::Closed;
+    }
+
+    /// Records when the close began (the close timeout runs from there), once.
+    fn closing_began(&mut self, now: Millis) {
+        if let Phase::WebSocket { closing_since, .. } = &mut self.phase {
+            if closing_since.is_none() {
+                *closing_since = When::at(now);
+            }
+        }
+    }
+
+    /// A close frame is never refused for the queue cap: it ends the queue's growth.
+    fn send_close_frame(&mut self, io: &Io, token: Token, payload: &[u8]) {
+        let _ = self.send_frame(io, token, Opcode::Close, payload, usize::MAX);
     }
 
     /// The next moment something must happen on this connection if nothing else does,
     /// and what it waits for then.
     pub fn next_deadline(&self, timeouts: &Timeouts) -> Option<(Millis, Wait)> {
-        let after = |start: When, timeout: Option<Millis>, wait: Wait| {
-            Some((deadline_after(start.get()?, timeout?), wait))
+        let after = |start: Millis, timeout: Option<Millis>, wait: Wait| {
+            Some((deadline_after(start, timeout?), wait))
         };
         match self.phase {
-            Phase::Handshake => after(self.since, timeouts.handshake, Wait::Handshake),
-            Phase::Open => {
-                let keepalive = if self.since.is_some() {
-                    after(self.since, timeouts.pong, Wait::Pong)
-                } else {
-                    after(When::at(self.last_seen), timeouts.idle, Wait::Idle)
-                };
-                let stall = after(self.stalled_since, timeouts.send_stall, Wait::SendStall);
-                let message = if self.rx.is_mid_message() {
-                    after(self.progress, timeouts.message, Wait::MessageProgress)
-                } else {
-                    None
+            Phase::Handshake { accepted } => after(accepted, timeouts.handshake, Wait::Handshake),
+            Phase::Answered { since, .. } => after(since, timeouts.close, Wait::Close),
+            Phase::WebSocket { close, .. } if close.may_send() => {
+                let keepalive =
+                    self.keepalive
+                        .next(timeouts.idle, timeouts.pong)
+                        .map(|(at, due)| match due {
+                            KeepaliveDue::Ping => (at, Wait::Idle),
+                            KeepaliveDue::PongOverdue => (at, Wait::Pong),
+                        });
+                let stall = self
+                    .stalled_since
+                    .get()
+                    .and_then(|since| after(since, timeouts.send_stall, Wait::SendStall));
+                let message = match self.progress.get() {
+                    Some(progress) if self.rx.is_mid_message() => {
+                        after(progress, timeouts.message, Wait::MessageProgress)
+                    }
+                    _ => None,
                 };
                 [keepalive, stall, message]
                     .into_iter()
                     .flatten()
                     .min_by_key(|(at, _)| *at)
             }
-            Phase::CloseSent | Phase::Finishing | Phase::Draining => {
-                after(self.since, timeouts.close, Wait::Close)
+            Phase::WebSocket {
+                close,
+                closing_since,
+            } if close.state() != CloseState::Closed => {
+                after(closing_since.get()?, timeouts.close, Wait::Close)
             }
-            Phase::Closed => None,
+            Phase::WebSocket { .. } | Phase::Closed => None,
         }
-    }
-
-    /// Whether frames and messages may still be sent by the application.
-    pub fn is_open(&self) -> bool {
-        matches!(self.phase, Phase::Open)
     }
 
     /// Sends one unfragmented frame, writing through to the socket when nothing is
@@ -381,7 +577,7 @@ impl<S> Conn<S> {
         if self.out.pending() + bytes.len() > max_queue {
             return SendStatus::Refused;
         }
-        if self.writable_interest && !matches!(self.phase, Phase::Closed | Phase::Draining) {
+        if self.writable_interest && self.may_write() {
             self.out.push_shared(&io.meter, frame);
             return SendStatus::Queued(self.out.pending());
         }
@@ -405,7 +601,7 @@ impl<S> Conn<S> {
         second: &[u8],
         cork: bool,
     ) -> SendStatus {
-        if matches!(self.phase, Phase::Closed | Phase::Draining) {
+        if !self.may_write() {
             return SendStatus::Refused;
         }
         let total = first.len() + second.len();
@@ -458,17 +654,8 @@ impl<S> Conn<S> {
         SendStatus::Queued(self.out.pending())
     }
 
-    /// Sends a close frame with `code` and `reason` (cut to fit, see
-    /// [`encode_close_payload`]).
-    pub fn send_close(&mut self, io: &Io, token: Token, code: Option<CloseCode>, reason: &str) {
-        let mut payload = [0u8; 125];
-        let len = encode_close_payload(code, reason, &mut payload);
-        // A close frame is never refused for the queue cap: it ends the queue's growth.
-        let _ = self.send_frame(io, token, Opcode::Close, &payload[..len], usize::MAX);
-    }
-
     /// Writes queued bytes (after a WRITABLE event, or corked ones when the loop settles
-    /// the connection); moves `Finishing` on once empty.
+    /// the connection); once they are out, a connection that is finishing half-closes.
     pub fn flush(&mut self, io: &Io, token: Token) {
         self.unflushed = false;
         if self.out.pending() > 0 {
@@ -482,36 +669,26 @@ impl<S> Conn<S> {
                 Err(e) => return self.fail_io(e),
             }
         }
-        if matches!(self.phase, Phase::Finishing) {
-            // Half-close: the peer sees EOF after our last bytes, and we read (and drop)
-            // whatever it still sends until it closes too, so it never gets a reset.
-            match self.transport.shutdown_write() {
-                Ok(()) => self.phase = Phase::Draining,
-                Err(_) => self.phase = Phase::Closed,
+        // Half-close: the peer sees EOF after our last bytes, and we read (and drop)
+        // whatever it still sends until it closes too, so it never gets a reset.
+        let half_close = match &mut self.phase {
+            Phase::WebSocket { close, .. } => close.flushed(),
+            Phase::Answered { draining, .. } if !*draining => {
+                *draining = true;
+                true
             }
+            _ => false,
+        };
+        if half_close && self.transport.shutdown_write().is_err() {
+            self.abort();
         }
-    }
-
-    /// Stops parsing input; once the queue is flushed the connection shuts down.
-    pub fn finish(&mut self, io: &Io, token: Token) {
-        self.enter_closing(Phase::Finishing);
-        self.flush(io, token);
     }
 
     /// The socket failed: nothing more can be sent or received.
     pub fn fail_io(&mut self, error: io::Error) {
         log::debug!("{}: I/O error: {}", self.peer, error);
-        self.phase = Phase::Closed;
+        self.abort();
         self.note_close_reason(CloseReason::Abnormal);
-    }
-
-    /// Moves to a closing phase; the close timeout runs from the first of them (the
-    /// reactor stamps `since` when it settles the connection).
-    pub fn enter_closing(&mut self, phase: Phase) {
-        if !self.is_closing() {
-            self.since = When::NONE;
-        }
-        self.phase = phase;
     }
 
     fn want_writable(&mut self, registry: &Registry, token: Token, writable: bool) {

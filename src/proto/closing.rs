@@ -161,6 +161,16 @@ impl CloseHandshake {
         }
     }
 
+    /// Stops waiting for the peer's close after ours went out: nothing more it sends
+    /// will be parsed (a handler that panicked is not trusted with more input, a
+    /// message that stalled is not waited for). From CloseSent → Flushing; elsewhere a
+    /// no-op (from Open, [`close`](Self::close) or [`fail`](Self::fail) first).
+    pub fn stop_reading(&mut self) {
+        if self.state == CloseState::CloseSent {
+            self.state = CloseState::Flushing;
+        }
+    }
+
     /// The peer's close frame arrived (`None`: it had an empty payload).
     ///
     /// While open, §5.5.1 asks for a close in reply, "typically echoing the status code
@@ -597,5 +607,24 @@ mod tests {
             assert_eq!(hs.sent(), Some(Some(CloseCode(code))));
             assert_eq!(hs.received(), Some(Some(CloseCode(code))));
         }
+    }
+
+    #[test]
+    fn stop_reading_ends_the_wait_for_the_peers_close_only_after_ours() {
+        let mut out = [0u8; MAX_CONTROL_PAYLOAD];
+        let mut open = CloseHandshake::new();
+        open.stop_reading();
+        assert_eq!(open.state(), CloseState::Open);
+        let mut closing = CloseHandshake::new();
+        assert!(closing
+            .close(CloseCode::POLICY_VIOLATION, "stalled", &mut out)
+            .is_some());
+        closing.stop_reading();
+        assert_eq!(closing.state(), CloseState::Flushing);
+        assert!(!closing.parses_frames());
+        assert!(closing.flushed());
+        assert_eq!(closing.state(), CloseState::Draining);
+        closing.stop_reading();
+        assert_eq!(closing.state(), CloseState::Draining);
     }
 }

@@ -3,7 +3,6 @@
 //! the burst-rate logging of those closes, and handing freed memory back to the system.
 
 use super::Core;
-use crate::conn::Phase;
 use crate::handler::CloseReason;
 use crate::proto::ProtocolError;
 use crate::timer::Millis;
@@ -68,7 +67,7 @@ impl<S> Core<S> {
                 slot != asking
                     && conn.rx.is_mid_message()
                     && conn.rx.held() > 0
-                    && matches!(conn.phase, Phase::Open | Phase::CloseSent)
+                    && conn.parses_frames()
             })
             .map(|(slot, conn)| {
                 let progress = conn.progress.get().unwrap_or(0);
@@ -148,7 +147,7 @@ impl<S> Core<S> {
             );
             conn.out.clear();
             conn.note_close_reason(CloseReason::OutgoingBudget);
-            conn.phase = Phase::Closed;
+            conn.abort();
             self.stats.outgoing_budget_closes += 1;
             self.budget_log
                 .note("outgoing budget full: dropped the connections with the largest send queues");

@@ -3,11 +3,9 @@
 //! message that stopped growing, the peer's side of the close.
 
 use super::{Core, Server};
-use crate::conn::{Phase, Wait};
+use crate::conn::Wait;
 use crate::handler::{CloseReason, Handler};
-use crate::proto::frame::Opcode;
 use crate::proto::CloseCode;
-use crate::timer::When;
 use mio::Token;
 
 impl<H: Handler> Server<H> {
@@ -38,7 +36,7 @@ impl<H: Handler> Server<H> {
         if let Some(deadline) = self.shutdown_deadline {
             if deadline <= now {
                 for slot in self.core.slots() {
-                    self.core.conns[slot].phase = Phase::Closed;
+                    self.core.conns[slot].abort();
                     self.settle_conn(slot);
                 }
             }
@@ -54,7 +52,7 @@ impl<S> Core<S> {
         match wait {
             Wait::Handshake => {
                 log::debug!("{}: handshake timed out", conn.peer);
-                conn.phase = Phase::Closed;
+                conn.abort();
             }
             Wait::SendStall => {
                 log::debug!("{}: send queue full for too long", conn.peer);
@@ -64,37 +62,23 @@ impl<S> Core<S> {
             Wait::MessageProgress => {
                 log::debug!("{}: half-received message stalled", conn.peer);
                 self.stats.message_timeouts += 1;
-                conn.send_close(
-                    &self.io,
-                    Token(slot),
-                    Some(CloseCode::POLICY_VIOLATION),
-                    "message timeout",
-                );
+                let (code, reason) = (CloseCode::POLICY_VIOLATION, "message timeout");
+                conn.close(&self.io, Token(slot), code, reason, now);
                 conn.set_close_reason(CloseReason::MessageTimeout);
-                conn.finish(&self.io, Token(slot));
+                // The rest of that message is not waited for.
+                conn.stop_reading(&self.io, Token(slot));
                 self.release_incoming(slot);
             }
             Wait::Pong => {
                 log::debug!("{}: no answer to keepalive ping", conn.peer);
-                conn.send_close(
-                    &self.io,
-                    Token(slot),
-                    Some(CloseCode::INTERNAL_ERROR),
-                    "keepalive timeout",
-                );
+                let (code, reason) = (CloseCode::INTERNAL_ERROR, "keepalive timeout");
+                conn.close(&self.io, Token(slot), code, reason, now);
                 conn.set_close_reason(CloseReason::KeepaliveTimeout);
                 // A peer that does not answer pings will not answer a close either.
-                conn.phase = Phase::Closed;
+                conn.abort();
             }
             Wait::Idle => {
-                let _ = conn.send_frame(
-                    &self.io,
-                    Token(slot),
-                    Opcode::Ping,
-                    b"keepalive",
-                    usize::MAX,
-                );
-                conn.since = When::at(now);
+                conn.ping(&self.io, Token(slot), now);
                 // Quiet for a whole idle period: give back the buffers its last
                 // messages left (they are kept while traffic flows, so that the
                 // echo path allocates nothing per message).
@@ -107,7 +91,7 @@ impl<S> Core<S> {
             }
             Wait::Close => {
                 log::debug!("{}: close timed out", conn.peer);
-                conn.phase = Phase::Closed;
+                conn.abort();
             }
         }
     }

@@ -4,7 +4,6 @@
 //! a peer's close echoed.
 
 use super::{Core, Ctx, Server};
-use crate::conn::Phase;
 use crate::handler::{CloseReason, Handler};
 use crate::proto::frame::Opcode;
 use crate::proto::receiver::Progress;
@@ -48,7 +47,7 @@ impl<H: Handler> Server<H> {
             let Some(conn) = self.core.conns.get_mut(slot) else {
                 return;
             };
-            if conn.read_paused || matches!(conn.phase, Phase::Closed) {
+            if conn.read_paused || conn.is_closed() {
                 return;
             }
             let n = match conn.transport.read(&mut self.read_buf) {
@@ -58,32 +57,27 @@ impl<H: Handler> Server<H> {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return conn.fail_io(e),
             };
-            conn.last_seen = self.core.now;
-            if conn.phase == Phase::Open {
-                // Anything from the peer answers a keepalive ping.
-                conn.since = When::NONE;
-            }
-            match conn.phase {
-                Phase::Handshake => self.handshake(slot, n),
-                Phase::Open | Phase::CloseSent => {
-                    let was = (conn.rx.is_mid_message(), conn.rx.data_received());
-                    frames(
-                        &mut self.core,
-                        &mut self.handler,
-                        slot,
-                        &mut self.read_buf[..n],
-                    );
-                    if let Some(conn) = self.core.conns.get_mut(slot) {
-                        let now = (conn.rx.is_mid_message(), conn.rx.data_received());
-                        // A message that began or grew: its stall clock starts again.
-                        if now.0 && (!was.0 || was.1 != now.1) {
-                            conn.progress = When::at(self.core.now);
-                        }
+            // Anything from the peer answers a keepalive ping.
+            conn.heard(self.core.now);
+            if conn.is_handshaking() {
+                self.handshake(slot, n);
+            } else if conn.parses_frames() {
+                let was = (conn.rx.is_mid_message(), conn.rx.data_received());
+                frames(
+                    &mut self.core,
+                    &mut self.handler,
+                    slot,
+                    &mut self.read_buf[..n],
+                );
+                if let Some(conn) = self.core.conns.get_mut(slot) {
+                    let now = (conn.rx.is_mid_message(), conn.rx.data_received());
+                    // A message that began or grew: its stall clock starts again.
+                    if now.0 && (!was.0 || was.1 != now.1) {
+                        conn.progress = When::at(self.core.now);
                     }
                 }
-                // Discarding: the stream is over as far as we are concerned.
-                Phase::Finishing | Phase::Draining | Phase::Closed => {}
             }
+            // Otherwise discarding: the stream is over as far as we are concerned.
             let Some(conn) = self.core.conns.get_mut(slot) else {
                 return;
             };
@@ -118,10 +112,7 @@ pub(super) fn guard<S>(core: &mut Core<S>, slot: usize, callback: impl FnOnce(&m
             CloseReason::HandlerPanic,
         );
         // Stop parsing: whatever the peer sends next, the handler is not trusted with it.
-        let conn = &mut core.conns[slot];
-        if matches!(conn.phase, Phase::CloseSent) {
-            conn.finish(&core.io, Token(slot));
-        }
+        core.conns[slot].stop_reading(&core.io, Token(slot));
     }
 }
 
@@ -140,8 +131,7 @@ pub(super) fn frames<H: Handler>(
     let (held, had_inflater) = (rx.held(), rx.holds_inflater());
     core.compression.lend_inflater(&mut rx);
     core.adjust_incoming(held, rx.held());
-    let parsing =
-        |core: &Core<H::Session>| matches!(core.conns[slot].phase, Phase::Open | Phase::CloseSent);
+    let parsing = |core: &Core<H::Session>| core.conns[slot].parses_frames();
     let mut pos = 0;
     while pos < input.len() && parsing(core) {
         // What `core.incoming` counts for this receiver. Every growth asks the budget
@@ -213,17 +203,16 @@ pub(super) fn on_event<H: Handler>(
         Event::Ping(_) | Event::Pong(_) => {}
         Event::Close(frame) => {
             if open {
-                // §5.5.1: answer with a close, echoing the peer's code.
                 let code = frame.map(|f| f.code);
-                conn.send_close(&core.io, Token(slot), code, "");
                 conn.set_close_reason(CloseReason::Peer {
                     code: code.unwrap_or(CloseCode::NO_STATUS),
                     reason: frame.map(|f| f.reason.to_owned()).unwrap_or_default(),
                 });
                 log::debug!("{}: peer sent close {:?}", conn.peer, code);
             }
-            // Either way the close handshake is complete: the server closes TCP first.
-            conn.finish(&core.io, Token(slot));
+            // §5.5.1: answered with a close echoing the peer's code if ours is not out
+            // yet; either way the handshake is complete and the server closes TCP first.
+            conn.receive_close(&core.io, Token(slot), frame, core.now);
         }
     }
 }

@@ -3,10 +3,9 @@
 //! reschedule its deadline; and the graceful shutdown.
 
 use super::Server;
-use crate::conn::Phase;
 use crate::handler::{CloseReason, ConnId, Handler};
 use crate::proto::CloseCode;
-use crate::timer::{deadline_after, Millis, When};
+use crate::timer::{deadline_after, Millis};
 use mio::Token;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -41,14 +40,12 @@ impl<H: Handler> Server<H> {
             Some(close.map_or(Millis::MAX, |close| deadline_after(self.core.now, close)));
         for slot in self.core.slots() {
             let conn = &mut self.core.conns[slot];
-            match conn.phase {
-                Phase::Handshake => conn.phase = Phase::Closed,
-                Phase::Open => {
-                    let reason = CloseReason::Shutdown;
-                    self.core
-                        .close(slot, CloseCode::GOING_AWAY, "server shutting down", reason);
-                }
-                _ => {}
+            if conn.is_handshaking() {
+                conn.abort();
+            } else if conn.is_open() {
+                let reason = CloseReason::Shutdown;
+                self.core
+                    .close(slot, CloseCode::GOING_AWAY, "server shutting down", reason);
             }
             self.settle_conn(slot);
         }
@@ -64,14 +61,10 @@ impl<H: Handler> Server<H> {
         // First the write that was corked for this connection: it can fail (the peer
         // reset), and a connection that fails here must still be reported below, not
         // dropped unseen with its session and topics.
-        if conn.unflushed {
+        if conn.is_unflushed() {
             conn.flush(&core.io, Token(slot));
         }
-        if conn.is_closing() && conn.since.is_none() {
-            conn.since = When::at(core.now);
-        }
-        if conn.opened && !matches!(conn.phase, Phase::Open | Phase::CloseSent) {
-            conn.opened = false;
+        if conn.take_ended() {
             let reason = conn.take_close_reason().unwrap_or(CloseReason::Abnormal);
             let session = std::mem::take(&mut conn.session);
             let id = ConnId {
@@ -101,11 +94,10 @@ impl<H: Handler> Server<H> {
         let Some(conn) = core.conns.get_mut(slot) else {
             return;
         };
-        if conn.counted_as_handshake && conn.phase != Phase::Handshake {
-            conn.counted_as_handshake = false;
+        if conn.take_left_handshake() {
             core.handshaking -= 1;
         }
-        if matches!(conn.phase, Phase::Closed) {
+        if conn.is_closed() {
             let mut conn = core.conns.remove(slot);
             core.timers.remove(slot);
             let held = conn.rx.held() + conn.head_bytes();

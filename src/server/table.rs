@@ -2,7 +2,6 @@
 //! and the gauges copied into `Stats` after every turn.
 
 use super::Core;
-use crate::conn::Phase;
 use crate::handler::{CloseReason, ConnId, SendStatus};
 use crate::proto::frame::{FrameHeader, Opcode};
 use crate::proto::{CloseCode, Message, ProtocolError};
@@ -30,12 +29,8 @@ impl<S> Core<S> {
         let Some(conn) = self.conns.get_mut(slot) else {
             return;
         };
-        if matches!(conn.phase, Phase::Open | Phase::CloseSent) {
-            log::debug!("{}: peer closed TCP without a close handshake", conn.peer);
-            conn.note_close_reason(CloseReason::Abnormal);
-        }
         // Nothing worth keeping the socket for once the peer has gone.
-        conn.phase = Phase::Closed;
+        conn.peer_eof();
     }
 
     /// Sends one frame to an open connection, counting it and noting a stall.
@@ -96,11 +91,8 @@ impl<S> Core<S> {
         if !conn.is_open() {
             return;
         }
-        conn.send_close(&self.io, Token(slot), Some(code), reason);
+        conn.close(&self.io, Token(slot), code, reason, self.now);
         conn.set_close_reason(why);
-        if conn.is_open() {
-            conn.enter_closing(Phase::CloseSent);
-        }
         self.touched.push(slot);
     }
 
@@ -109,15 +101,9 @@ impl<S> Core<S> {
         let conn = &mut self.conns[slot];
         log::debug!("{}: protocol error: {error}", conn.peer);
         if conn.is_open() {
-            conn.send_close(
-                &self.io,
-                Token(slot),
-                Some(error.close_code()),
-                &error.to_string(),
-            );
             conn.set_close_reason(CloseReason::Protocol(error));
         }
-        conn.finish(&self.io, Token(slot));
+        conn.fail(&self.io, Token(slot), error, self.now);
     }
 
     /// Copies the gauges into the stats, and logs budget closes once per burst.

@@ -7,14 +7,13 @@ use super::accept::busy_response;
 use super::dispatch::{frames, guard};
 use super::{Core, Server};
 use crate::config::Config;
-use crate::conn::{ConnDeflate, Handshake, Phase};
+use crate::conn::{ConnDeflate, Handshake};
 use crate::handler::{Decision, Handler};
 use crate::proto::deflate;
 use crate::proto::deflate::DeflateParams;
 use crate::proto::extension::parse_offers;
 use crate::proto::handshake::{accept_response, HandshakeError, HeadReader, Request};
 use crate::proto::http::{HttpResponse, StatusCode};
-use crate::timer::When;
 use mio::Token;
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -24,7 +23,7 @@ impl<H: Handler> Server<H> {
     pub(super) fn handshake(&mut self, slot: usize, n: usize) {
         let core = &mut self.core;
         let conn = &mut core.conns[slot];
-        if conn.phase != Phase::Handshake {
+        if !conn.is_handshaking() {
             return;
         }
         // The start of a request that did not come in one read is kept, and counted in
@@ -81,8 +80,8 @@ impl<H: Handler> Server<H> {
             Err(e) => {
                 log::debug!("{}: {e}", conn.peer);
                 core.stats.http_responses += 1;
-                let _ = conn.send_bytes(&core.io, Token(slot), &e.response().to_bytes());
-                return conn.finish(&core.io, Token(slot));
+                let response = e.response().to_bytes();
+                return conn.answer(&core.io, Token(slot), &response, core.now);
             }
         };
         let bytes = match &mut owned {
@@ -100,8 +99,7 @@ pub(super) fn refuse_upgrade<S>(core: &mut Core<S>, slot: usize) {
     log::debug!("{}: refused with 503 (incoming budget)", conn.peer);
     core.stats.http_responses += 1;
     core.stats.incoming_budget_closes += 1;
-    let _ = conn.send_bytes(&core.io, Token(slot), &busy_response());
-    conn.finish(&core.io, Token(slot));
+    conn.answer(&core.io, Token(slot), &busy_response(), core.now);
 }
 
 /// Answers a complete request head (`bytes[..end]`) and, if it was an accepted
@@ -123,18 +121,17 @@ pub(super) fn upgrade<H: Handler>(
         Ok(()) => (response, accepted),
         Err(e) => (internal_error(&format!("invalid response: {e}")), None),
     };
-    let _ = conn.send_bytes(&core.io, Token(slot), &response.to_bytes());
     let Some(accepted) = accepted else {
         log::debug!("{peer}: answered HTTP {}", response.status.0);
         core.stats.http_responses += 1;
-        return conn.finish(&core.io, Token(slot));
+        return conn.answer(&core.io, Token(slot), &response.to_bytes(), core.now);
     };
-    if conn.phase == Phase::Closed {
+    let _ = conn.send_bytes(&core.io, Token(slot), &response.to_bytes());
+    if conn.is_closed() {
         // The 101 could not be written (the peer is gone): nothing was opened.
         return;
     }
-    conn.phase = Phase::Open;
-    conn.since = When::NONE;
+    conn.open(core.now);
     if let Some(protocol) = accepted.protocol {
         conn.extras_mut().protocol = Some(protocol.into_boxed_str());
     }
@@ -146,7 +143,6 @@ pub(super) fn upgrade<H: Handler>(
             deflater: None,
         });
     }
-    conn.opened = true;
     core.stats.handshakes += 1;
     core.stats.open_connections += 1;
     log::debug!("{peer}: WebSocket open as {}", core.id(slot));
