@@ -31,7 +31,7 @@ use crate::proto::{CloseFrame, CloseHandshake, Keepalive, ProtocolError};
 use crate::timer::{deadline_after, Millis, When};
 use crate::transport::Transport;
 use mio::{Interest, Registry, Token};
-use std::io::{self, IoSlice, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -174,7 +174,7 @@ pub(crate) struct Handshake {
 
 /// One client connection.
 pub(crate) struct Conn<S> {
-    pub transport: Transport,
+    transport: Transport,
     pub peer: PeerAddr,
     pub generation: u64,
     phase: Phase,
@@ -187,7 +187,7 @@ pub(crate) struct Conn<S> {
     /// when it settles the connection at the end of the event.
     unflushed: bool,
     /// Reading stopped because the send queue is over the high-water mark.
-    pub read_paused: bool,
+    read_paused: bool,
     /// Whether this connection is counted in the loop's handshakes in progress.
     counted_as_handshake: bool,
     /// Whether the handler saw `on_open` and is still owed its `on_close`.
@@ -199,10 +199,10 @@ pub(crate) struct Conn<S> {
     /// When the peer was last heard from, or our ping went out.
     keepalive: Keepalive,
     /// Since when sends have been refused for a full queue.
-    pub stalled_since: When,
+    stalled_since: When,
     /// When the message being received last grew (or began): a half-received message
     /// that stops growing is closed after `message_timeout`.
-    pub progress: When,
+    progress: When,
 }
 
 impl<S: Default> Conn<S> {
@@ -350,6 +350,61 @@ impl<S> Conn<S> {
             self.counted_as_handshake = false;
         }
         left
+    }
+
+    /// Reads what the transport has into `buf`.
+    pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.transport.read(buf)
+    }
+
+    /// Takes the connection out of the poller (it is being removed).
+    pub fn deregister(&mut self, registry: &Registry) {
+        let _ = self.transport.deregister(registry);
+    }
+
+    /// Stops reading: the send queue is over the high-water mark, so a peer that sends
+    /// without reading feels TCP backpressure instead of growing our memory.
+    pub fn pause_reading(&mut self) {
+        self.read_paused = true;
+    }
+
+    pub fn is_read_paused(&self) -> bool {
+        self.read_paused
+    }
+
+    /// The socket took queued bytes: ends a send stall once the queue is down to half
+    /// its cap, and returns whether reading, paused above `high_water`, may resume
+    /// (at half of it).
+    pub fn queue_drained(&mut self, max_queue: usize, high_water: usize) -> bool {
+        let pending = self.out.pending();
+        if self.stalled_since.is_some() && pending <= max_queue / 2 {
+            self.stalled_since = When::NONE;
+        }
+        let resume = self.read_paused && pending <= high_water / 2;
+        if resume {
+            self.read_paused = false;
+        }
+        resume
+    }
+
+    /// A send was refused: the send-stall clock starts, unless it runs already.
+    /// Returns whether it started now.
+    pub fn send_refused(&mut self, now: Millis) -> bool {
+        let starts = self.is_open() && self.stalled_since.is_none();
+        if starts {
+            self.stalled_since = When::at(now);
+        }
+        starts
+    }
+
+    /// The half-received message grew (or began): its stall clock starts again.
+    pub fn message_grew(&mut self, now: Millis) {
+        self.progress = When::at(now);
+    }
+
+    /// When the half-received message last grew.
+    pub fn message_progress(&self) -> Option<Millis> {
+        self.progress.get()
     }
 
     /// Whether sends were corked and wait for [`flush`](Self::flush).

@@ -70,7 +70,7 @@ impl<S> Core<S> {
                     && conn.parses_frames()
             })
             .map(|(slot, conn)| {
-                let progress = conn.progress.get().unwrap_or(0);
+                let progress = conn.message_progress().unwrap_or(0);
                 let stalled = progress <= stalled_before;
                 (stalled, progress, conn.rx.held(), slot)
             })

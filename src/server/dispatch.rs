@@ -8,10 +8,8 @@ use crate::handler::{CloseReason, Handler};
 use crate::proto::frame::Opcode;
 use crate::proto::receiver::Progress;
 use crate::proto::{CloseCode, Event, ProtocolError};
-use crate::timer::When;
 use mio::Token;
 use std::io;
-use std::io::Read;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 /// Reads per connection per loop turn before the others get their turn; a connection
@@ -25,11 +23,8 @@ impl<H: Handler> Server<H> {
             return;
         };
         conn.flush(&core.io, Token(slot));
-        if conn.stalled_since.is_some() && conn.out.pending() <= core.config.max_send_queue / 2 {
-            conn.stalled_since = When::NONE;
-        }
-        if conn.read_paused && conn.out.pending() <= core.config.write_high_water / 2 {
-            conn.read_paused = false;
+        let config = &core.config;
+        if conn.queue_drained(config.max_send_queue, config.write_high_water) {
             // Edge-triggered: input that waited meanwhile raises no new event.
             core.backlog.push(slot);
         }
@@ -47,10 +42,10 @@ impl<H: Handler> Server<H> {
             let Some(conn) = self.core.conns.get_mut(slot) else {
                 return;
             };
-            if conn.read_paused || conn.is_closed() {
+            if conn.is_read_paused() || conn.is_closed() {
                 return;
             }
-            let n = match conn.transport.read(&mut self.read_buf) {
+            let n = match conn.read(&mut self.read_buf) {
                 Ok(0) => return self.core.eof(slot),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -73,7 +68,7 @@ impl<H: Handler> Server<H> {
                     let now = (conn.rx.is_mid_message(), conn.rx.data_received());
                     // A message that began or grew: its stall clock starts again.
                     if now.0 && (!was.0 || was.1 != now.1) {
-                        conn.progress = When::at(self.core.now);
+                        conn.message_grew(self.core.now);
                     }
                 }
             }
@@ -82,7 +77,7 @@ impl<H: Handler> Server<H> {
                 return;
             };
             if conn.out.pending() > self.core.config.write_high_water {
-                conn.read_paused = true;
+                conn.pause_reading();
                 return;
             }
             if n < self.read_buf.len() && !until_would_block {

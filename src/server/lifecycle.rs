@@ -103,7 +103,7 @@ impl<H: Handler> Server<H> {
             let held = conn.rx.held() + conn.head_bytes();
             core.compression.release(&mut conn.rx);
             core.adjust_incoming(held, 0);
-            let _ = conn.transport.deregister(&core.io.registry);
+            conn.deregister(&core.io.registry);
             log::debug!("{}: disconnected", conn.peer);
             return;
         }

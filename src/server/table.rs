@@ -5,7 +5,6 @@ use super::Core;
 use crate::handler::{CloseReason, ConnId, SendStatus};
 use crate::proto::frame::{FrameHeader, Opcode};
 use crate::proto::{CloseCode, Message, ProtocolError};
-use crate::timer::When;
 use mio::Token;
 
 impl<S> Core<S> {
@@ -71,9 +70,7 @@ impl<S> Core<S> {
             }
             SendStatus::Refused => {
                 self.stats.sends_refused += 1;
-                let conn = &mut self.conns[slot];
-                if conn.is_open() && conn.stalled_since.is_none() {
-                    conn.stalled_since = When::at(self.now);
+                if self.conns[slot].send_refused(self.now) {
                     self.touched.push(slot);
                 }
             }
