@@ -18,26 +18,26 @@
 //! reset.
 
 use crate::config::{Config, Timeouts};
-use crate::handler::{CloseReason, SendStatus};
-use crate::outbox::{Meter, Outbox, SharedFrame};
+use crate::handler::CloseReason;
+use crate::outbox::{Meter, Outbox};
 use crate::proto::closing::CloseState;
 use crate::proto::deflate::{DeflateParams, Deflater};
+use crate::proto::frame::Opcode;
 use crate::proto::frame::MAX_CONTROL_PAYLOAD;
-use crate::proto::frame::{FrameHeader, Opcode, MAX_HEADER_LEN};
 use crate::proto::handshake::HeadReader;
 use crate::proto::keepalive::KeepaliveDue;
 use crate::proto::{CloseCode, Receiver};
 use crate::proto::{CloseFrame, CloseHandshake, Keepalive, ProtocolError};
 use crate::timer::{deadline_after, Millis, When};
 use crate::transport::Transport;
-use mio::{Interest, Registry, Token};
-use std::io::{self, IoSlice, Read, Write};
-use std::net::SocketAddr;
-use std::sync::Arc;
 
-/// Frames up to this size are corked (copied into the queue and written once per
-/// event); larger ones are written straight from the caller's buffer.
-const CORK_LIMIT: usize = 16 * 1024;
+mod peer;
+mod send;
+
+use mio::{Registry, Token};
+pub(crate) use peer::PeerAddr;
+use std::io::{self, Read};
+use std::net::SocketAddr;
 
 /// What every connection's I/O goes through: the poller's registry (for WRITABLE
 /// interest) and the loop-wide count of queued bytes.
@@ -114,54 +114,6 @@ impl Extras {
             && self.deflate.is_none()
             && self.topics.capacity() == 0
             && self.close_reason.is_none()
-    }
-}
-
-/// A peer's address in 19 bytes instead of `SocketAddr`'s 32: every byte of a
-/// connection counts once per connection. IPv6 flow info and scope id are not kept:
-/// the address serves logs, `Handler::on_request` and `Ctx::peer_addr`, and the
-/// handler is told so.
-#[derive(Clone, Copy)]
-pub(crate) struct PeerAddr {
-    ip: [u8; 16],
-    port: [u8; 2],
-    v6: bool,
-}
-
-impl From<SocketAddr> for PeerAddr {
-    fn from(addr: SocketAddr) -> PeerAddr {
-        let (ip, v6) = match addr.ip() {
-            std::net::IpAddr::V4(ip) => (ip.to_ipv6_mapped().octets(), false),
-            std::net::IpAddr::V6(ip) => (ip.octets(), true),
-        };
-        PeerAddr {
-            ip,
-            port: addr.port().to_ne_bytes(),
-            v6,
-        }
-    }
-}
-
-impl PeerAddr {
-    pub fn get(self) -> SocketAddr {
-        let ip = std::net::Ipv6Addr::from(self.ip);
-        let port = u16::from_ne_bytes(self.port);
-        match ip.to_ipv4_mapped() {
-            Some(v4) if !self.v6 => SocketAddr::new(v4.into(), port),
-            _ => SocketAddr::new(ip.into(), port),
-        }
-    }
-}
-
-impl std::fmt::Display for PeerAddr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.get().fmt(f)
-    }
-}
-
-impl std::fmt::Debug for PeerAddr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.get().fmt(f)
     }
 }
 
@@ -583,181 +535,6 @@ impl<S> Conn<S> {
                 after(closing_since.get()?, timeouts.close, Wait::Close)
             }
             Phase::WebSocket { .. } | Phase::Closed => None,
-        }
-    }
-
-    /// Sends one unfragmented frame, writing through to the socket when nothing is
-    /// queued and queueing only what the socket did not take.
-    pub fn send_frame(
-        &mut self,
-        io: &Io,
-        token: Token,
-        opcode: Opcode,
-        payload: &[u8],
-        max_queue: usize,
-    ) -> SendStatus {
-        let header = FrameHeader::server(opcode, payload.len());
-        self.send_with_header(io, token, header, payload, max_queue)
-    }
-
-    /// Sends one frame with the given header (e.g. RSV1 for a compressed message).
-    pub fn send_with_header(
-        &mut self,
-        io: &Io,
-        token: Token,
-        header: FrameHeader,
-        payload: &[u8],
-        max_queue: usize,
-    ) -> SendStatus {
-        let mut bytes = [0u8; MAX_HEADER_LEN];
-        let header_len = header.encode(&mut bytes);
-        let header = bytes;
-        let total = header_len + payload.len();
-        if self.out.pending() + total > max_queue {
-            return SendStatus::Refused;
-        }
-        self.send_parts(io, token, &header[..header_len], payload, true)
-    }
-
-    /// Sends a frame encoded once for many receivers (broadcast, publish). A receiver
-    /// that is behind queues a reference to it, not a copy.
-    pub fn send_shared(
-        &mut self,
-        io: &Io,
-        token: Token,
-        frame: &Arc<SharedFrame>,
-        max_queue: usize,
-    ) -> SendStatus {
-        let bytes = frame.bytes();
-        if self.out.pending() + bytes.len() > max_queue {
-            return SendStatus::Refused;
-        }
-        if self.writable_interest && self.may_write() {
-            self.out.push_shared(&io.meter, frame);
-            return SendStatus::Queued(self.out.pending());
-        }
-        self.send_parts(io, token, bytes, &[], true)
-    }
-
-    /// Sends raw bytes (an HTTP response), bypassing the queue cap.
-    ///
-    /// Not corked: written straight through, so that the 101 of a connection that then
-    /// stays idle does not leave it holding a queue buffer (frames the handler sends in
-    /// `on_open` are corked after it, in order).
-    pub fn send_bytes(&mut self, io: &Io, token: Token, bytes: &[u8]) -> SendStatus {
-        self.send_parts(io, token, bytes, &[], false)
-    }
-
-    fn send_parts(
-        &mut self,
-        io: &Io,
-        token: Token,
-        first: &[u8],
-        second: &[u8],
-        cork: bool,
-    ) -> SendStatus {
-        if !self.may_write() {
-            return SendStatus::Refused;
-        }
-        let total = first.len() + second.len();
-        if cork && total <= CORK_LIMIT && !self.writable_interest {
-            // Cork: small frames wait in the queue until the loop settles this
-            // connection, so the replies to many frames of one read leave in one write.
-            self.out.push(&io.meter, &[first, second]);
-            self.unflushed = true;
-            return SendStatus::Written;
-        }
-        if self.unflushed {
-            // Keep the order: what was corked goes before this larger frame.
-            self.flush(io, token);
-        }
-        let mut written = 0;
-        if self.out.pending() == 0 {
-            // Write-through: header and payload in one syscall, no copy.
-            while written < total {
-                let result = if written < first.len() {
-                    self.transport
-                        .write_vectored(&[IoSlice::new(&first[written..]), IoSlice::new(second)])
-                } else {
-                    self.transport.write(&second[written - first.len()..])
-                };
-                match result {
-                    Ok(0) => {
-                        self.fail_io(io::ErrorKind::WriteZero.into());
-                        return SendStatus::Refused;
-                    }
-                    Ok(n) => written += n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        self.fail_io(e);
-                        return SendStatus::Refused;
-                    }
-                }
-            }
-        }
-        if written == total {
-            return SendStatus::Written;
-        }
-        if written < first.len() {
-            self.out.push(&io.meter, &[&first[written..], second]);
-        } else {
-            self.out
-                .push(&io.meter, &[&second[written - first.len()..]]);
-        }
-        self.want_writable(&io.registry, token, true);
-        SendStatus::Queued(self.out.pending())
-    }
-
-    /// Writes queued bytes (after a WRITABLE event, or corked ones when the loop settles
-    /// the connection); once they are out, a connection that is finishing half-closes.
-    pub fn flush(&mut self, io: &Io, token: Token) {
-        self.unflushed = false;
-        if self.out.pending() > 0 {
-            match self.out.write_to(&mut self.transport) {
-                // A transport that holds bytes of its own (TLS) still needs the socket.
-                Ok(true) => {
-                    let more = self.transport.wants_write();
-                    self.want_writable(&io.registry, token, more)
-                }
-                Ok(false) => return self.want_writable(&io.registry, token, true),
-                Err(e) => return self.fail_io(e),
-            }
-        }
-        // Half-close: the peer sees EOF after our last bytes, and we read (and drop)
-        // whatever it still sends until it closes too, so it never gets a reset.
-        let half_close = match &mut self.phase {
-            Phase::WebSocket { close, .. } => close.flushed(),
-            Phase::Answered { draining, .. } if !*draining => {
-                *draining = true;
-                true
-            }
-            _ => false,
-        };
-        if half_close && self.transport.shutdown_write().is_err() {
-            self.abort();
-        }
-    }
-
-    /// The socket failed: nothing more can be sent or received.
-    pub fn fail_io(&mut self, error: io::Error) {
-        log::debug!("{}: I/O error: {}", self.peer, error);
-        self.abort();
-        self.note_close_reason(CloseReason::Abnormal);
-    }
-
-    fn want_writable(&mut self, registry: &Registry, token: Token, writable: bool) {
-        if self.writable_interest == writable {
-            return;
-        }
-        let interest = if writable {
-            Interest::READABLE | Interest::WRITABLE
-        } else {
-            Interest::READABLE
-        };
-        match self.transport.reregister(registry, token, interest) {
-            Ok(()) => self.writable_interest = writable,
-            Err(e) => self.fail_io(e),
         }
     }
 }
