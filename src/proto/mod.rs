@@ -18,5 +18,5 @@ pub mod utf8;
 pub use close::{CloseCode, CloseFrame, InvalidCloseCode};
 pub use error::ProtocolError;
 pub use frame::{FrameHeader, Opcode};
-pub use message::{Event, Message};
+pub use message::{Event, Message, OwnedEvent};
 pub use receiver::Receiver;

@@ -2,32 +2,9 @@
 //! the memory grant, and property tests that split valid streams at random points.
 
 use super::*;
-use crate::proto::close::{CloseCode, CloseFrame};
+use crate::proto::close::CloseCode;
+use crate::proto::message::OwnedEvent;
 use proptest::prelude::*;
-
-/// An event with its payload copied out, to compare across feeds.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Owned {
-    Text(String),
-    Binary(Vec<u8>),
-    Ping(Vec<u8>),
-    Pong(Vec<u8>),
-    Close(Option<(u16, String)>),
-}
-
-impl From<Event<'_>> for Owned {
-    fn from(event: Event<'_>) -> Owned {
-        match event {
-            Event::Message(Message::Text(t)) => Owned::Text(t.to_owned()),
-            Event::Message(Message::Binary(b)) => Owned::Binary(b.to_vec()),
-            Event::Ping(p) => Owned::Ping(p.to_vec()),
-            Event::Pong(p) => Owned::Pong(p.to_vec()),
-            Event::Close(c) => {
-                Owned::Close(c.map(|CloseFrame { code, reason }| (code.0, reason.to_owned())))
-            }
-        }
-    }
-}
 
 /// A client frame: masked with a key derived from the payload length.
 fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
@@ -52,7 +29,11 @@ fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
 }
 
 /// Feeds `stream` in pieces cut at `cuts`, collecting events until the first error.
-fn feed(rx: &mut Receiver, stream: &[u8], cuts: &[usize]) -> (Vec<Owned>, Option<ProtocolError>) {
+fn feed(
+    rx: &mut Receiver,
+    stream: &[u8],
+    cuts: &[usize],
+) -> (Vec<OwnedEvent>, Option<ProtocolError>) {
     let mut bytes = stream.to_vec();
     let mut events = Vec::new();
     let mut bounds: Vec<usize> = cuts.iter().map(|&c| c.min(bytes.len())).collect();
@@ -66,7 +47,7 @@ fn feed(rx: &mut Receiver, stream: &[u8], cuts: &[usize]) -> (Vec<Owned>, Option
             match rx.read(piece) {
                 Ok(Progress { consumed, event }) => {
                     if let Some(event) = event {
-                        events.push(Owned::from(event));
+                        events.push(OwnedEvent::from(event));
                     } else {
                         assert_eq!(consumed, piece.len(), "no event means all consumed");
                     }
@@ -79,7 +60,7 @@ fn feed(rx: &mut Receiver, stream: &[u8], cuts: &[usize]) -> (Vec<Owned>, Option
     (events, None)
 }
 
-fn feed_whole(stream: &[u8]) -> (Vec<Owned>, Option<ProtocolError>) {
+fn feed_whole(stream: &[u8]) -> (Vec<OwnedEvent>, Option<ProtocolError>) {
     feed(&mut Receiver::new(1 << 20), stream, &[])
 }
 
@@ -98,11 +79,11 @@ fn single_frames_of_every_kind() {
     assert_eq!(
         events,
         [
-            Owned::Text("Hello".into()),
-            Owned::Binary(vec![0, 1, 2]),
-            Owned::Ping(b"ping".to_vec()),
-            Owned::Pong(vec![]),
-            Owned::Close(Some((1000, "done".into()))),
+            OwnedEvent::Text("Hello".into()),
+            OwnedEvent::Binary(vec![0, 1, 2]),
+            OwnedEvent::Ping(b"ping".to_vec()),
+            OwnedEvent::Pong(vec![]),
+            OwnedEvent::Close(Some((CloseCode::NORMAL, "done".into()))),
         ]
     );
 }
@@ -138,8 +119,8 @@ fn fragments_with_interleaved_control_frames() {
     assert_eq!(
         events,
         [
-            Owned::Ping(b"p".to_vec()),
-            Owned::Text("Hello wörld".into())
+            OwnedEvent::Ping(b"p".to_vec()),
+            OwnedEvent::Text("Hello wörld".into())
         ]
     );
 }
@@ -153,7 +134,10 @@ fn code_point_split_across_fragments_is_valid() {
         frame(true, 0x0, &euro[2..]),
     ]
     .concat();
-    assert_eq!(feed_whole(&stream), (vec![Owned::Text("€".into())], None));
+    assert_eq!(
+        feed_whole(&stream),
+        (vec![OwnedEvent::Text("€".into())], None)
+    );
 }
 
 #[test]
@@ -266,7 +250,10 @@ fn messages_before_a_bad_frame_are_delivered() {
     let (events, error) = feed_whole(&stream);
     assert_eq!(
         events,
-        [Owned::Text("one".into()), Owned::Text("two".into())]
+        [
+            OwnedEvent::Text("one".into()),
+            OwnedEvent::Text("two".into())
+        ]
     );
     assert_eq!(error, Some(ProtocolError::ReservedOpcode(3)));
 }
@@ -315,10 +302,10 @@ fn compressed_messages_single_and_fragmented_with_a_ping_between() {
         assert_eq!(
             events,
             [
-                Owned::Text(text.clone()),
-                Owned::Ping(b"p".to_vec()),
-                Owned::Binary(text.clone().into_bytes()),
-                Owned::Text("plain after".into()),
+                OwnedEvent::Text(text.clone()),
+                OwnedEvent::Ping(b"p".to_vec()),
+                OwnedEvent::Binary(text.clone().into_bytes()),
+                OwnedEvent::Text("plain after".into()),
             ]
         );
     }
@@ -423,7 +410,7 @@ fn an_inflater_never_goes_back_dirty_after_a_failed_message() {
     let good = frame(true, 0x1 | 0x40, &compressed(b"canary"));
     assert_eq!(
         feed(&mut next, &good, &[]),
-        (vec![Owned::Text("canary".into())], None)
+        (vec![OwnedEvent::Text("canary".into())], None)
     );
 }
 
@@ -446,11 +433,11 @@ fn data_after_a_final_deflate_block_fails_however_it_is_split() {
     let stream = frame(true, 0x1 | 0x40, &[0x33, 0x00]);
     assert_eq!(
         feed_whole_deflate(&stream),
-        (vec![Owned::Text("0".into())], None)
+        (vec![OwnedEvent::Text("0".into())], None)
     );
 }
 
-fn feed_whole_deflate(stream: &[u8]) -> (Vec<Owned>, Option<ProtocolError>) {
+fn feed_whole_deflate(stream: &[u8]) -> (Vec<OwnedEvent>, Option<ProtocolError>) {
     feed(&mut deflate_receiver(1 << 20), stream, &[])
 }
 
@@ -505,7 +492,7 @@ fn script() -> impl Strategy<Value = Script> {
         })
 }
 
-fn render(scripts: &[Script]) -> (Vec<u8>, Vec<Owned>) {
+fn render(scripts: &[Script]) -> (Vec<u8>, Vec<OwnedEvent>) {
     let mut stream = Vec::new();
     let mut expected = Vec::new();
     for (n, s) in scripts.iter().enumerate() {
@@ -520,18 +507,18 @@ fn render(scripts: &[Script]) -> (Vec<u8>, Vec<Owned>) {
             if i < last && s.pings_after[i % 4] {
                 let ping = format!("ping {n}.{i}").into_bytes();
                 stream.extend(frame(true, 0x9, &ping));
-                expected.push(Owned::Ping(ping));
+                expected.push(OwnedEvent::Ping(ping));
             }
         }
         let payload = s.fragments.concat();
         expected.push(if s.text {
-            Owned::Text(String::from_utf8(payload).unwrap())
+            OwnedEvent::Text(String::from_utf8(payload).unwrap())
         } else {
-            Owned::Binary(payload)
+            OwnedEvent::Binary(payload)
         });
     }
     stream.extend(frame(true, 0x8, b"\x03\xe8"));
-    expected.push(Owned::Close(Some((CloseCode::NORMAL.0, String::new()))));
+    expected.push(OwnedEvent::Close(Some((CloseCode::NORMAL, String::new()))));
     (stream, expected)
 }
 
@@ -559,7 +546,7 @@ fn feed_within(
     stream: &[u8],
     piece: usize,
     memory: &mut Allowance,
-) -> Result<Vec<Owned>, ProtocolError> {
+) -> Result<Vec<OwnedEvent>, ProtocolError> {
     let mut events = Vec::new();
     for chunk in stream.chunks(piece) {
         let mut chunk = chunk.to_vec();
@@ -567,7 +554,7 @@ fn feed_within(
         while pos < chunk.len() {
             let progress = rx.read_within(&mut chunk[pos..], memory)?;
             pos += progress.consumed;
-            events.extend(progress.event.map(Owned::from));
+            events.extend(progress.event.map(OwnedEvent::from));
             assert!(
                 rx.held() <= memory.used,
                 "{} held, {} granted",
@@ -590,7 +577,7 @@ fn a_fragmented_message_is_assembled_within_what_is_granted() {
         asked_with: Vec::new(),
     };
     let events = feed_within(&mut Receiver::new(1 << 20), &stream, 4096, &mut memory);
-    assert_eq!(events, Ok(vec![Owned::Binary(message.clone())]));
+    assert_eq!(events, Ok(vec![OwnedEvent::Binary(message.clone())]));
     // Each request says what the receiver held then: never less than before.
     assert!(memory.asked_with.windows(2).all(|w| w[0] <= w[1]));
 
@@ -628,7 +615,7 @@ fn a_compressed_bomb_stops_at_the_grant_not_at_the_size_limit() {
         asked_with: Vec::new(),
     };
     let events = feed_within(&mut rx, &stream, 1000, &mut memory).unwrap();
-    assert_eq!(events, vec![Owned::Binary(vec![0u8; 8 << 20])]);
+    assert_eq!(events, vec![OwnedEvent::Binary(vec![0u8; 8 << 20])]);
 }
 
 #[test]
