@@ -1,25 +1,22 @@
 //! Shared pieces of the bench binaries: the hand-written client side of the WebSocket
-//! handshake and framing (the load generator must not lean on any of the libraries it
-//! measures), the server side of the handshake for the raw echo ceiling, and the
+//! handshake, the server side of the handshake for the raw echo ceiling, and the
 //! `/proc` readers that turn a server's PID into CPU time and resident memory.
+//!
+//! Frames come from wsreactor's sans-I/O core (`FrameHeader::encode`, `mask::apply`):
+//! the same pure code the server runs, none of its I/O, so the client side costs the
+//! same whichever server it drives. That makes the bench a load, not a conformance
+//! check of wsreactor's codec: the end-to-end tests (tungstenite, flate2 directly) and
+//! the fuzz targets (an encoder written from the RFC) do that.
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use std::time::Duration;
+pub use wsreactor::proto::frame::{FrameHeader, Opcode, MAX_HEADER_LEN};
+pub use wsreactor::proto::handshake::accept_key;
+pub use wsreactor::proto::mask;
 
-/// The GUID every server appends to the client's key before hashing (RFC 6455 §1.3).
-pub const WEBSOCKET_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
-
-/// The largest frame header: 2 bytes, 8 bytes of length, 4 bytes of mask key.
-pub const MAX_HEADER_LEN: usize = 14;
-
-/// `base64(sha1(key + GUID))` (§4.2.2).
-pub fn accept_key(key: &str) -> String {
-    let mut sha1 = sha1_smol::Sha1::new();
-    sha1.update(key.as_bytes());
-    sha1.update(WEBSOCKET_GUID.as_bytes());
-    BASE64.encode(sha1.digest().bytes())
-}
+/// RSV1: the message is compressed (permessage-deflate, RFC 7692 §6).
+pub const RSV1: u8 = 0b100;
 
 /// A small, fast, seedable PRNG (xorshift64*): mask keys, handshake nonces, payloads.
 #[derive(Debug, Clone)]
@@ -158,28 +155,33 @@ pub fn check_upgrade_response(head: &[u8], key: &str) -> Result<(), String> {
     }
 }
 
-/// Appends a frame header (FIN set, minimal length encoding, §5.2).
-pub fn encode_header(out: &mut Vec<u8>, opcode: u8, len: usize, mask: Option<[u8; 4]>) {
-    out.push(0x80 | opcode);
-    let mask_bit = if mask.is_some() { 0x80 } else { 0 };
-    if len < 126 {
-        out.push(mask_bit | len as u8);
-    } else if len <= 0xFFFF {
-        out.push(mask_bit | 126);
-        out.extend_from_slice(&(len as u16).to_be_bytes());
-    } else {
-        out.push(mask_bit | 127);
-        out.extend_from_slice(&(len as u64).to_be_bytes());
-    }
-    if let Some(key) = mask {
-        out.extend_from_slice(&key);
+/// Appends `header` as [`FrameHeader::encode`] writes it.
+pub fn push_header(out: &mut Vec<u8>, header: &FrameHeader) {
+    let mut bytes = [0u8; MAX_HEADER_LEN];
+    let len = header.encode(&mut bytes);
+    out.extend_from_slice(&bytes[..len]);
+}
+
+/// The header of a masked client frame carrying `len` payload bytes; `rsv` holds
+/// RSV1-3 as the low three bits.
+pub fn client_header(fin: bool, rsv: u8, opcode: Opcode, len: usize, key: [u8; 4]) -> FrameHeader {
+    FrameHeader {
+        fin,
+        rsv,
+        opcode,
+        mask: Some(key),
+        payload_len: len as u64,
     }
 }
 
-/// XORs `payload` with `key` as if it started `offset` bytes into the frame payload.
-pub fn apply_mask(payload: &mut [u8], key: [u8; 4], offset: usize) {
-    for (i, b) in payload.iter_mut().enumerate() {
-        *b ^= key[(offset + i) % 4];
+/// Appends a masked client frame: its header, then `payload` masked with `key`.
+pub fn push_client_frame(out: &mut Vec<u8>, header: &FrameHeader, payload: &[u8]) {
+    debug_assert_eq!(header.payload_len, payload.len() as u64);
+    push_header(out, header);
+    let start = out.len();
+    out.extend_from_slice(payload);
+    if let Some(key) = header.mask {
+        mask::apply(&mut out[start..], key, 0);
     }
 }
 
@@ -834,14 +836,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rfc_accept_key() {
-        assert_eq!(
-            accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
-        );
-    }
-
-    #[test]
     fn response_check() {
         let key = "dGhlIHNhbXBsZSBub25jZQ==";
         let good = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\
@@ -1030,11 +1024,15 @@ mod tests {
     }
 
     #[test]
-    fn header_lengths() {
+    fn client_frames_are_masked_with_minimal_lengths() {
         for (len, want) in [(20, 6), (125, 6), (126, 8), (65535, 8), (65536, 14)] {
+            let payload = vec![0xA5; len];
             let mut out = Vec::new();
-            encode_header(&mut out, 2, len, Some([1, 2, 3, 4]));
-            assert_eq!(out.len(), want, "len {len}");
+            let header = client_header(true, 0, Opcode::Binary, len, [1, 2, 3, 4]);
+            push_client_frame(&mut out, &header, &payload);
+            assert_eq!(out.len(), want + len, "len {len}");
+            assert_eq!(&out[want - 4..want], &[1, 2, 3, 4]);
+            assert_eq!(out[want] ^ 1, 0xA5);
         }
     }
 }

@@ -42,8 +42,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use wsreactor_bench::pmd::{self, ClientDeflate};
 use wsreactor_bench::{
-    check_upgrade_response, client_key, encode_header, head_end, header_values, json, procfs,
-    upgrade_request_with_extensions, Args, Rng,
+    check_upgrade_response, client_header, client_key, head_end, header_values, json, procfs,
+    push_client_frame, push_header, upgrade_request_with_extensions, Args, FrameHeader, Opcode,
+    Rng,
 };
 
 const USAGE: &str = "\
@@ -706,27 +707,16 @@ fn open_socket(
     Ok(stream)
 }
 
-/// XORs `payload` with `key` (the payload starts at a frame's payload start).
-fn mask_in_place(payload: &mut [u8], key: [u8; 4]) {
-    let mut chunks = payload.chunks_exact_mut(4);
-    for chunk in &mut chunks {
-        for (b, k) in chunk.iter_mut().zip(key) {
-            *b ^= k;
-        }
-    }
-    for (b, k) in chunks.into_remainder().iter_mut().zip(key) {
-        *b ^= k;
-    }
+/// The header of a masked client frame for `len` payload bytes whose first byte is `b0`
+/// (FIN, RSV and opcode as on the wire, as this client reads frames back).
+fn client_header_for(b0: u8, len: usize, key: [u8; 4]) -> FrameHeader {
+    let opcode = Opcode::try_from(b0 & 0x0f).expect("attack sends only defined opcodes");
+    client_header(b0 & 0x80 != 0, (b0 >> 4) & 0b111, opcode, len, key)
 }
 
 /// Appends a masked client frame: first byte `b0` (FIN, RSV, opcode as given).
 fn client_frame(out: &mut Vec<u8>, b0: u8, payload: &[u8], key: [u8; 4]) {
-    let at = out.len();
-    encode_header(out, 0, payload.len(), Some(key));
-    out[at] = b0;
-    let start = out.len();
-    out.extend_from_slice(payload);
-    mask_in_place(&mut out[start..], key);
+    push_client_frame(out, &client_header_for(b0, payload.len(), key), payload);
 }
 
 /// Raw DEFLATE (level 9, `bits` window) of `size` zero bytes, sync-flushed with the
@@ -1062,8 +1052,7 @@ impl Net {
     fn send_bulk(&mut self, id: Id, b0: u8, len: u64) {
         let key = self.rng.mask_key();
         let mut header = Vec::with_capacity(14);
-        encode_header(&mut header, 0, len as usize, Some(key));
-        header[0] = b0;
+        push_header(&mut header, &client_header_for(b0, len as usize, key));
         let Some(conn) = self.get(id) else { return };
         conn.out.extend_from_slice(&header);
         conn.bulk_left += len;
@@ -3214,7 +3203,7 @@ mod tests {
         assert_eq!(out[1], 0x80 | 5);
         assert_eq!(&out[2..6], &[1, 2, 3, 4]);
         let mut p = out[6..].to_vec();
-        mask_in_place(&mut p, [1, 2, 3, 4]);
+        wsreactor_bench::mask::apply(&mut p, [1, 2, 3, 4], 0);
         assert_eq!(p, b"hello");
     }
 }

@@ -56,8 +56,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use wsreactor_bench::pmd::{self, ClientDeflate};
 use wsreactor_bench::{
-    check_upgrade_response, client_key, encode_header, head_end, header_values, json, procfs,
-    upgrade_request_with_extensions, Args, Rng,
+    check_upgrade_response, client_header, client_key, head_end, header_values, json, procfs,
+    push_client_frame, push_header, upgrade_request_with_extensions, Args, FrameHeader, Opcode,
+    Rng, RSV1,
 };
 
 const USAGE: &str = "\
@@ -132,7 +133,7 @@ struct MsgConn {
     next_id: u64,
     json: bool,
     size: usize,
-    opcode: u8,
+    opcode: Opcode,
     /// The current message, uncompressed.
     plain: Vec<u8>,
     /// The compressed payload being built, then the inflated echo.
@@ -170,7 +171,8 @@ impl MsgConn {
             let n = self.plain.len().min(8);
             self.plain[..n].copy_from_slice(&stamp[..n]);
         }
-        let compressed = self.deflate.is_some();
+        // RSV1 marks a compressed message (RFC 7692 §6).
+        let rsv = if self.deflate.is_some() { RSV1 } else { 0 };
         let payload: &[u8] = match &mut self.deflate {
             Some(deflate) => {
                 deflate.compress(shared, &self.plain, &mut self.scratch);
@@ -179,13 +181,8 @@ impl MsgConn {
             None => &self.plain,
         };
         frame.clear();
-        encode_header(frame, self.opcode, payload.len(), Some(mask));
-        if compressed {
-            frame[0] |= 0x40; // RSV1: a compressed message (RFC 7692 §6)
-        }
-        let at = frame.len();
-        frame.extend_from_slice(payload);
-        mask_in_place(&mut frame[at..], mask);
+        let header = client_header(true, rsv, self.opcode, payload.len(), mask);
+        push_client_frame(frame, &header, payload);
         self.wire_payload = payload.len();
         self.rx.clear();
     }
@@ -200,11 +197,11 @@ impl MsgConn {
         if b0 & 0x30 != 0 {
             return Err(format!("echo with RSV2/RSV3 set ({b0:#04x})"));
         }
-        if b0 & 0x0f != self.opcode {
+        if b0 & 0x0f != self.opcode as u8 {
             return Err(format!(
                 "echo opcode {:#x}, sent {:#x}",
                 b0 & 0x0f,
-                self.opcode
+                self.opcode as u8
             ));
         }
         if b1 & 0x80 != 0 {
@@ -258,22 +255,6 @@ fn frame_len(buf: &[u8]) -> Option<u64> {
     };
     let mask = if b1 & 0x80 != 0 { 4 } else { 0 };
     Some(2 + ext + mask + len)
-}
-
-/// XORs a frame payload with the mask key, a word at a time.
-fn mask_in_place(payload: &mut [u8], key: [u8; 4]) {
-    let key8 = u64::from_ne_bytes([
-        key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3],
-    ]);
-    let mut chunks = payload.chunks_exact_mut(8);
-    for chunk in &mut chunks {
-        let word = u64::from_ne_bytes(chunk.try_into().expect("8 bytes")) ^ key8;
-        chunk.copy_from_slice(&word.to_ne_bytes());
-    }
-    // The remainder starts at a multiple of 8, so of 4: the key lines up again.
-    for (i, b) in chunks.into_remainder().iter_mut().enumerate() {
-        *b ^= key[i % 4];
-    }
 }
 
 impl Conn {
@@ -401,7 +382,11 @@ impl Gen {
                 next_id: (id + 1) * 1_000_000_000,
                 json: self.json,
                 size,
-                opcode: if self.json { 0x1 } else { 0x2 },
+                opcode: if self.json {
+                    Opcode::Text
+                } else {
+                    Opcode::Binary
+                },
                 plain: if self.json {
                     Vec::new()
                 } else {
@@ -440,17 +425,14 @@ impl Gen {
             return Ok(());
         }
         let mut frame = Vec::with_capacity(size + 14);
-        encode_header(&mut frame, 0x2, size, Some(mask));
-        let frame_payload_at = frame.len();
-        frame.extend_from_slice(&payload);
-        for (i, b) in frame[frame_payload_at..].iter_mut().enumerate() {
-            *b ^= mask[i % 4];
-        }
+        let header = client_header(true, 0, Opcode::Binary, size, mask);
+        push_client_frame(&mut frame, &header, &payload);
+        let frame_payload_at = frame.len() - size;
         let (expected, expected_payload_at) = if self.raw {
             (frame.clone(), frame_payload_at)
         } else {
             let mut expected = Vec::with_capacity(size + 10);
-            encode_header(&mut expected, 0x2, size, None);
+            push_header(&mut expected, &FrameHeader::server(Opcode::Binary, size));
             let at = expected.len();
             expected.extend_from_slice(&payload);
             (expected, at)
