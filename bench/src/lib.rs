@@ -2,11 +2,13 @@
 //! handshake, the server side of the handshake for the raw echo ceiling, and the
 //! `/proc` readers that turn a server's PID into CPU time and resident memory.
 //!
-//! Frames come from wsreactor's sans-I/O core (`FrameHeader::encode`, `mask::apply`):
-//! the same pure code the server runs, none of its I/O, so the client side costs the
-//! same whichever server it drives. That makes the bench a load, not a conformance
-//! check of wsreactor's codec: the end-to-end tests (tungstenite, flate2 directly) and
-//! the fuzz targets (an encoder written from the RFC) do that.
+//! Frames and permessage-deflate come from wsreactor's sans-I/O core
+//! (`FrameHeader::encode`, `mask::apply`, `proto::deflate`): the same pure code the
+//! server runs, none of its I/O, and the same DEFLATE library as every peer server
+//! measured, so the client side costs the same whichever server it drives. That makes
+//! the bench a load, not a conformance check of wsreactor's codec: the end-to-end tests
+//! (tungstenite, flate2 directly) and the fuzz targets (an encoder written from the
+//! RFC) do that.
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
@@ -190,10 +192,8 @@ pub fn push_client_frame(out: &mut Vec<u8>, header: &FrameHeader, payload: &[u8]
 /// (raw DEFLATE, a sync flush per message with its `00 00 ff ff` tail stripped on
 /// sending and restored on receiving, context kept or reset as negotiated).
 pub mod pmd {
-    use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
-
-    /// The extension's registered name.
-    pub const NAME: &str = "permessage-deflate";
+    pub use wsreactor::proto::deflate::NAME;
+    use wsreactor::proto::deflate::{Deflater, InflateError, Inflater};
 
     /// What `loadgen --deflate` offers: the extension with every default (context
     /// takeover allowed both ways, 32 KiB windows), and `client_max_window_bits`, which
@@ -306,8 +306,8 @@ pub mod pmd {
     pub struct Shared {
         level: u32,
         /// Compressors by window bits 9..=15.
-        compressors: [Option<Compress>; 7],
-        inflater: Option<Decompress>,
+        compressors: [Option<Deflater>; 7],
+        inflater: Option<Inflater>,
     }
 
     impl Shared {
@@ -319,24 +319,15 @@ pub mod pmd {
             }
         }
 
-        fn compressor(&mut self, bits: u8) -> &mut Compress {
+        fn compressor(&mut self, bits: u8) -> &mut Deflater {
             let level = self.level;
             self.compressors[usize::from(bits.clamp(9, 15) - 9)]
-                .get_or_insert_with(|| new_compressor(level, bits))
+                .get_or_insert_with(|| Deflater::new(level, bits))
         }
 
-        fn inflater(&mut self) -> &mut Decompress {
-            self.inflater.get_or_insert_with(new_inflater)
+        fn inflater(&mut self) -> &mut Inflater {
+            self.inflater.get_or_insert_with(Inflater::new)
         }
-    }
-
-    fn new_compressor(level: u32, bits: u8) -> Compress {
-        Compress::new_with_window_bits(Compression::new(level.min(9)), false, bits.clamp(9, 15))
-    }
-
-    fn new_inflater() -> Decompress {
-        // 15 bits inflates a stream of any window size.
-        Decompress::new_with_window_bits(false, 15)
     }
 
     /// One connection's compression: its own compressor only if it keeps its context
@@ -345,8 +336,8 @@ pub mod pmd {
     pub struct ClientDeflate {
         agreed: Agreed,
         level: u32,
-        compress: Option<Compress>,
-        decompress: Option<Decompress>,
+        compress: Option<Deflater>,
+        decompress: Option<Inflater>,
     }
 
     impl ClientDeflate {
@@ -368,38 +359,13 @@ pub mod pmd {
             let bits = self.agreed.client_max_window_bits;
             let reset = self.agreed.client_no_context_takeover;
             let level = self.level;
-            let compress = if reset {
+            let deflater = if reset {
                 shared.compressor(bits)
             } else {
                 self.compress
-                    .get_or_insert_with(|| new_compressor(level, bits))
+                    .get_or_insert_with(|| Deflater::new(level, bits))
             };
-            out.clear();
-            let start = compress.total_in();
-            loop {
-                let consumed = (compress.total_in() - start) as usize;
-                if out.capacity() - out.len() < 64 {
-                    out.reserve(message.len() / 2 + 64);
-                }
-                // Cannot fail: only misuse of the stream errors.
-                let _ = compress.compress_vec(&message[consumed..], out, FlushCompress::Sync);
-                // The flush is complete once all input is in and output space is left.
-                let all_in = (compress.total_in() - start) as usize == message.len();
-                if all_in && out.len() < out.capacity() {
-                    break;
-                }
-            }
-            if out.ends_with(&SYNC_TAIL) {
-                out.truncate(out.len() - SYNC_TAIL.len());
-            }
-            if out.is_empty() {
-                // Nothing to flush (an empty message with the context kept): §7.2.3.6
-                // asks for one 0x00, an empty stored block once the tail is restored.
-                out.push(0x00);
-            }
-            if reset {
-                compress.reset();
-            }
+            deflater.compress(message, out, reset);
         }
 
         /// Replaces `out` with the inflated payload of a compressed message (RSV1),
@@ -412,62 +378,25 @@ pub mod pmd {
             limit: usize,
         ) -> Result<(), String> {
             let reset = self.agreed.server_no_context_takeover;
-            let decompress = if reset {
+            let inflater = if reset {
                 shared.inflater()
             } else {
-                self.decompress.get_or_insert_with(new_inflater)
+                self.decompress.get_or_insert_with(Inflater::new)
             };
-            let result = inflate_message(decompress, payload, out, limit);
-            // A final block ended the stream (the next message starts a new one), the
-            // server resets its context, or the stream is broken: start afresh.
-            if reset || !matches!(result, Ok(false)) {
-                decompress.reset(false);
+            out.clear();
+            let result = inflater
+                .inflate(payload, out, limit)
+                .and_then(|()| inflater.finish(out, limit, reset));
+            if result.is_err() {
+                // A broken stream: the next message starts afresh.
+                inflater.reset();
             }
-            result.map(|_| ())
+            result.map_err(|e| match e {
+                InflateError::TooBig => format!("inflated echo longer than the {limit} bytes sent"),
+                InflateError::Corrupt => "corrupt compressed data".into(),
+                InflateError::NoMemory => "no memory for the inflated echo".into(),
+            })
         }
-    }
-
-    /// Inflates one message's payload and the restored tail onto a cleared `out`;
-    /// true if a final block ended the DEFLATE stream.
-    fn inflate_message(
-        decompress: &mut Decompress,
-        payload: &[u8],
-        out: &mut Vec<u8>,
-        limit: usize,
-    ) -> Result<bool, String> {
-        out.clear();
-        for (input, tail) in [(payload, false), (&SYNC_TAIL[..], true)] {
-            let mut input = input;
-            loop {
-                if out.capacity() - out.len() < 256 {
-                    out.reserve((limit.min(1 << 20) + 256).max(out.len()));
-                }
-                let (in0, out0) = (decompress.total_in(), decompress.total_out());
-                let status = decompress
-                    .decompress_vec(input, out, FlushDecompress::Sync)
-                    .map_err(|e| format!("inflate: {e}"))?;
-                let consumed = (decompress.total_in() - in0) as usize;
-                let produced = (decompress.total_out() - out0) as usize;
-                input = &input[consumed..];
-                if out.len() > limit {
-                    return Err(format!("inflated echo longer than the {limit} bytes sent"));
-                }
-                if status == Status::StreamEnd {
-                    // BFINAL: the message ends here (the tail, if left, is ours).
-                    if !input.is_empty() && !tail {
-                        return Err("compressed data after the final block".into());
-                    }
-                    return Ok(true);
-                }
-                if input.is_empty() && out.len() < out.capacity() {
-                    break;
-                }
-                if consumed == 0 && produced == 0 && out.len() < out.capacity() {
-                    return Err("inflate made no progress (truncated stream?)".into());
-                }
-            }
-        }
-        Ok(false)
     }
 }
 
