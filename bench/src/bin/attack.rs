@@ -34,7 +34,7 @@ use mio::{Events, Interest, Poll, Token};
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::FromRawFd;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -43,8 +43,8 @@ use std::time::{Duration, Instant};
 use wsreactor_bench::pmd::{self, ClientDeflate};
 use wsreactor_bench::{
     check_upgrade_response, client_header, client_key, head_end, header_values, json, procfs,
-    push_client_frame, push_header, upgrade_request_with_extensions, Args, FrameHeader, Opcode,
-    Rng,
+    push_client_frame, push_header, set_linger_zero, upgrade_request_with_extensions, Args,
+    FrameHeader, Opcode, Rng,
 };
 
 const USAGE: &str = "\
@@ -628,24 +628,6 @@ fn setsockopt_int(fd: i32, level: i32, name: i32, value: i32) -> io::Result<()> 
         Ok(())
     } else {
         Err(io::Error::last_os_error())
-    }
-}
-
-/// Closing sends RST: no TIME_WAIT left behind on loopback.
-fn set_linger_zero(stream: &TcpStream) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: setsockopt on a socket we own, with a correctly sized option value.
-    unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            &linger as *const libc::linger as *const libc::c_void,
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        );
     }
 }
 

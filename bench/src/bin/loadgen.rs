@@ -51,14 +51,13 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Registry, Token};
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use wsreactor_bench::pmd::{self, ClientDeflate};
 use wsreactor_bench::{
     check_upgrade_response, client_header, client_key, head_end, header_values, json, procfs,
-    push_client_frame, push_header, upgrade_request_with_extensions, Args, FrameHeader, Opcode,
-    Rng, RSV1,
+    push_client_frame, push_header, set_linger_zero, upgrade_request_with_extensions, Args,
+    FrameHeader, Opcode, Rng, RSV1,
 };
 
 const USAGE: &str = "\
@@ -334,23 +333,6 @@ struct Gen {
     in_handshake: usize,
 }
 
-fn set_linger_zero(stream: &TcpStream) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: setsockopt on a socket we own, with a correctly sized option value.
-    unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            &linger as *const libc::linger as *const libc::c_void,
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        );
-    }
-}
-
 impl Gen {
     fn new_conn(
         &mut self,
@@ -398,44 +380,24 @@ impl Gen {
                 deflate: None,
             })
         });
-        if msg.is_some() {
-            // Frames are built per message.
-            self.conns.push(Conn {
-                stream,
-                id,
-                phase: Phase::Connecting,
-                key,
-                request,
-                request_written: 0,
-                head: Vec::new(),
-                mask,
-                frame: Vec::with_capacity(size + 14),
-                frame_payload_at: 0,
-                expected: Vec::new(),
-                expected_payload_at: 0,
-                seq: 0,
-                written: 0,
-                received: 0,
-                in_flight: false,
-                sent_at: Instant::now(),
-                writable_interest: true,
-                msg,
-            });
-            self.in_handshake += 1;
-            return Ok(());
-        }
-        let mut frame = Vec::with_capacity(size + 14);
-        let header = client_header(true, 0, Opcode::Binary, size, mask);
-        push_client_frame(&mut frame, &header, &payload);
-        let frame_payload_at = frame.len() - size;
-        let (expected, expected_payload_at) = if self.raw {
-            (frame.clone(), frame_payload_at)
+        // Message mode builds each frame, and checks each echo, as it goes; pattern mode
+        // builds its frame and the echo it expects once (only the stamp changes).
+        let (frame, frame_payload_at, expected, expected_payload_at) = if msg.is_some() {
+            (Vec::with_capacity(size + 14), 0, Vec::new(), 0)
         } else {
-            let mut expected = Vec::with_capacity(size + 10);
-            push_header(&mut expected, &FrameHeader::server(Opcode::Binary, size));
-            let at = expected.len();
-            expected.extend_from_slice(&payload);
-            (expected, at)
+            let mut frame = Vec::with_capacity(size + 14);
+            let header = client_header(true, 0, Opcode::Binary, size, mask);
+            push_client_frame(&mut frame, &header, &payload);
+            let frame_payload_at = frame.len() - size;
+            if self.raw {
+                (frame.clone(), frame_payload_at, frame, frame_payload_at)
+            } else {
+                let mut expected = Vec::with_capacity(size + 10);
+                push_header(&mut expected, &FrameHeader::server(Opcode::Binary, size));
+                let at = expected.len();
+                expected.extend_from_slice(&payload);
+                (frame, frame_payload_at, expected, at)
+            }
         };
         self.conns.push(Conn {
             stream,
@@ -456,7 +418,7 @@ impl Gen {
             in_flight: false,
             sent_at: Instant::now(),
             writable_interest: true,
-            msg: None,
+            msg,
         });
         self.in_handshake += 1;
         Ok(())
