@@ -206,6 +206,23 @@ pub fn set_linger_zero(socket: &impl std::os::fd::AsRawFd) {
     }
 }
 
+/// `s` as a JSON string: quoted, with `"`, `\` and control characters escaped (the
+/// binaries print their results as JSON without a serde dependency).
+pub fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
 /// The client side of permessage-deflate (RFC 7692) for `loadgen --deflate`: reading
 /// the server's answer to our offer, and compressing and inflating whole messages
 /// (raw DEFLATE, a sync flush per message with its `00 00 ff ff` tail stripped on
@@ -969,6 +986,14 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn json_strings_are_escaped() {
+        assert_eq!(
+            json_string("a\"b\\c\n\u{1}é"),
+            "\"a\\\"b\\\\c\\u000a\\u0001é\""
+        );
     }
 
     #[test]

@@ -42,8 +42,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use wsreactor_bench::pmd::{self, ClientDeflate};
 use wsreactor_bench::{
-    check_upgrade_response, client_header, client_key, head_end, header_values, json, procfs,
-    push_client_frame, push_header, set_linger_zero, upgrade_request_with_extensions, Args,
+    check_upgrade_response, client_header, client_key, head_end, header_values, json, json_string,
+    procfs, push_client_frame, push_header, set_linger_zero, upgrade_request_with_extensions, Args,
     FrameHeader, Opcode, Rng,
 };
 
@@ -269,26 +269,18 @@ trait JsonValue {
     fn json(&self) -> String;
 }
 
-impl JsonValue for u64 {
-    fn json(&self) -> String {
-        self.to_string()
-    }
+/// Numbers and booleans: JSON is their `Display`.
+macro_rules! json_as_display {
+    ($($t:ty),*) => {
+        $(impl JsonValue for $t {
+            fn json(&self) -> String {
+                self.to_string()
+            }
+        })*
+    };
 }
-impl JsonValue for usize {
-    fn json(&self) -> String {
-        self.to_string()
-    }
-}
-impl JsonValue for i64 {
-    fn json(&self) -> String {
-        self.to_string()
-    }
-}
-impl JsonValue for bool {
-    fn json(&self) -> String {
-        self.to_string()
-    }
-}
+json_as_display!(u64, usize, i64, bool);
+
 impl JsonValue for f64 {
     fn json(&self) -> String {
         if !self.is_finite() {
@@ -304,18 +296,7 @@ impl JsonValue for f64 {
 }
 impl JsonValue for &str {
     fn json(&self) -> String {
-        let mut out = String::with_capacity(self.len() + 2);
-        out.push('"');
-        for c in self.chars() {
-            match c {
-                '"' => out.push_str("\\\""),
-                '\\' => out.push_str("\\\\"),
-                c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-                c => out.push(c),
-            }
-        }
-        out.push('"');
-        out
+        json_string(self)
     }
 }
 impl JsonValue for String {

@@ -55,8 +55,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use wsreactor_bench::pmd::{self, ClientDeflate};
 use wsreactor_bench::{
-    check_upgrade_response, client_header, client_key, head_end, header_values, json, procfs,
-    push_client_frame, push_header, set_linger_zero, upgrade_request_with_extensions, Args,
+    check_upgrade_response, client_header, client_key, head_end, header_values, json, json_string,
+    procfs, push_client_frame, push_header, set_linger_zero, upgrade_request_with_extensions, Args,
     FrameHeader, Opcode, Rng, RSV1,
 };
 
@@ -763,20 +763,6 @@ fn percentile(sorted: &[u64], q: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1] as f64 / 1000.0
 }
 
-fn json_str(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 fn opt(value: Option<f64>) -> String {
     match value {
         Some(v) if v.is_finite() => format!("{v:.3}"),
@@ -1089,8 +1075,8 @@ fn message_json(gen: &Gen, wire: bool) -> String {
         return String::new();
     }
     let agreed = match &gen.agreed {
-        Some(a) if gen.agreed_mixed => json_str(&format!("{a} (and others)")),
-        Some(a) => json_str(a),
+        Some(a) if gen.agreed_mixed => json_string(&format!("{a} (and others)")),
+        Some(a) => json_string(a),
         None => "null".into(),
     };
     let mut out = format!(
@@ -1120,7 +1106,7 @@ fn message_json(gen: &Gen, wire: bool) -> String {
 }
 
 fn errors_json(stats: &Stats) -> String {
-    let samples: Vec<String> = stats.error_samples.iter().map(|s| json_str(s)).collect();
+    let samples: Vec<String> = stats.error_samples.iter().map(|s| json_string(s)).collect();
     format!(
         "\"errors\":{},\"error_samples\":[{}]",
         stats.errors,
