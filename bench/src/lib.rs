@@ -2,13 +2,13 @@
 //! handshake, the server side of the handshake for the raw echo ceiling, and the
 //! `/proc` readers that turn a server's PID into CPU time and resident memory.
 //!
-//! Frames and permessage-deflate come from wsreactor's sans-I/O core
-//! (`FrameHeader::encode`, `mask::apply`, `proto::deflate`): the same pure code the
-//! server runs, none of its I/O, and the same DEFLATE library as every peer server
-//! measured, so the client side costs the same whichever server it drives. That makes
-//! the bench a load, not a conformance check of wsreactor's codec: the end-to-end tests
-//! (tungstenite, flate2 directly) and the fuzz targets (an encoder written from the
-//! RFC) do that.
+//! Frames, permessage-deflate and the expected `Sec-WebSocket-Accept` come from
+//! wsreactor's sans-I/O core (`FrameHeader::encode`, `mask::apply`, `proto::deflate`,
+//! `handshake::accept_key`): pure code, none of the server's I/O, so the client side
+//! costs the same whichever server it drives, and compresses with the same library and
+//! backend as wsreactor does. That makes the bench a load, not a conformance check of
+//! wsreactor's codec: the end-to-end tests (tungstenite, flate2 directly, an accept key
+//! computed apart) and the fuzz targets (an encoder written from the RFC) are that.
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
