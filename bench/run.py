@@ -43,26 +43,16 @@ import json
 import os
 import platform
 import resource
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
 
+import processes
+from processes import env_num, log, stop, stop_all, stop_all_on_signals
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench")
-
-
-def env_num(name, default, kind=float):
-    value = os.environ.get(name, "")
-    if value == "":
-        return default
-    try:
-        return kind(value)
-    except ValueError:
-        sys.exit(f"run.py: {name}={value!r} is not a number")
-
 
 QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")
 SECONDS = env_num("BENCH_SECONDS", 1.0 if QUICK else 5.0)
@@ -135,62 +125,6 @@ def pick(env, known):
 SERVER_NAMES = pick("BENCH_SERVERS", list(SERVERS))
 WORKLOAD_NAMES = pick("BENCH_WORKLOADS", list(WORKLOADS))
 
-STARTED = {}  # pid -> Popen: the servers this script started and has not stopped
-
-
-def log(msg):
-    print(msg, file=sys.stderr, flush=True)
-
-
-def stop_server(proc):
-    """SIGTERM by PID, then SIGKILL; only a process this script started."""
-    if proc.pid not in STARTED:
-        return
-    if proc.poll() is None:
-        try:
-            os.kill(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=3)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5)
-        except ProcessLookupError:
-            pass
-    STARTED.pop(proc.pid, None)
-
-
-def stop_all():
-    for proc in list(STARTED.values()):
-        try:
-            stop_server(proc)
-        except Exception as e:  # keep stopping the others
-            log(f"run.py: stopping {proc.pid}: {e}")
-
-
-def on_signal(signum, _frame):
-    stop_all()
-    sys.exit(128 + signum)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def listening(port):
-    """Whether something listens on 127.0.0.1:port (from /proc/net/tcp, no connect)."""
-    want = f"0100007F:{port:04X}"
-    try:
-        with open("/proc/net/tcp") as f:
-            for line in f.readlines()[1:]:
-                fields = line.split()
-                if fields[1] == want and fields[3] == "0A":
-                    return True
-    except OSError:
-        pass
-    return False
-
-
 def raise_nofile():
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
@@ -204,24 +138,9 @@ def pinned(cpu, argv):
 
 def start_server(name, logdir, tag):
     argv_of, raw = SERVERS[name]
-    port = free_port()
-    argv = pinned(SERVER_CPU, argv_of(port))
-    env = dict(os.environ)
-    env.pop("RUST_LOG", None)  # each server's default logging, as `make run` has it
-    logfile = open(os.path.join(logdir, f"{name}-{tag}.log"), "wb")
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logfile,
-                            stderr=subprocess.STDOUT, env=env, preexec_fn=raise_nofile)
-    logfile.close()
-    STARTED[proc.pid] = proc
-    deadline = time.monotonic() + 15
-    while not listening(port):
-        if proc.poll() is not None:
-            raise RuntimeError(f"{name} exited with {proc.returncode} before listening "
-                               f"(log: {logdir}/{name}-{tag}.log)")
-        if time.monotonic() > deadline:
-            stop_server(proc)
-            raise RuntimeError(f"{name} is not listening on {port} after 15 s")
-        time.sleep(0.02)
+    proc, port = processes.start_server(lambda port: pinned(SERVER_CPU, argv_of(port)),
+                                        os.path.join(logdir, f"{name}-{tag}.log"),
+                                        raise_nofile)
     return proc, port, raw
 
 
@@ -524,8 +443,7 @@ def machine():
 
 
 def main():
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop_all_on_signals()
     t_start = time.monotonic()
     measured = revision()
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -557,7 +475,7 @@ def main():
                     try:
                         result = run_loadgen(name, WORKLOADS[wkey], port, proc.pid, raw)
                     finally:
-                        stop_server(proc)
+                        stop(proc)
                     result.update({"server": name, "workload": wkey, "run": run})
                     all_runs.append(result)
                     raw_runs.setdefault((wkey, name), []).append(result)

@@ -38,26 +38,16 @@ import json
 import os
 import resource
 import shlex
-import signal
-import socket
 import subprocess
 import sys
 import time
+
+from processes import env_num, log, start_server, stop, stop_all, stop_all_on_signals, track
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench")
 ATTACK = os.path.join(BENCH, "target", "release", "attack")
 SERVER_CPU, CLIENT_CPU = "0", "1"
-STARTED = {}  # pid -> Popen: servers (and background attackers) this script started
-
-
-def log(msg):
-    print(msg, file=sys.stderr, flush=True)
-
-
-def env_num(name, default):
-    value = os.environ.get(name, "")
-    return float(value) if value else default
 
 
 def nofile():
@@ -72,54 +62,6 @@ def nofile():
             continue
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def listening(port):
-    want = f"0100007F:{port:04X}"
-    try:
-        with open("/proc/net/tcp") as f:
-            for line in f.readlines()[1:]:
-                fields = line.split()
-                if fields[1] == want and fields[3] == "0A":
-                    return True
-    except OSError:
-        pass
-    return False
-
-
-def stop(proc):
-    """SIGTERM by PID, then SIGKILL; only a process this script started."""
-    if proc.pid not in STARTED:
-        return
-    if proc.poll() is None:
-        try:
-            os.kill(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5)
-        except ProcessLookupError:
-            pass
-    STARTED.pop(proc.pid, None)
-
-
-def stop_all():
-    for proc in list(STARTED.values()):
-        try:
-            stop(proc)
-        except Exception as e:  # keep stopping the others
-            log(f"run_attacks: stopping {proc.pid}: {e}")
-
-
-def on_signal(signum, _frame):
-    stop_all()
-    sys.exit(128 + signum)
-
-
 class Runner:
     def __init__(self, args, outdir):
         self.args = args
@@ -127,25 +69,8 @@ class Runner:
         self.rows = []
 
     def start_server(self, name, argv_of_port):
-        port = free_port()
-        argv = ["taskset", "-c", SERVER_CPU] + argv_of_port(port)
-        logf = open(os.path.join(self.outdir, f"{name}.server.log"), "wb")
-        env = dict(os.environ)
-        env.pop("RUST_LOG", None)
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf,
-                                stderr=subprocess.STDOUT, env=env, preexec_fn=nofile)
-        logf.close()
-        STARTED[proc.pid] = proc
-        deadline = time.monotonic() + 15
-        while not listening(port):
-            if proc.poll() is not None:
-                raise RuntimeError(f"{argv} exited with {proc.returncode} before listening")
-            if time.monotonic() > deadline:
-                stop(proc)
-                raise RuntimeError(f"{argv} not listening on {port} after 15 s")
-            time.sleep(0.02)
-        # The pinned process is taskset's child after exec: same PID.
-        return proc, port
+        return start_server(lambda port: ["taskset", "-c", SERVER_CPU] + argv_of_port(port),
+                            os.path.join(self.outdir, f"{name}.server.log"), nofile)
 
     def wsreactor(self, name, deflate=False):
         extra = list(self.args.server_arg or [])
@@ -285,9 +210,8 @@ def run_good(rn, q):
     log(f"# {name}: holders: {' '.join(argv[3:])}")
     hold_err = open(os.path.join(rn.outdir, f"{name}.hold.stderr"), "w+")
     hold_out = open(os.path.join(rn.outdir, f"{name}.hold.json"), "w+")
-    holder = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=hold_out,
-                              stderr=hold_err, preexec_fn=nofile)
-    STARTED[holder.pid] = holder
+    holder = track(subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=hold_out,
+                                    stderr=hold_err, preexec_fn=nofile))
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and holder.poll() is None:
@@ -426,8 +350,7 @@ def main():
     for n in only:
         if n not in RUNS:
             sys.exit(f"run_attacks: unknown measurement {n!r} (known: {', '.join(RUNS)})")
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    stop_all_on_signals()
     if not args.no_build:
         # One build at a time (2 cores).
         subprocess.run(["cargo", "build", "--release", "--bin", "wsreactor",

@@ -390,17 +390,7 @@ pub(crate) struct Timeouts {
 
 /// The soft limit on open files (`RLIMIT_NOFILE`), or 1024 if it cannot be read.
 pub fn open_file_limit() -> usize {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit only writes the struct we pass, which lives on our stack.
-    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
-    if ok {
-        usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
-    } else {
-        1024
-    }
+    crate::sys::open_file_limit().unwrap_or(1024)
 }
 
 /// Raises the soft limit on open files to the hard limit, returning the new soft limit.
@@ -408,21 +398,7 @@ pub fn open_file_limit() -> usize {
 /// The default soft limit (often 1024) caps a server at about a thousand connections
 /// though the hard limit allows far more; servers conventionally raise it at start-up.
 pub fn raise_open_file_limit() -> std::io::Result<usize> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: both calls only read or write the struct we pass, which lives on our stack.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        limit.rlim_cur = limit.rlim_max;
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX))
+    crate::sys::raise_open_file_limit()
 }
 
 #[cfg(test)]

@@ -12,20 +12,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wsreactor::{CloseReason, Config, Ctx, Decision, Handler, Message, Request};
 
-/// Opcodes of the frames the tests send.
-const BINARY: u8 = 0x2;
-const CONTINUATION: u8 = 0x0;
-const PING: u8 = 0x9;
-
-/// A frame with RSV1 set (a compressed message's first frame), masked.
-fn compressed_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let mut bytes = frame(fin, opcode, payload);
-    bytes[0] |= 0x40;
-    bytes
-}
-
 /// DEFLATE of `len` zero bytes at level 9, sync-flushed, no final block: the start of a
 /// message that inflates to `len` bytes and never ends.
+///
+/// flate2 directly, never the crate's `proto::deflate`, on purpose: a bomb built by the
+/// server's own compressor would test the server's codec against itself.
 fn bomb(len: usize) -> Vec<u8> {
     let mut compress = Compress::new(Compression::best(), false);
     let zeros = vec![0u8; len];

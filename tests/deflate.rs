@@ -1,11 +1,12 @@
 //! permessage-deflate (RFC 7692) from outside: negotiation in the handshake, compressed
 //! echoes, and a decompression bomb, with a raw client that does its own DEFLATE
-//! (flate2, independent of the server's code paths).
+//! (`common::compress` and `inflate`: flate2 directly, never the crate's
+//! `proto::deflate`, so the server's codec is not trusted to check itself).
 
 mod common;
 
 use common::*;
-use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
+use flate2::Compression;
 use wsreactor::{Config, Ctx, Handler, Message};
 
 fn deflate_config() -> Config {
@@ -22,36 +23,6 @@ fn open_with(addr: std::net::SocketAddr, extensions: &str) -> (Raw, HttpHead) {
     raw.write(upgrade_request("/echo", RFC_KEY, &offer).as_bytes());
     let head = raw.read_http();
     (raw, head)
-}
-
-/// Raw DEFLATE with a sync flush and the 00 00 ff ff tail removed (RFC 7692 §7.2.1).
-fn compress(message: &[u8]) -> Vec<u8> {
-    let mut compress = Compress::new(Compression::default(), false);
-    let mut out = Vec::with_capacity(message.len() + 64);
-    loop {
-        let consumed = compress.total_in() as usize;
-        compress
-            .compress_vec(&message[consumed..], &mut out, FlushCompress::Sync)
-            .unwrap();
-        if compress.total_in() as usize == message.len() && out.len() < out.capacity() {
-            break;
-        }
-        out.reserve(message.len() + 64);
-    }
-    assert!(out.ends_with(&[0, 0, 0xff, 0xff]));
-    out.truncate(out.len() - 4);
-    out
-}
-
-fn inflate(payload: &[u8]) -> Vec<u8> {
-    let mut input = payload.to_vec();
-    input.extend_from_slice(&[0, 0, 0xff, 0xff]);
-    let mut decompress = Decompress::new(false);
-    let mut out = Vec::with_capacity(1 << 20);
-    decompress
-        .decompress_vec(&input, &mut out, FlushDecompress::Sync)
-        .unwrap();
-    out
 }
 
 #[test]
@@ -92,10 +63,10 @@ fn compressed_messages_are_echoed_compressed_and_small_ones_plain() {
     let json = r#"{"symbol":"ACME","bid":101.25,"ask":101.27,"size":300}"#.repeat(20);
     for _ in 0..3 {
         // RSV1 on the first frame marks the message compressed.
-        raw.write(&raw_frame(
-            0x80 | 0x40 | TEXT,
-            Some(next_key()),
-            &compress(json.as_bytes()),
+        raw.write(&compressed_frame(
+            true,
+            TEXT,
+            &compress(json.as_bytes(), Compression::default()),
         ));
         let echo = raw.read_frame();
         assert_eq!((echo.fin, echo.rsv, echo.opcode), (true, 0b100, TEXT));
@@ -104,23 +75,23 @@ fn compressed_messages_are_echoed_compressed_and_small_ones_plain() {
             "{} bytes",
             echo.payload.len()
         );
-        assert_eq!(inflate(&echo.payload), json.as_bytes());
+        assert_eq!(inflate(&echo.payload).unwrap(), json.as_bytes());
     }
     // A compressed message in fragments, a ping between them.
-    let wire = compress(json.as_bytes());
+    let wire = compress(json.as_bytes(), Compression::default());
     let (a, b) = wire.split_at(wire.len() / 3);
-    raw.write(&raw_frame(0x40 | BINARY, Some(next_key()), a));
+    raw.write(&compressed_frame(false, BINARY, a));
     raw.send(true, PING, b"p");
-    raw.write(&raw_frame(0x80 | CONTINUATION, Some(next_key()), b));
+    raw.write(&frame(true, CONTINUATION, b));
     assert_eq!(raw.read_frame().opcode, PONG);
     let echo = raw.read_frame();
     assert_eq!((echo.rsv, echo.opcode), (0b100, BINARY));
-    assert_eq!(inflate(&echo.payload), json.as_bytes());
+    assert_eq!(inflate(&echo.payload).unwrap(), json.as_bytes());
     // Under the 128-byte threshold the echo is not compressed.
-    raw.write(&raw_frame(
-        0x80 | 0x40 | TEXT,
-        Some(next_key()),
-        &compress(b"hi"),
+    raw.write(&compressed_frame(
+        true,
+        TEXT,
+        &compress(b"hi", Compression::default()),
     ));
     raw.expect_echo(TEXT, b"hi");
     raw.close_cleanly();
@@ -159,7 +130,7 @@ fn a_broadcast_reaches_those_that_agreed_compressed_and_the_rest_plain() {
                 "{} bytes",
                 frame.payload.len()
             );
-            assert_eq!(inflate(&frame.payload), text.as_bytes());
+            assert_eq!(inflate(&frame.payload).unwrap(), text.as_bytes());
         }
         plain.expect_echo(TEXT, text.as_bytes());
     }
@@ -181,37 +152,33 @@ fn a_decompression_bomb_gets_1009_and_others_carry_on() {
     let (mut raw, _) = open_with(addr, "permessage-deflate");
     // 16 MiB of zeros: about 16 KiB on the wire. (The receiver's unit tests show the
     // server stops inflating within 16 KiB of the limit.)
-    let bomb = compress(&vec![0u8; 16 << 20]);
+    let bomb = compress(&vec![0u8; 16 << 20], Compression::default());
     assert!(bomb.len() < 32_000, "{}", bomb.len());
-    raw.write(&raw_frame(0x80 | 0x40 | BINARY, Some(next_key()), &bomb));
+    raw.write(&compressed_frame(true, BINARY, &bomb));
     raw.expect_close(1009);
     raw.expect_eof();
     // Everyone else is untouched.
     let message = vec![b'x'; 1000];
-    bystander.write(&raw_frame(
-        0x80 | 0x40 | TEXT,
-        Some(next_key()),
-        &compress(&message),
+    bystander.write(&compressed_frame(
+        true,
+        TEXT,
+        &compress(&message, Compression::default()),
     ));
     let echo = bystander.read_frame();
-    assert_eq!(inflate(&echo.payload), message);
+    assert_eq!(inflate(&echo.payload).unwrap(), message);
 }
 
 #[test]
 fn rsv1_without_negotiation_and_corrupt_data_are_rejected() {
     let (addr, _) = start(deflate_config());
     let mut plain = Raw::open(addr); // no offer: no compression
-    plain.write(&raw_frame(
-        0x80 | 0x40 | TEXT,
-        Some(next_key()),
-        &compress(b"hello"),
+    plain.write(&compressed_frame(
+        true,
+        TEXT,
+        &compress(b"hello", Compression::default()),
     ));
     plain.expect_close(1002);
     let (mut raw, _) = open_with(addr, "permessage-deflate");
-    raw.write(&raw_frame(
-        0x80 | 0x40 | BINARY,
-        Some(next_key()),
-        &[0xff; 32],
-    ));
+    raw.write(&compressed_frame(true, BINARY, &[0xff; 32]));
     raw.expect_close(1007);
 }

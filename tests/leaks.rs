@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
+use flate2::Compression;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd};
@@ -255,48 +255,6 @@ fn connect(addr: SocketAddr, setup: Setup) -> io::Result<TcpStream> {
     stream.set_write_timeout(Some(IO_TIMEOUT))?;
     stream.set_nodelay(true)?;
     Ok(stream)
-}
-
-// ---------------------------------------------------------------------------------------
-// permessage-deflate on the client side (flate2, independent of the server's code)
-// ---------------------------------------------------------------------------------------
-
-/// Raw DEFLATE with a sync flush and the `00 00 ff ff` tail removed (RFC 7692 §7.2.1).
-fn compress(message: &[u8]) -> Vec<u8> {
-    let mut compress = Compress::new(Compression::fast(), false);
-    let mut out = Vec::with_capacity(message.len() + 64);
-    for _ in 0..64 {
-        let consumed = compress.total_in() as usize;
-        compress
-            .compress_vec(&message[consumed..], &mut out, FlushCompress::Sync)
-            .expect("compress");
-        if compress.total_in() as usize == message.len() && out.len() < out.capacity() {
-            assert!(out.ends_with(&[0, 0, 0xff, 0xff]));
-            out.truncate(out.len() - 4);
-            return out;
-        }
-        out.reserve(message.len() + 64);
-    }
-    panic!("compressing {} bytes did not finish", message.len());
-}
-
-/// The message a server frame with RSV1 carries.
-fn inflate(payload: &[u8]) -> Result<Vec<u8>, String> {
-    let mut input = payload.to_vec();
-    input.extend_from_slice(&[0, 0, 0xff, 0xff]);
-    let mut decompress = Decompress::new(false);
-    let mut out = Vec::with_capacity(4 * payload.len() + 1024);
-    while out.len() < 8 << 20 {
-        let consumed = decompress.total_in() as usize;
-        decompress
-            .decompress_vec(&input[consumed..], &mut out, FlushDecompress::Sync)
-            .map_err(|e| format!("the server's compressed frame does not inflate: {e}"))?;
-        if decompress.total_in() as usize == input.len() && out.len() < out.capacity() {
-            return Ok(out);
-        }
-        out.reserve(out.capacity().max(1024));
-    }
-    Err("a compressed frame from the server inflates past 8 MiB".into())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -947,13 +905,12 @@ fn fragments(
     let mut from = 0;
     for (i, &to) in cuts.iter().enumerate() {
         let last = i + 1 == cuts.len();
-        let first_byte = (u8::from(last) << 7)
-            | if i == 0 {
-                opcode | if compressed { 0x40 } else { 0 }
-            } else {
-                CONTINUATION
-            };
-        out.extend_from_slice(&raw_frame(first_byte, Some(next_key()), &wire[from..to]));
+        let (rsv, opcode) = match i {
+            0 if compressed => (RSV1, opcode),
+            0 => (0, opcode),
+            _ => (0, CONTINUATION),
+        };
+        out.extend_from_slice(&client_frame(last, rsv, opcode, &wire[from..to]));
         from = to;
         if !last && rng.chance(30) {
             let payload = pattern(rng.next(), rng.below(126));
@@ -985,7 +942,7 @@ fn random_message(rng: &mut Rng, deflate: bool) -> (u8, Vec<u8>, Vec<u8>, Vec<Ve
     };
     let compressed = deflate && rng.chance(60);
     let wire = if compressed {
-        compress(&payload)
+        compress(&payload, Compression::fast())
     } else {
         payload.clone()
     };
@@ -997,11 +954,7 @@ fn random_message(rng: &mut Rng, deflate: bool) -> (u8, Vec<u8>, Vec<u8>, Vec<Ve
 /// A text message as one frame, compressed now and then when agreed.
 fn text_frame(client: &Client, rng: &mut Rng, text: &str) -> Vec<u8> {
     if client.deflate && rng.chance(50) {
-        raw_frame(
-            0x80 | 0x40 | TEXT,
-            Some(next_key()),
-            &compress(text.as_bytes()),
-        )
+        compressed_frame(true, TEXT, &compress(text.as_bytes(), Compression::fast()))
     } else {
         frame(true, TEXT, text.as_bytes())
     }
@@ -1110,7 +1063,11 @@ fn violation(rng: &mut Rng, deflate: bool, mid_message: bool) -> (&'static str, 
         }
         _ if deflate && rng.chance(50) => (
             "compressed invalid UTF-8",
-            raw_frame(0x80 | 0x40 | TEXT, key, &compress(b"bad \xff\xfe\xfd")),
+            raw_frame(
+                0x80 | 0x40 | TEXT,
+                key,
+                &compress(b"bad \xff\xfe\xfd", Compression::fast()),
+            ),
             1007,
         ),
         _ if deflate => (
@@ -1133,7 +1090,7 @@ fn unfinished_message(rng: &mut Rng, deflate: bool) -> (&'static str, Vec<u8>) {
     match rng.below(3) {
         0 if deflate => (
             "compressed first fragment",
-            raw_frame(0x40 | BINARY, Some(next_key()), &compress(&body)),
+            compressed_frame(false, BINARY, &compress(&body, Compression::fast())),
         ),
         0 | 1 => ("first fragment", frame(false, BINARY, &body)),
         _ => {

@@ -60,12 +60,12 @@ fn rsv_set_on_a_ping_gets_1002() {
 
 #[test]
 fn reserved_data_opcode_0x3_gets_1002() {
-    violation_closes_with(&frame(true, 0x3, b""), 1002);
+    violation_closes_with(&raw_frame(0x80 | 0x3, Some(next_key()), b""), 1002);
 }
 
 #[test]
 fn reserved_control_opcode_0xb_gets_1002() {
-    violation_closes_with(&frame(true, 0xB, b"payload"), 1002);
+    violation_closes_with(&raw_frame(0x80 | 0xB, Some(next_key()), b"payload"), 1002);
 }
 
 #[test]
@@ -138,7 +138,7 @@ fn invalid_utf8_inside_one_frame_fails_before_the_frame_is_complete() {
     // A text frame announcing 1000 bytes, of which only a bad prefix is sent.
     let key = next_key();
     let mut prefix = b"ok so far \xff".to_vec();
-    common::apply_mask(&mut prefix, key, 0);
+    wsreactor::proto::mask::apply(&mut prefix, key, 0);
     let bytes = [header(0x80 | TEXT, Some(key), 1000), prefix].concat();
     raw.write(&bytes);
     raw.expect_close(1007);
@@ -257,7 +257,7 @@ fn messages_before_a_bad_frame_in_the_same_write_are_echoed_first() {
         frame(true, PING, b"three"),
         frame(false, TEXT, b"fo"),
         frame(true, CONTINUATION, b"ur"),
-        frame(true, 0x3, b"bad"),
+        raw_frame(0x80 | 0x3, Some(next_key()), b"bad"),
         frame(true, TEXT, b"never echoed"),
     ]
     .concat();

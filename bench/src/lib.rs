@@ -1,25 +1,24 @@
 //! Shared pieces of the bench binaries: the hand-written client side of the WebSocket
-//! handshake and framing (the load generator must not lean on any of the libraries it
-//! measures), the server side of the handshake for the raw echo ceiling, and the
+//! handshake, the server side of the handshake for the raw echo ceiling, and the
 //! `/proc` readers that turn a server's PID into CPU time and resident memory.
+//!
+//! Frames, permessage-deflate and the expected `Sec-WebSocket-Accept` come from
+//! wsreactor's sans-I/O core (`FrameHeader::encode`, `mask::apply`, `proto::deflate`,
+//! `handshake::accept_key`): pure code, none of the server's I/O, so the client side
+//! costs the same whichever server it drives, and compresses with the same library and
+//! backend as wsreactor does. That makes the bench a load, not a conformance check of
+//! wsreactor's codec: the end-to-end tests (tungstenite, flate2 directly, an accept key
+//! computed apart) and the fuzz targets (an encoder written from the RFC) are that.
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use std::time::Duration;
+pub use wsreactor::proto::frame::{FrameHeader, Opcode, MAX_HEADER_LEN};
+pub use wsreactor::proto::handshake::accept_key;
+pub use wsreactor::proto::mask;
 
-/// The GUID every server appends to the client's key before hashing (RFC 6455 §1.3).
-pub const WEBSOCKET_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
-
-/// The largest frame header: 2 bytes, 8 bytes of length, 4 bytes of mask key.
-pub const MAX_HEADER_LEN: usize = 14;
-
-/// `base64(sha1(key + GUID))` (§4.2.2).
-pub fn accept_key(key: &str) -> String {
-    let mut sha1 = sha1_smol::Sha1::new();
-    sha1.update(key.as_bytes());
-    sha1.update(WEBSOCKET_GUID.as_bytes());
-    BASE64.encode(sha1.digest().bytes())
-}
+/// RSV1: the message is compressed (permessage-deflate, RFC 7692 §6).
+pub const RSV1: u8 = 0b100;
 
 /// A small, fast, seedable PRNG (xorshift64*): mask keys, handshake nonces, payloads.
 #[derive(Debug, Clone)]
@@ -158,29 +157,70 @@ pub fn check_upgrade_response(head: &[u8], key: &str) -> Result<(), String> {
     }
 }
 
-/// Appends a frame header (FIN set, minimal length encoding, §5.2).
-pub fn encode_header(out: &mut Vec<u8>, opcode: u8, len: usize, mask: Option<[u8; 4]>) {
-    out.push(0x80 | opcode);
-    let mask_bit = if mask.is_some() { 0x80 } else { 0 };
-    if len < 126 {
-        out.push(mask_bit | len as u8);
-    } else if len <= 0xFFFF {
-        out.push(mask_bit | 126);
-        out.extend_from_slice(&(len as u16).to_be_bytes());
-    } else {
-        out.push(mask_bit | 127);
-        out.extend_from_slice(&(len as u64).to_be_bytes());
-    }
-    if let Some(key) = mask {
-        out.extend_from_slice(&key);
+/// Appends `header` as [`FrameHeader::encode`] writes it.
+pub fn push_header(out: &mut Vec<u8>, header: &FrameHeader) {
+    let mut bytes = [0u8; MAX_HEADER_LEN];
+    let len = header.encode(&mut bytes);
+    out.extend_from_slice(&bytes[..len]);
+}
+
+/// The header of a masked client frame carrying `len` payload bytes; `rsv` holds
+/// RSV1-3 as the low three bits.
+pub fn client_header(fin: bool, rsv: u8, opcode: Opcode, len: usize, key: [u8; 4]) -> FrameHeader {
+    FrameHeader {
+        fin,
+        rsv,
+        opcode,
+        mask: Some(key),
+        payload_len: len as u64,
     }
 }
 
-/// XORs `payload` with `key` as if it started `offset` bytes into the frame payload.
-pub fn apply_mask(payload: &mut [u8], key: [u8; 4], offset: usize) {
-    for (i, b) in payload.iter_mut().enumerate() {
-        *b ^= key[(offset + i) % 4];
+/// Appends a masked client frame: its header, then `payload` masked with `key`.
+pub fn push_client_frame(out: &mut Vec<u8>, header: &FrameHeader, payload: &[u8]) {
+    debug_assert_eq!(header.payload_len, payload.len() as u64);
+    push_header(out, header);
+    let start = out.len();
+    out.extend_from_slice(payload);
+    if let Some(key) = header.mask {
+        mask::apply(&mut out[start..], key, 0);
     }
+}
+
+/// Makes closing `socket` send RST: a load generator that opens and closes thousands
+/// of connections leaves no TIME_WAIT behind on loopback.
+pub fn set_linger_zero(socket: &impl std::os::fd::AsRawFd) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on a socket we own, with a correctly sized option value.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &linger as *const libc::linger as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+}
+
+/// `s` as a JSON string: quoted, with `"`, `\` and control characters escaped (the
+/// binaries print their results as JSON without a serde dependency).
+pub fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// The client side of permessage-deflate (RFC 7692) for `loadgen --deflate`: reading
@@ -188,10 +228,8 @@ pub fn apply_mask(payload: &mut [u8], key: [u8; 4], offset: usize) {
 /// (raw DEFLATE, a sync flush per message with its `00 00 ff ff` tail stripped on
 /// sending and restored on receiving, context kept or reset as negotiated).
 pub mod pmd {
-    use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
-
-    /// The extension's registered name.
-    pub const NAME: &str = "permessage-deflate";
+    pub use wsreactor::proto::deflate::NAME;
+    use wsreactor::proto::deflate::{Deflater, InflateError, Inflater};
 
     /// What `loadgen --deflate` offers: the extension with every default (context
     /// takeover allowed both ways, 32 KiB windows), and `client_max_window_bits`, which
@@ -304,8 +342,8 @@ pub mod pmd {
     pub struct Shared {
         level: u32,
         /// Compressors by window bits 9..=15.
-        compressors: [Option<Compress>; 7],
-        inflater: Option<Decompress>,
+        compressors: [Option<Deflater>; 7],
+        inflater: Option<Inflater>,
     }
 
     impl Shared {
@@ -317,24 +355,15 @@ pub mod pmd {
             }
         }
 
-        fn compressor(&mut self, bits: u8) -> &mut Compress {
+        fn compressor(&mut self, bits: u8) -> &mut Deflater {
             let level = self.level;
             self.compressors[usize::from(bits.clamp(9, 15) - 9)]
-                .get_or_insert_with(|| new_compressor(level, bits))
+                .get_or_insert_with(|| Deflater::new(level, bits))
         }
 
-        fn inflater(&mut self) -> &mut Decompress {
-            self.inflater.get_or_insert_with(new_inflater)
+        fn inflater(&mut self) -> &mut Inflater {
+            self.inflater.get_or_insert_with(Inflater::new)
         }
-    }
-
-    fn new_compressor(level: u32, bits: u8) -> Compress {
-        Compress::new_with_window_bits(Compression::new(level.min(9)), false, bits.clamp(9, 15))
-    }
-
-    fn new_inflater() -> Decompress {
-        // 15 bits inflates a stream of any window size.
-        Decompress::new_with_window_bits(false, 15)
     }
 
     /// One connection's compression: its own compressor only if it keeps its context
@@ -343,8 +372,8 @@ pub mod pmd {
     pub struct ClientDeflate {
         agreed: Agreed,
         level: u32,
-        compress: Option<Compress>,
-        decompress: Option<Decompress>,
+        compress: Option<Deflater>,
+        decompress: Option<Inflater>,
     }
 
     impl ClientDeflate {
@@ -366,38 +395,13 @@ pub mod pmd {
             let bits = self.agreed.client_max_window_bits;
             let reset = self.agreed.client_no_context_takeover;
             let level = self.level;
-            let compress = if reset {
+            let deflater = if reset {
                 shared.compressor(bits)
             } else {
                 self.compress
-                    .get_or_insert_with(|| new_compressor(level, bits))
+                    .get_or_insert_with(|| Deflater::new(level, bits))
             };
-            out.clear();
-            let start = compress.total_in();
-            loop {
-                let consumed = (compress.total_in() - start) as usize;
-                if out.capacity() - out.len() < 64 {
-                    out.reserve(message.len() / 2 + 64);
-                }
-                // Cannot fail: only misuse of the stream errors.
-                let _ = compress.compress_vec(&message[consumed..], out, FlushCompress::Sync);
-                // The flush is complete once all input is in and output space is left.
-                let all_in = (compress.total_in() - start) as usize == message.len();
-                if all_in && out.len() < out.capacity() {
-                    break;
-                }
-            }
-            if out.ends_with(&SYNC_TAIL) {
-                out.truncate(out.len() - SYNC_TAIL.len());
-            }
-            if out.is_empty() {
-                // Nothing to flush (an empty message with the context kept): §7.2.3.6
-                // asks for one 0x00, an empty stored block once the tail is restored.
-                out.push(0x00);
-            }
-            if reset {
-                compress.reset();
-            }
+            deflater.compress(message, out, reset);
         }
 
         /// Replaces `out` with the inflated payload of a compressed message (RSV1),
@@ -410,62 +414,25 @@ pub mod pmd {
             limit: usize,
         ) -> Result<(), String> {
             let reset = self.agreed.server_no_context_takeover;
-            let decompress = if reset {
+            let inflater = if reset {
                 shared.inflater()
             } else {
-                self.decompress.get_or_insert_with(new_inflater)
+                self.decompress.get_or_insert_with(Inflater::new)
             };
-            let result = inflate_message(decompress, payload, out, limit);
-            // A final block ended the stream (the next message starts a new one), the
-            // server resets its context, or the stream is broken: start afresh.
-            if reset || !matches!(result, Ok(false)) {
-                decompress.reset(false);
+            out.clear();
+            let result = inflater
+                .inflate(payload, out, limit)
+                .and_then(|()| inflater.finish(out, limit, reset));
+            if result.is_err() {
+                // A broken stream: the next message starts afresh.
+                inflater.reset();
             }
-            result.map(|_| ())
+            result.map_err(|e| match e {
+                InflateError::TooBig => format!("inflated echo longer than the {limit} bytes sent"),
+                InflateError::Corrupt => "corrupt compressed data".into(),
+                InflateError::NoMemory => "no memory for the inflated echo".into(),
+            })
         }
-    }
-
-    /// Inflates one message's payload and the restored tail onto a cleared `out`;
-    /// true if a final block ended the DEFLATE stream.
-    fn inflate_message(
-        decompress: &mut Decompress,
-        payload: &[u8],
-        out: &mut Vec<u8>,
-        limit: usize,
-    ) -> Result<bool, String> {
-        out.clear();
-        for (input, tail) in [(payload, false), (&SYNC_TAIL[..], true)] {
-            let mut input = input;
-            loop {
-                if out.capacity() - out.len() < 256 {
-                    out.reserve((limit.min(1 << 20) + 256).max(out.len()));
-                }
-                let (in0, out0) = (decompress.total_in(), decompress.total_out());
-                let status = decompress
-                    .decompress_vec(input, out, FlushDecompress::Sync)
-                    .map_err(|e| format!("inflate: {e}"))?;
-                let consumed = (decompress.total_in() - in0) as usize;
-                let produced = (decompress.total_out() - out0) as usize;
-                input = &input[consumed..];
-                if out.len() > limit {
-                    return Err(format!("inflated echo longer than the {limit} bytes sent"));
-                }
-                if status == Status::StreamEnd {
-                    // BFINAL: the message ends here (the tail, if left, is ours).
-                    if !input.is_empty() && !tail {
-                        return Err("compressed data after the final block".into());
-                    }
-                    return Ok(true);
-                }
-                if input.is_empty() && out.len() < out.capacity() {
-                    break;
-                }
-                if consumed == 0 && produced == 0 && out.len() < out.capacity() {
-                    return Err("inflate made no progress (truncated stream?)".into());
-                }
-            }
-        }
-        Ok(false)
     }
 }
 
@@ -834,14 +801,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rfc_accept_key() {
-        assert_eq!(
-            accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
-        );
-    }
-
-    #[test]
     fn response_check() {
         let key = "dGhlIHNhbXBsZSBub25jZQ==";
         let good = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\
@@ -1030,11 +989,23 @@ mod tests {
     }
 
     #[test]
-    fn header_lengths() {
+    fn json_strings_are_escaped() {
+        assert_eq!(
+            json_string("a\"b\\c\n\u{1}é"),
+            "\"a\\\"b\\\\c\\u000a\\u0001é\""
+        );
+    }
+
+    #[test]
+    fn client_frames_are_masked_with_minimal_lengths() {
         for (len, want) in [(20, 6), (125, 6), (126, 8), (65535, 8), (65536, 14)] {
+            let payload = vec![0xA5; len];
             let mut out = Vec::new();
-            encode_header(&mut out, 2, len, Some([1, 2, 3, 4]));
-            assert_eq!(out.len(), want, "len {len}");
+            let header = client_header(true, 0, Opcode::Binary, len, [1, 2, 3, 4]);
+            push_client_frame(&mut out, &header, &payload);
+            assert_eq!(out.len(), want + len, "len {len}");
+            assert_eq!(&out[want - 4..want], &[1, 2, 3, 4]);
+            assert_eq!(out[want] ^ 1, 0xA5);
         }
     }
 }

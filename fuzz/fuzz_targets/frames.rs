@@ -94,7 +94,10 @@ fuzz_target!(|data: &[u8]| {
     if split.error == Some(ProtocolError::OverBudget) {
         // Out of memory: the events until then are the same, the rest never came.
         assert!(room != usize::MAX, "a budget error without a budget");
-        assert!(whole.events.starts_with(&split.events), "events depend on the split");
+        assert!(
+            whole.events.starts_with(&split.events),
+            "events depend on the split"
+        );
         check_pool_is_clean(&mut split_pool);
         return;
     }

@@ -16,9 +16,9 @@
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use wsreactor::proto::deflate::Deflater;
-use wsreactor::proto::Receiver;
+use wsreactor::proto::{CloseCode, OwnedEvent, Receiver};
 use wsreactor_fuzz::{
-    check_pool_is_clean, client_frame, cut_at, feed, truncate_str, InflaterPool, Owned,
+    check_pool_is_clean, client_frame, cut_at, feed, truncate_str, InflaterPool,
     MAX_CONTROL_PAYLOAD, RSV1,
 };
 
@@ -107,7 +107,7 @@ fn close_code(selector: u16) -> u16 {
     }
 }
 
-fn render(input: &Input) -> (Vec<u8>, Vec<Owned>, u64) {
+fn render(input: &Input) -> (Vec<u8>, Vec<OwnedEvent>, u64) {
     let mut stream = Vec::new();
     let mut expected = Vec::new();
     let mut longest = 0;
@@ -177,9 +177,9 @@ fn render(input: &Input) -> (Vec<u8>, Vec<Owned>, u64) {
             client_frame(&mut stream, i == last, rsv, opcode, fragment, key);
             if i == last {
                 expected.push(if text {
-                    Owned::Text(String::from_utf8(message.clone()).unwrap())
+                    OwnedEvent::Text(String::from_utf8(message.clone()).unwrap())
                 } else {
-                    Owned::Binary(message.clone())
+                    OwnedEvent::Binary(message.clone())
                 });
             }
             for control in &msg.controls {
@@ -190,9 +190,9 @@ fn render(input: &Input) -> (Vec<u8>, Vec<Owned>, u64) {
                 let opcode = if control.pong { 0xA } else { 0x9 };
                 client_frame(&mut stream, true, 0, opcode, body, control.key);
                 expected.push(if control.pong {
-                    Owned::Pong(body.to_vec())
+                    OwnedEvent::Pong(body.to_vec())
                 } else {
-                    Owned::Ping(body.to_vec())
+                    OwnedEvent::Ping(body.to_vec())
                 });
             }
         }
@@ -201,7 +201,7 @@ fn render(input: &Input) -> (Vec<u8>, Vec<Owned>, u64) {
         Close::None => {}
         Close::Empty => {
             client_frame(&mut stream, true, 0, 0x8, b"", input.close_key);
-            expected.push(Owned::Close(None));
+            expected.push(OwnedEvent::Close(None));
         }
         Close::WithCode { code, reason } => {
             let code = close_code(*code);
@@ -209,7 +209,10 @@ fn render(input: &Input) -> (Vec<u8>, Vec<Owned>, u64) {
             let mut body = code.to_be_bytes().to_vec();
             body.extend_from_slice(reason.as_bytes());
             client_frame(&mut stream, true, 0, 0x8, &body, input.close_key);
-            expected.push(Owned::Close(Some((code, reason.to_owned()))));
+            expected.push(OwnedEvent::Close(Some((
+                CloseCode(code),
+                reason.to_owned(),
+            ))));
         }
     }
     let max = longest as u64 + u64::from(input.slack);

@@ -1,15 +1,14 @@
 //! Helpers shared by the fuzz targets: how a fuzz input is cut into reads, the reactor's
-//! read loop around [`Receiver::read`] with its documented invariants asserted, events
-//! copied out of the borrowed buffers, and an independent client frame encoder.
+//! read loop around [`Receiver::read`] with its documented invariants asserted (events
+//! come out as the crate's [`OwnedEvent`]s), and an independent client frame encoder.
 //!
 //! Nothing here is used by the library itself; it only builds inside `fuzz/`.
 
 use std::sync::OnceLock;
-use wsreactor::proto::close::CloseFrame;
 use wsreactor::proto::deflate::{Deflater, Inflater};
 use wsreactor::proto::receiver::Progress;
 use wsreactor::proto::receiver::{MemoryGrant, INFLATER_BYTES};
-use wsreactor::proto::{Event, Message, ProtocolError, Receiver};
+use wsreactor::proto::{Event, Message, OwnedEvent, ProtocolError, Receiver};
 
 /// The largest payload a control frame may carry (RFC 6455 §5.5).
 pub const MAX_CONTROL_PAYLOAD: usize = 125;
@@ -94,35 +93,11 @@ pub fn cut_at(data: &[u8], cuts: &[u32]) -> Vec<Vec<u8>> {
     out
 }
 
-/// An event with its payload copied out of the receiver's or the caller's buffer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Owned {
-    Text(String),
-    Binary(Vec<u8>),
-    Ping(Vec<u8>),
-    Pong(Vec<u8>),
-    Close(Option<(u16, String)>),
-}
-
-impl From<Event<'_>> for Owned {
-    fn from(event: Event<'_>) -> Owned {
-        match event {
-            Event::Message(Message::Text(t)) => Owned::Text(t.to_owned()),
-            Event::Message(Message::Binary(b)) => Owned::Binary(b.to_vec()),
-            Event::Ping(p) => Owned::Ping(p.to_vec()),
-            Event::Pong(p) => Owned::Pong(p.to_vec()),
-            Event::Close(c) => {
-                Owned::Close(c.map(|CloseFrame { code, reason }| (code.0, reason.to_owned())))
-            }
-        }
-    }
-}
-
 /// What a stream of reads produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fed {
     /// Every event, in order, up to the first error.
-    pub events: Vec<Owned>,
+    pub events: Vec<OwnedEvent>,
     /// The first error; the connection would be failed there.
     pub error: Option<ProtocolError>,
     /// `Receiver::is_mid_message` after the last read (meaningless after an error).
@@ -214,7 +189,11 @@ pub fn feed_within<'d>(
 ) -> Fed {
     let mut memory = Allowance { room, granted: 0 };
     let memory_check = |rx: &Receiver, granted: usize| {
-        let lent = if rx.holds_inflater() { INFLATER_BYTES } else { 0 };
+        let lent = if rx.holds_inflater() {
+            INFLATER_BYTES
+        } else {
+            0
+        };
         assert!(
             rx.held() <= granted + lent,
             "holds {} bytes, granted {granted}",
@@ -248,7 +227,7 @@ pub fn feed_within<'d>(
                         None => assert_eq!(consumed, len, "no event, yet not all input consumed"),
                         Some(event) => {
                             check_event(&event, max_message_size);
-                            events.push(Owned::from(event));
+                            events.push(OwnedEvent::from(event));
                         }
                     }
                     pos += consumed;
@@ -304,7 +283,7 @@ pub fn check_pool_is_clean(pool: &mut InflaterPool) {
         let fed = feed(&mut rx, [canary_frame()], 1 << 20, &mut Vec::new());
         assert_eq!(
             (fed.events, fed.error),
-            (vec![Owned::Text(CANARY_TEXT.to_owned())], None),
+            (vec![OwnedEvent::Text(CANARY_TEXT.to_owned())], None),
             "an inflater returned to the pool was not clean: \
              the next connection's valid compressed message failed"
         );

@@ -44,8 +44,12 @@ pub enum Opcode {
     Pong = 0xA,
 }
 
-impl Opcode {
-    fn from_bits(bits: u8) -> Result<Opcode, ProtocolError> {
+/// The opcode in the low four bits of a frame's first byte; the reserved ones are an
+/// error (§5.2: "MUST _Fail the WebSocket Connection_").
+impl TryFrom<u8> for Opcode {
+    type Error = ProtocolError;
+
+    fn try_from(bits: u8) -> Result<Opcode, ProtocolError> {
         Ok(match bits {
             0x0 => Opcode::Continuation,
             0x1 => Opcode::Text,
@@ -56,7 +60,9 @@ impl Opcode {
             other => return Err(ProtocolError::ReservedOpcode(other)),
         })
     }
+}
 
+impl Opcode {
     /// Close, ping and pong: never fragmented, at most 125 bytes, allowed between the
     /// fragments of a data message.
     pub fn is_control(self) -> bool {
@@ -91,7 +97,7 @@ impl FrameHeader {
         };
         let fin = first & 0x80 != 0;
         let rsv = (first >> 4) & 0x7;
-        let opcode = Opcode::from_bits(first & 0x0F)?;
+        let opcode = Opcode::try_from(first & 0x0F)?;
         let masked = second & 0x80 != 0;
         let short_len = second & 0x7F;
         if opcode.is_control() {
@@ -287,6 +293,26 @@ mod tests {
             FrameHeader::decode(&[0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0]),
             Err(ProtocolError::LengthOverflow)
         );
+    }
+
+    #[test]
+    fn opcodes_from_bits_and_back() {
+        for opcode in [
+            Opcode::Continuation,
+            Opcode::Text,
+            Opcode::Binary,
+            Opcode::Close,
+            Opcode::Ping,
+            Opcode::Pong,
+        ] {
+            assert_eq!(Opcode::try_from(opcode as u8), Ok(opcode));
+        }
+        for reserved in (0x3..=0x7).chain(0xB..=0xF) {
+            assert_eq!(
+                Opcode::try_from(reserved),
+                Err(ProtocolError::ReservedOpcode(reserved))
+            );
+        }
     }
 
     #[test]

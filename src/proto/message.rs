@@ -1,6 +1,6 @@
 //! Messages and control events as the application sees them.
 
-use super::close::CloseFrame;
+use super::close::{CloseCode, CloseFrame};
 
 /// A complete data message, borrowed from the reactor's buffers.
 ///
@@ -46,4 +46,50 @@ pub enum Event<'a> {
     Pong(&'a [u8]),
     /// A close frame; `None` when it carried no status code.
     Close(Option<CloseFrame<'a>>),
+}
+
+/// An [`Event`] with its payload copied out of the buffer it was borrowed from.
+///
+/// Events borrow the read buffer they were unmasked in, which the next read reuses;
+/// an event that must outlive that read (kept for later, handed to another thread,
+/// collected to compare two runs in a test) is copied into one of these. The copy
+/// costs an allocation per payload, so the reactor itself never makes one.
+///
+/// ```
+/// use wsreactor::proto::{OwnedEvent, Receiver};
+///
+/// // RFC 6455 §5.7: a masked "Hello".
+/// let mut bytes = [0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58];
+/// let mut receiver = Receiver::new(1024);
+/// let event = receiver.read(&mut bytes).expect("a valid frame").event;
+/// let kept = event.map(OwnedEvent::from);
+/// bytes.fill(0); // the next read would overwrite the buffer
+/// assert_eq!(kept, Some(OwnedEvent::Text("Hello".to_owned())));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OwnedEvent {
+    /// A complete text message.
+    Text(String),
+    /// A complete binary message.
+    Binary(Vec<u8>),
+    /// A ping's payload.
+    Ping(Vec<u8>),
+    /// A pong's payload.
+    Pong(Vec<u8>),
+    /// A close frame's code and reason; `None` when it carried no status code.
+    Close(Option<(CloseCode, String)>),
+}
+
+impl From<Event<'_>> for OwnedEvent {
+    fn from(event: Event<'_>) -> OwnedEvent {
+        match event {
+            Event::Message(Message::Text(text)) => OwnedEvent::Text(text.to_owned()),
+            Event::Message(Message::Binary(bytes)) => OwnedEvent::Binary(bytes.to_vec()),
+            Event::Ping(payload) => OwnedEvent::Ping(payload.to_vec()),
+            Event::Pong(payload) => OwnedEvent::Pong(payload.to_vec()),
+            Event::Close(frame) => OwnedEvent::Close(
+                frame.map(|CloseFrame { code, reason }| (code, reason.to_owned())),
+            ),
+        }
+    }
 }

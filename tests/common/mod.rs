@@ -1,16 +1,21 @@
 //! Shared helpers for the end-to-end tests: an echo [`Handler`], a server started on an
 //! ephemeral loopback port in its own thread, and a raw TCP WebSocket client that does
-//! the handshake by hand and writes hand-built (masked or deliberately broken) frames.
+//! the handshake by hand and writes its own frames: well-formed ones through the
+//! crate's `FrameHeader::encode` and `mask::apply`, deliberately broken ones byte by
+//! byte.
 //!
 //! Every test binary includes this module and uses a different part of it.
 #![allow(dead_code)]
 
+use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use wsreactor::proto::frame::{FrameHeader, Opcode};
+use wsreactor::proto::mask;
 use wsreactor::{
     CloseReason, Config, Ctx, Decision, Handle, Handler, HttpResponse, Message, Request,
     SendStatus, Server,
@@ -241,13 +246,6 @@ pub const CLOSE: u8 = 0x8;
 pub const PING: u8 = 0x9;
 pub const PONG: u8 = 0xA;
 
-/// XORs `payload` with `key`, starting `offset` bytes into the frame's payload.
-pub fn apply_mask(payload: &mut [u8], key: [u8; 4], offset: usize) {
-    for (i, byte) in payload.iter_mut().enumerate() {
-        *byte ^= key[(offset + i) % 4];
-    }
-}
-
 /// A mask key that differs from frame to frame (any key is fine; zero bytes are not
 /// special, but a varying key catches a server that ignores it).
 pub fn next_key() -> [u8; 4] {
@@ -256,8 +254,45 @@ pub fn next_key() -> [u8; 4] {
     n.to_be_bytes()
 }
 
-/// A frame header: `first` is the whole first byte (FIN, RSV1-3, opcode), `len` is
-/// encoded minimally, `mask` adds the MASK bit and the key.
+/// RSV1: the message is compressed (permessage-deflate, RFC 7692 §6).
+pub const RSV1: u8 = 0b100;
+
+/// A masked client frame: the header from [`FrameHeader::encode`], the payload masked
+/// with [`mask::apply`]. `rsv` holds RSV1-3 as the low three bits. The opcode must be
+/// one RFC 6455 defines; a reserved one, like any other deliberately broken header, is
+/// built with [`raw_frame`].
+pub fn client_frame(fin: bool, rsv: u8, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let key = next_key();
+    let header = FrameHeader {
+        fin,
+        rsv,
+        opcode: Opcode::try_from(opcode)
+            .unwrap_or_else(|_| panic!("reserved opcode {opcode:#x}: use raw_frame")),
+        mask: Some(key),
+        payload_len: payload.len() as u64,
+    };
+    let mut out = header.frame_with(payload);
+    let start = out.len() - payload.len();
+    mask::apply(&mut out[start..], key, 0);
+    out
+}
+
+/// A well-formed masked client frame.
+pub fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    client_frame(fin, 0, opcode, payload)
+}
+
+/// A masked client frame with RSV1 set: the first (or only) frame of a compressed
+/// message.
+pub fn compressed_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    client_frame(fin, RSV1, opcode, payload)
+}
+
+/// A frame header written byte by byte from RFC 6455 §5.2 for the frames a test breaks
+/// on purpose, which [`FrameHeader`] cannot express or its encoder would not write:
+/// `first` is the whole first byte (any FIN, RSV1-3 and opcode, reserved ones
+/// included), `mask` may be left out (an unmasked client frame), and `len` may be any
+/// 64-bit number (the top bit set); the length is encoded minimally.
 pub fn header(first: u8, mask: Option<[u8; 4]>, len: u64) -> Vec<u8> {
     let mask_bit = if mask.is_some() { 0x80 } else { 0 };
     let mut out = vec![first];
@@ -276,20 +311,15 @@ pub fn header(first: u8, mask: Option<[u8; 4]>, len: u64) -> Vec<u8> {
     out
 }
 
-/// A complete frame with an arbitrary first byte; masked when `mask` is given.
+/// A complete frame behind a [`header`]: masked when `mask` is given.
 pub fn raw_frame(first: u8, mask: Option<[u8; 4]>, payload: &[u8]) -> Vec<u8> {
     let mut out = header(first, mask, payload.len() as u64);
     let start = out.len();
     out.extend_from_slice(payload);
     if let Some(key) = mask {
-        apply_mask(&mut out[start..], key, 0);
+        mask::apply(&mut out[start..], key, 0);
     }
     out
-}
-
-/// A well-formed masked client frame.
-pub fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
-    raw_frame((u8::from(fin) << 7) | opcode, Some(next_key()), payload)
 }
 
 /// A close frame payload: the code, big-endian, then the reason bytes.
@@ -306,6 +336,52 @@ pub struct Frame {
     pub rsv: u8,
     pub opcode: u8,
     pub payload: Vec<u8>,
+}
+
+// ---------------------------------------------------------------------------------------
+// permessage-deflate on the client side
+// ---------------------------------------------------------------------------------------
+//
+// flate2 used directly, never the crate's `proto::deflate`: these end-to-end tests check
+// the server's codec, and must not trust that codec to do it.
+
+/// Raw DEFLATE of `message` at `level` with a sync flush, the `00 00 ff ff` tail removed
+/// (RFC 7692 §7.2.1).
+pub fn compress(message: &[u8], level: Compression) -> Vec<u8> {
+    let mut compress = Compress::new(level, false);
+    let mut out = Vec::with_capacity(message.len() + 64);
+    for _ in 0..64 {
+        let consumed = compress.total_in() as usize;
+        compress
+            .compress_vec(&message[consumed..], &mut out, FlushCompress::Sync)
+            .expect("compress");
+        if compress.total_in() as usize == message.len() && out.len() < out.capacity() {
+            assert!(out.ends_with(&[0, 0, 0xff, 0xff]));
+            out.truncate(out.len() - 4);
+            return out;
+        }
+        out.reserve(message.len() + 64);
+    }
+    panic!("compressing {} bytes did not finish", message.len());
+}
+
+/// The message a server frame with RSV1 carries.
+pub fn inflate(payload: &[u8]) -> Result<Vec<u8>, String> {
+    let mut input = payload.to_vec();
+    input.extend_from_slice(&[0, 0, 0xff, 0xff]);
+    let mut decompress = Decompress::new(false);
+    let mut out = Vec::with_capacity(4 * payload.len() + 1024);
+    while out.len() < 8 << 20 {
+        let consumed = decompress.total_in() as usize;
+        decompress
+            .decompress_vec(&input[consumed..], &mut out, FlushDecompress::Sync)
+            .map_err(|e| format!("the server's compressed frame does not inflate: {e}"))?;
+        if decompress.total_in() as usize == input.len() && out.len() < out.capacity() {
+            return Ok(out);
+        }
+        out.reserve(out.capacity().max(1024));
+    }
+    Err("a compressed frame from the server inflates past 8 MiB".into())
 }
 
 // ---------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ use mio::{Events, Interest, Poll, Token};
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::FromRawFd;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -42,8 +42,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use wsreactor_bench::pmd::{self, ClientDeflate};
 use wsreactor_bench::{
-    check_upgrade_response, client_key, encode_header, head_end, header_values, json, procfs,
-    upgrade_request_with_extensions, Args, Rng,
+    check_upgrade_response, client_header, client_key, head_end, header_values, json, json_string,
+    procfs, push_client_frame, push_header, set_linger_zero, upgrade_request_with_extensions, Args,
+    FrameHeader, Opcode, Rng,
 };
 
 const USAGE: &str = "\
@@ -268,26 +269,18 @@ trait JsonValue {
     fn json(&self) -> String;
 }
 
-impl JsonValue for u64 {
-    fn json(&self) -> String {
-        self.to_string()
-    }
+/// Numbers and booleans: JSON is their `Display`.
+macro_rules! json_as_display {
+    ($($t:ty),*) => {
+        $(impl JsonValue for $t {
+            fn json(&self) -> String {
+                self.to_string()
+            }
+        })*
+    };
 }
-impl JsonValue for usize {
-    fn json(&self) -> String {
-        self.to_string()
-    }
-}
-impl JsonValue for i64 {
-    fn json(&self) -> String {
-        self.to_string()
-    }
-}
-impl JsonValue for bool {
-    fn json(&self) -> String {
-        self.to_string()
-    }
-}
+json_as_display!(u64, usize, i64, bool);
+
 impl JsonValue for f64 {
     fn json(&self) -> String {
         if !self.is_finite() {
@@ -303,18 +296,7 @@ impl JsonValue for f64 {
 }
 impl JsonValue for &str {
     fn json(&self) -> String {
-        let mut out = String::with_capacity(self.len() + 2);
-        out.push('"');
-        for c in self.chars() {
-            match c {
-                '"' => out.push_str("\\\""),
-                '\\' => out.push_str("\\\\"),
-                c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-                c => out.push(c),
-            }
-        }
-        out.push('"');
-        out
+        json_string(self)
     }
 }
 impl JsonValue for String {
@@ -630,24 +612,6 @@ fn setsockopt_int(fd: i32, level: i32, name: i32, value: i32) -> io::Result<()> 
     }
 }
 
-/// Closing sends RST: no TIME_WAIT left behind on loopback.
-fn set_linger_zero(stream: &TcpStream) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: setsockopt on a socket we own, with a correctly sized option value.
-    unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            &linger as *const libc::linger as *const libc::c_void,
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        );
-    }
-}
-
 /// A non-blocking connect, optionally from a chosen loopback source address (port
 /// picked at connect time: `IP_BIND_ADDRESS_NO_PORT`) and with a small receive buffer.
 fn open_socket(
@@ -706,27 +670,16 @@ fn open_socket(
     Ok(stream)
 }
 
-/// XORs `payload` with `key` (the payload starts at a frame's payload start).
-fn mask_in_place(payload: &mut [u8], key: [u8; 4]) {
-    let mut chunks = payload.chunks_exact_mut(4);
-    for chunk in &mut chunks {
-        for (b, k) in chunk.iter_mut().zip(key) {
-            *b ^= k;
-        }
-    }
-    for (b, k) in chunks.into_remainder().iter_mut().zip(key) {
-        *b ^= k;
-    }
+/// The header of a masked client frame for `len` payload bytes whose first byte is `b0`
+/// (FIN, RSV and opcode as on the wire, as this client reads frames back).
+fn client_header_for(b0: u8, len: usize, key: [u8; 4]) -> FrameHeader {
+    let opcode = Opcode::try_from(b0 & 0x0f).expect("attack sends only defined opcodes");
+    client_header(b0 & 0x80 != 0, (b0 >> 4) & 0b111, opcode, len, key)
 }
 
 /// Appends a masked client frame: first byte `b0` (FIN, RSV, opcode as given).
 fn client_frame(out: &mut Vec<u8>, b0: u8, payload: &[u8], key: [u8; 4]) {
-    let at = out.len();
-    encode_header(out, 0, payload.len(), Some(key));
-    out[at] = b0;
-    let start = out.len();
-    out.extend_from_slice(payload);
-    mask_in_place(&mut out[start..], key);
+    push_client_frame(out, &client_header_for(b0, payload.len(), key), payload);
 }
 
 /// Raw DEFLATE (level 9, `bits` window) of `size` zero bytes, sync-flushed with the
@@ -1062,8 +1015,7 @@ impl Net {
     fn send_bulk(&mut self, id: Id, b0: u8, len: u64) {
         let key = self.rng.mask_key();
         let mut header = Vec::with_capacity(14);
-        encode_header(&mut header, 0, len as usize, Some(key));
-        header[0] = b0;
+        push_header(&mut header, &client_header_for(b0, len as usize, key));
         let Some(conn) = self.get(id) else { return };
         conn.out.extend_from_slice(&header);
         conn.bulk_left += len;
@@ -3214,7 +3166,7 @@ mod tests {
         assert_eq!(out[1], 0x80 | 5);
         assert_eq!(&out[2..6], &[1, 2, 3, 4]);
         let mut p = out[6..].to_vec();
-        mask_in_place(&mut p, [1, 2, 3, 4]);
+        wsreactor_bench::mask::apply(&mut p, [1, 2, 3, 4], 0);
         assert_eq!(p, b"hello");
     }
 }

@@ -51,13 +51,13 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Registry, Token};
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use wsreactor_bench::pmd::{self, ClientDeflate};
 use wsreactor_bench::{
-    check_upgrade_response, client_key, encode_header, head_end, header_values, json, procfs,
-    upgrade_request_with_extensions, Args, Rng,
+    check_upgrade_response, client_header, client_key, head_end, header_values, json, json_string,
+    procfs, push_client_frame, push_header, set_linger_zero, upgrade_request_with_extensions, Args,
+    FrameHeader, Opcode, Rng, RSV1,
 };
 
 const USAGE: &str = "\
@@ -132,7 +132,7 @@ struct MsgConn {
     next_id: u64,
     json: bool,
     size: usize,
-    opcode: u8,
+    opcode: Opcode,
     /// The current message, uncompressed.
     plain: Vec<u8>,
     /// The compressed payload being built, then the inflated echo.
@@ -170,7 +170,8 @@ impl MsgConn {
             let n = self.plain.len().min(8);
             self.plain[..n].copy_from_slice(&stamp[..n]);
         }
-        let compressed = self.deflate.is_some();
+        // RSV1 marks a compressed message (RFC 7692 §6).
+        let rsv = if self.deflate.is_some() { RSV1 } else { 0 };
         let payload: &[u8] = match &mut self.deflate {
             Some(deflate) => {
                 deflate.compress(shared, &self.plain, &mut self.scratch);
@@ -179,13 +180,8 @@ impl MsgConn {
             None => &self.plain,
         };
         frame.clear();
-        encode_header(frame, self.opcode, payload.len(), Some(mask));
-        if compressed {
-            frame[0] |= 0x40; // RSV1: a compressed message (RFC 7692 §6)
-        }
-        let at = frame.len();
-        frame.extend_from_slice(payload);
-        mask_in_place(&mut frame[at..], mask);
+        let header = client_header(true, rsv, self.opcode, payload.len(), mask);
+        push_client_frame(frame, &header, payload);
         self.wire_payload = payload.len();
         self.rx.clear();
     }
@@ -200,11 +196,11 @@ impl MsgConn {
         if b0 & 0x30 != 0 {
             return Err(format!("echo with RSV2/RSV3 set ({b0:#04x})"));
         }
-        if b0 & 0x0f != self.opcode {
+        if b0 & 0x0f != self.opcode as u8 {
             return Err(format!(
                 "echo opcode {:#x}, sent {:#x}",
                 b0 & 0x0f,
-                self.opcode
+                self.opcode as u8
             ));
         }
         if b1 & 0x80 != 0 {
@@ -258,22 +254,6 @@ fn frame_len(buf: &[u8]) -> Option<u64> {
     };
     let mask = if b1 & 0x80 != 0 { 4 } else { 0 };
     Some(2 + ext + mask + len)
-}
-
-/// XORs a frame payload with the mask key, a word at a time.
-fn mask_in_place(payload: &mut [u8], key: [u8; 4]) {
-    let key8 = u64::from_ne_bytes([
-        key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3],
-    ]);
-    let mut chunks = payload.chunks_exact_mut(8);
-    for chunk in &mut chunks {
-        let word = u64::from_ne_bytes(chunk.try_into().expect("8 bytes")) ^ key8;
-        chunk.copy_from_slice(&word.to_ne_bytes());
-    }
-    // The remainder starts at a multiple of 8, so of 4: the key lines up again.
-    for (i, b) in chunks.into_remainder().iter_mut().enumerate() {
-        *b ^= key[i % 4];
-    }
 }
 
 impl Conn {
@@ -353,23 +333,6 @@ struct Gen {
     in_handshake: usize,
 }
 
-fn set_linger_zero(stream: &TcpStream) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: setsockopt on a socket we own, with a correctly sized option value.
-    unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            &linger as *const libc::linger as *const libc::c_void,
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        );
-    }
-}
-
 impl Gen {
     fn new_conn(
         &mut self,
@@ -401,7 +364,11 @@ impl Gen {
                 next_id: (id + 1) * 1_000_000_000,
                 json: self.json,
                 size,
-                opcode: if self.json { 0x1 } else { 0x2 },
+                opcode: if self.json {
+                    Opcode::Text
+                } else {
+                    Opcode::Binary
+                },
                 plain: if self.json {
                     Vec::new()
                 } else {
@@ -413,47 +380,24 @@ impl Gen {
                 deflate: None,
             })
         });
-        if msg.is_some() {
-            // Frames are built per message.
-            self.conns.push(Conn {
-                stream,
-                id,
-                phase: Phase::Connecting,
-                key,
-                request,
-                request_written: 0,
-                head: Vec::new(),
-                mask,
-                frame: Vec::with_capacity(size + 14),
-                frame_payload_at: 0,
-                expected: Vec::new(),
-                expected_payload_at: 0,
-                seq: 0,
-                written: 0,
-                received: 0,
-                in_flight: false,
-                sent_at: Instant::now(),
-                writable_interest: true,
-                msg,
-            });
-            self.in_handshake += 1;
-            return Ok(());
-        }
-        let mut frame = Vec::with_capacity(size + 14);
-        encode_header(&mut frame, 0x2, size, Some(mask));
-        let frame_payload_at = frame.len();
-        frame.extend_from_slice(&payload);
-        for (i, b) in frame[frame_payload_at..].iter_mut().enumerate() {
-            *b ^= mask[i % 4];
-        }
-        let (expected, expected_payload_at) = if self.raw {
-            (frame.clone(), frame_payload_at)
+        // Message mode builds each frame, and checks each echo, as it goes; pattern mode
+        // builds its frame and the echo it expects once (only the stamp changes).
+        let (frame, frame_payload_at, expected, expected_payload_at) = if msg.is_some() {
+            (Vec::with_capacity(size + 14), 0, Vec::new(), 0)
         } else {
-            let mut expected = Vec::with_capacity(size + 10);
-            encode_header(&mut expected, 0x2, size, None);
-            let at = expected.len();
-            expected.extend_from_slice(&payload);
-            (expected, at)
+            let mut frame = Vec::with_capacity(size + 14);
+            let header = client_header(true, 0, Opcode::Binary, size, mask);
+            push_client_frame(&mut frame, &header, &payload);
+            let frame_payload_at = frame.len() - size;
+            if self.raw {
+                (frame.clone(), frame_payload_at, frame, frame_payload_at)
+            } else {
+                let mut expected = Vec::with_capacity(size + 10);
+                push_header(&mut expected, &FrameHeader::server(Opcode::Binary, size));
+                let at = expected.len();
+                expected.extend_from_slice(&payload);
+                (frame, frame_payload_at, expected, at)
+            }
         };
         self.conns.push(Conn {
             stream,
@@ -474,7 +418,7 @@ impl Gen {
             in_flight: false,
             sent_at: Instant::now(),
             writable_interest: true,
-            msg: None,
+            msg,
         });
         self.in_handshake += 1;
         Ok(())
@@ -819,20 +763,6 @@ fn percentile(sorted: &[u64], q: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1] as f64 / 1000.0
 }
 
-fn json_str(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 fn opt(value: Option<f64>) -> String {
     match value {
         Some(v) if v.is_finite() => format!("{v:.3}"),
@@ -1145,8 +1075,8 @@ fn message_json(gen: &Gen, wire: bool) -> String {
         return String::new();
     }
     let agreed = match &gen.agreed {
-        Some(a) if gen.agreed_mixed => json_str(&format!("{a} (and others)")),
-        Some(a) => json_str(a),
+        Some(a) if gen.agreed_mixed => json_string(&format!("{a} (and others)")),
+        Some(a) => json_string(a),
         None => "null".into(),
     };
     let mut out = format!(
@@ -1176,7 +1106,7 @@ fn message_json(gen: &Gen, wire: bool) -> String {
 }
 
 fn errors_json(stats: &Stats) -> String {
-    let samples: Vec<String> = stats.error_samples.iter().map(|s| json_str(s)).collect();
+    let samples: Vec<String> = stats.error_samples.iter().map(|s| json_string(s)).collect();
     format!(
         "\"errors\":{},\"error_samples\":[{}]",
         stats.errors,
