@@ -56,6 +56,16 @@ fn open_deflate(addr: std::net::SocketAddr) -> Raw {
     raw
 }
 
+/// An echo server whose counters the test watches.
+fn watched_echo(config: Config) -> Watched {
+    spawn_watched(
+        config,
+        Echo {
+            seen: Arc::default(),
+        },
+    )
+}
+
 /// Sends the first `len` bytes of a binary message (FIN clear) and nothing more.
 fn hold_fragment(addr: std::net::SocketAddr, len: usize) -> Raw {
     let mut raw = Raw::open(addr);
@@ -71,12 +81,7 @@ fn stalled_half_messages_make_room_for_a_client_that_is_sending() {
         message_timeout: Duration::ZERO,
         ..Config::default()
     };
-    let watched = spawn_watched(
-        config,
-        Echo {
-            seen: Arc::default(),
-        },
-    );
+    let watched = watched_echo(config);
     let addr = watched.addr;
     let mut first = hold_fragment(addr, 300_000);
     let second = hold_fragment(addr, 300_000);
@@ -116,12 +121,7 @@ fn a_compressed_bomb_cannot_inflate_past_the_budget() {
         max_message_size: 16 << 20,
         ..Config::default()
     };
-    let watched = spawn_watched(
-        config,
-        Echo {
-            seen: Arc::default(),
-        },
-    );
+    let watched = watched_echo(config);
     let addr = watched.addr;
     let mut attacker = open_deflate(addr);
     // ~15 KiB on the wire that would inflate to 15 MiB: refused at the 4 MiB budget,
@@ -145,12 +145,7 @@ fn compressed_bombs_held_by_many_give_way_to_a_client_that_is_sending() {
         message_timeout: Duration::ZERO,
         ..Config::default()
     };
-    let watched = spawn_watched(
-        config,
-        Echo {
-            seen: Arc::default(),
-        },
-    );
+    let watched = watched_echo(config);
     let addr = watched.addr;
     // Each holds ~900 KiB inflated from ~1 KiB sent; three of them fill the budget.
     let wire = bomb(900 << 10);
