@@ -94,7 +94,7 @@ impl<S> Core<S> {
         }
     }
 
-    /// Whether `bytes` more may be queued for `slot`, after dropping the largest queues
+    /// Whether `bytes` more may be queued for `slot`, after dropping the stalest queues
     /// of other connections if the outgoing budget is short.
     pub(super) fn outgoing_room(&mut self, slot: usize, bytes: usize) -> bool {
         let budget = self.config.outgoing_budget;
@@ -114,8 +114,8 @@ impl<S> Core<S> {
     }
 
     /// Drops connections whose send queues have not moved for longest — readers that
-    /// stopped reading — until `bytes` more fit with an eighth of the budget to spare (so that a stream
-    /// of sends does not rescan every connection each time).
+    /// stopped reading — until `bytes` more fit with an eighth of the budget to spare
+    /// (so that a stream of sends does not rescan every connection each time).
     pub(super) fn make_outgoing_room(&mut self, except: Option<usize>, bytes: usize) {
         let budget = self.config.outgoing_budget;
         let target = (budget - budget / 8).saturating_sub(bytes);
@@ -150,7 +150,7 @@ impl<S> Core<S> {
             conn.abort();
             self.stats.outgoing_budget_closes += 1;
             self.budget_log
-                .note("outgoing budget full: dropped the connections with the largest send queues");
+                .note("outgoing budget full: dropped connections whose send queues stopped moving");
             self.touched.push(slot);
         }
     }
