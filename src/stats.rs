@@ -442,4 +442,31 @@ mod tests {
         assert_eq!(object["closes"]["1000"].as_u64(), Some(2));
         assert_eq!(object["closes"]["1006"].as_u64(), Some(1));
     }
+
+    /// README.md's Metrics table is written by hand: it must list every metric, with
+    /// its type and help text, in the order of the exposition.
+    #[test]
+    fn the_readme_table_lists_every_metric() {
+        let readme = include_str!("../README.md");
+        let table: Vec<&str> = readme
+            .lines()
+            .skip_while(|line| *line != "| metric | type | meaning |")
+            .skip(2)
+            .take_while(|line| line.starts_with('|'))
+            .collect();
+        let (counters, gauges) = Stats::counters_and_gauges();
+        let row = |m: &Metric| {
+            let kind = match m.kind {
+                MetricKind::Counter => "counter",
+                MetricKind::Gauge => "gauge",
+            };
+            format!("| `{}` | {kind} | {} |", m.exposed_name(), m.help)
+        };
+        let mut expected: Vec<String> = counters.iter().map(row).collect();
+        expected.push(format!(
+            "| `{CLOSES_METRIC}{{code=\"…\"}}` | counter | {CLOSES_HELP} |"
+        ));
+        expected.extend(gauges.iter().map(row));
+        assert_eq!(table, expected);
+    }
 }
