@@ -332,8 +332,11 @@ impl Config {
         }
     }
 
-    /// Whether a browser page from `origin` may open a connection.
-    pub(crate) fn origin_allowed(&self, origin: Option<&str>) -> bool {
+    /// Whether a browser page from `origin` may open a connection (or, for a
+    /// handler that applies the same rule to its HTTP endpoints, read one): any
+    /// origin when `allowed_origins` is empty, and any request without `Origin`
+    /// (not a browser page).
+    pub fn origin_allowed(&self, origin: Option<&str>) -> bool {
         match origin {
             _ if self.allowed_origins.is_empty() => true,
             None => true,

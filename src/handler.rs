@@ -3,6 +3,7 @@
 use crate::proto::handshake::Request;
 use crate::proto::http::HttpResponse;
 use crate::proto::{CloseCode, Message, ProtocolError};
+use crate::stats::Stats;
 use std::net::SocketAddr;
 
 pub use crate::server::Ctx;
@@ -183,6 +184,16 @@ pub trait Handler {
     fn on_http(&mut self, request: &Request<'_>) -> HttpResponse {
         let _ = request;
         HttpResponse::not_found()
+    }
+
+    /// What the loop calls for a plain HTTP GET: [`on_http`](Handler::on_http) with
+    /// the server's [`Stats`] at hand, for a handler that serves them (e.g. a
+    /// `/metrics` endpoint, with [`Stats::write_prometheus`]). Counters are current;
+    /// gauges are as of the end of the previous loop turn. The default calls
+    /// `on_http`, so a handler implements one or the other.
+    fn on_http_with(&mut self, request: &Request<'_>, stats: &Stats) -> HttpResponse {
+        let _ = stats;
+        self.on_http(request)
     }
 
     /// The connection is open: the 101 response has been sent.

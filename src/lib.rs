@@ -91,4 +91,4 @@ pub use proto::handshake::Request;
 pub use proto::http::{HttpResponse, InvalidResponse, StatusCode};
 pub use proto::{CloseCode, InvalidCloseCode, Message};
 pub use server::{serve, Fanout, Server};
-pub use stats::Stats;
+pub use stats::{Metric, MetricKind, Stats};

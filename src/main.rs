@@ -7,7 +7,9 @@ use signal_hook::iterator::Signals;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
-use wsreactor::{Config, Ctx, Decision, Handler, HttpResponse, Message, Request, StatusCode};
+use wsreactor::{
+    Config, Ctx, Decision, Handler, HttpResponse, Message, Request, Stats, StatusCode,
+};
 
 const DEMO_PAGE: &str = include_str!("demo.html");
 
@@ -52,19 +54,25 @@ OPTIONS:
   --deflate-level N          zlib level 0-9 (lower: less CPU)    [default: 6]
   --deflate-window-bits N    largest compression window, 9-15    [default: 15]
   --stats-interval SECS      log a one-line summary this often, 0 = never    [default: 60]
+  --no-stats-endpoints       404 for GET /metrics (Prometheus) and /stats (JSON)
   -h, --help                 print this help
 
 SECS is seconds, fractional too (0.5), or `never`: 0 turns a timeout off as `never`
 does. Values out of range are refused (exit 2), not clamped.
 
-Open http://ADDR/ for a demo page. RUST_LOG=debug logs every connection.
+Open http://ADDR/ for a demo page; http://ADDR/metrics and /stats show the counters
+(unauthenticated: keep ADDR on loopback or a private network). RUST_LOG=debug logs every connection.
 Ctrl-C or SIGTERM shuts down gracefully (every client gets close 1001); twice, at once.
 ";
 
-/// Echoes every message on one path (and `/`); serves the demo page on `/`.
+/// Echoes every message on one path (and `/`); serves the demo page on `/`, and the
+/// server's stats on `/metrics` (Prometheus) and `/stats` (JSON) unless turned off.
 struct Echo {
     path: String,
     page: String,
+    stats_endpoints: bool,
+    /// For its Origin allow-list, which the stats endpoints honour too.
+    config: Config,
 }
 
 impl Handler for Echo {
@@ -81,9 +89,28 @@ impl Handler for Echo {
         }
     }
 
-    fn on_http(&mut self, request: &Request<'_>) -> HttpResponse {
+    /// The stats endpoints are unauthenticated (meant for loopback or a private
+    /// network); a browser page from an origin outside `--allowed-origin` gets 403.
+    fn on_http_with(&mut self, request: &Request<'_>, stats: &Stats) -> HttpResponse {
         match request.path() {
             "/" => HttpResponse::html(&self.page),
+            "/metrics" | "/stats" if self.stats_endpoints => {
+                if !self.config.origin_allowed(request.origin()) {
+                    return HttpResponse::text(StatusCode::FORBIDDEN, "origin not allowed\n");
+                }
+                let (content_type, body) = if request.path() == "/metrics" {
+                    (
+                        "text/plain; version=0.0.4; charset=utf-8",
+                        stats.to_prometheus(),
+                    )
+                } else {
+                    ("application/json", stats.to_json())
+                };
+                HttpResponse::new(StatusCode::OK)
+                    .with_header("Content-Type", content_type)
+                    .with_header("Cache-Control", "no-store")
+                    .with_body(body.into_bytes())
+            }
             path if path == self.path => HttpResponse::text(
                 StatusCode::UPGRADE_REQUIRED,
                 "this is a WebSocket endpoint\n",
@@ -105,6 +132,7 @@ struct Options {
     path: String,
     config: Config,
     stats_interval: Duration,
+    stats_endpoints: bool,
 }
 
 fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Options>, String> {
@@ -113,6 +141,7 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Options>, Str
         path: "/echo".to_owned(),
         config: Config::default(),
         stats_interval: Duration::from_secs(60),
+        stats_endpoints: true,
     };
     let mut args = args;
     while let Some(flag) = args.next() {
@@ -120,6 +149,10 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Options>, Str
             "-h" | "--help" => return Ok(None),
             "--deflate" => {
                 options.config.deflate = true;
+                continue;
+            }
+            "--no-stats-endpoints" => {
+                options.stats_endpoints = false;
                 continue;
             }
             "--deflate-takeover" => {
@@ -259,6 +292,8 @@ fn main() -> ExitCode {
     let handler = Echo {
         path: options.path.clone(),
         page,
+        stats_endpoints: options.stats_endpoints,
+        config: options.config.clone(),
     };
     let mut server = match wsreactor::Server::bind(options.listen, options.config, handler) {
         Ok(server) => server,
@@ -529,6 +564,79 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(check(&options.config), Ok(()));
+    }
+
+    fn get(echo: &mut Echo, path: &str, origin: Option<&str>) -> HttpResponse {
+        let origin = origin.map_or(String::new(), |o| format!("Origin: {o}\r\n"));
+        let head = format!("GET {path} HTTP/1.1\r\nHost: x\r\n{origin}\r\n");
+        let request = Request::parse(head.as_bytes()).unwrap();
+        let mut stats = Stats {
+            messages_in: 7,
+            ..Stats::default()
+        };
+        stats.handshakes = 2;
+        echo.on_http_with(&request, &stats)
+    }
+
+    fn echo(args: &[&str]) -> Echo {
+        let options = parse(args).unwrap();
+        Echo {
+            path: options.path,
+            page: String::new(),
+            stats_endpoints: options.stats_endpoints,
+            config: options.config,
+        }
+    }
+
+    fn content_type(response: &HttpResponse) -> &str {
+        let (_, value) = response
+            .headers
+            .iter()
+            .find(|(name, _)| name == "Content-Type")
+            .unwrap();
+        value
+    }
+
+    #[test]
+    fn stats_endpoints_serve_the_stats_unless_turned_off() {
+        let mut on = echo(&[]);
+        let metrics = get(&mut on, "/metrics", None);
+        assert_eq!(metrics.status, StatusCode::OK);
+        assert!(content_type(&metrics).starts_with("text/plain; version=0.0.4"));
+        let body = String::from_utf8(metrics.body).unwrap();
+        assert!(body.contains("\nwsreactor_messages_in_total 7\n"), "{body}");
+        let stats = get(&mut on, "/stats", None);
+        assert_eq!(stats.status, StatusCode::OK);
+        assert_eq!(content_type(&stats), "application/json");
+        assert!(String::from_utf8(stats.body)
+            .unwrap()
+            .contains("\"handshakes\":2,"));
+        let mut off = echo(&["--no-stats-endpoints"]);
+        for path in ["/metrics", "/stats"] {
+            assert_eq!(get(&mut off, path, None).status, StatusCode::NOT_FOUND);
+        }
+    }
+
+    #[test]
+    fn stats_endpoints_honour_the_origin_allow_list() {
+        let mut any = echo(&[]);
+        assert_eq!(
+            get(&mut any, "/stats", Some("https://evil.example")).status,
+            StatusCode::OK
+        );
+        let mut listed = echo(&["--allowed-origin", "https://ok.example"]);
+        for path in ["/metrics", "/stats"] {
+            let foreign = get(&mut listed, path, Some("https://evil.example"));
+            assert_eq!(foreign.status, StatusCode::FORBIDDEN, "{path}");
+            let allowed = get(&mut listed, path, Some("https://ok.example"));
+            assert_eq!(allowed.status, StatusCode::OK, "{path}");
+            // No Origin: not a browser page (a scraper, curl).
+            assert_eq!(
+                get(&mut listed, path, None).status,
+                StatusCode::OK,
+                "{path}"
+            );
+        }
     }
 
     /// The flags block in README.md is a copy of this help text: keep them one.

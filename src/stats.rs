@@ -63,7 +63,163 @@ pub struct Stats {
     pub inflaters_lent: u64,
 }
 
+/// Whether a metric only goes up (a counter) or goes up and down (a gauge).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    /// Only ever increases (from zero at start): exposed as `wsreactor_<name>_total`.
+    Counter,
+    /// A level right now: exposed as `wsreactor_<name>`.
+    Gauge,
+}
+
+/// One field of [`Stats`] as the exposition names it: see [`Stats::METRICS`].
+#[derive(Debug, Clone, Copy)]
+pub struct Metric {
+    /// The field's name (`messages_in`); the exposed name adds the `wsreactor_` prefix,
+    /// and `_total` for a counter.
+    pub name: &'static str,
+    /// Counter or gauge.
+    pub kind: MetricKind,
+    /// What it counts, one line (the `# HELP` text).
+    pub help: &'static str,
+    /// Reads the value.
+    pub get: fn(&Stats) -> u64,
+}
+
+impl Metric {
+    /// The name in the Prometheus exposition: `wsreactor_messages_in_total`.
+    pub fn exposed_name(&self) -> String {
+        match self.kind {
+            MetricKind::Counter => format!("wsreactor_{}_total", self.name),
+            MetricKind::Gauge => format!("wsreactor_{}", self.name),
+        }
+    }
+}
+
+macro_rules! metrics {
+    ($($kind:ident $name:ident: $help:literal;)*) => {
+        &[$(Metric {
+            name: stringify!($name),
+            kind: MetricKind::$kind,
+            help: $help,
+            get: |stats: &Stats| stats.$name,
+        }),*]
+    };
+}
+
+/// The exposition name of [`Stats::closes`], a counter family with a `code` label.
+pub const CLOSES_METRIC: &str = "wsreactor_closes_total";
+const CLOSES_HELP: &str =
+    "Closed WebSocket connections, by close code (1006 for a lost TCP connection).";
+
 impl Stats {
+    /// Every numeric field, in the order the exposition and the JSON list them:
+    /// counters first, then gauges. [`closes`](Stats::closes) is the one field not
+    /// here (it is a family, by code); it comes between the counters and the gauges.
+    pub const METRICS: &'static [Metric] = metrics! {
+        Counter accepted: "TCP connections accepted.";
+        Counter refused: "TCP connections refused with 503 (over max_connections or max_handshakes).";
+        Counter handshakes: "Upgrades completed (101 sent).";
+        Counter http_responses: "Requests answered with an HTTP error or a page instead of a 101.";
+        Counter messages_in: "Data messages received.";
+        Counter messages_out: "Data messages sent or queued, broadcast receivers counted one by one.";
+        Counter bytes_in: "Payload bytes of data messages received (inflated size if compressed).";
+        Counter bytes_out: "Payload bytes of data messages sent (before compression).";
+        Counter fanout_frames_encoded: "Frames encoded for broadcast or publish, one per call.";
+        Counter fanout_deliveries: "Receivers a broadcast or published frame was handed to.";
+        Counter protocol_errors: "Connections failed because the peer broke the protocol.";
+        Counter handler_panics: "Handler panics caught (each closed its connection with 1011).";
+        Counter sends_refused: "Sends refused (queue over max_send_queue, outgoing budget full, or closing).";
+        Counter incoming_budget_closes: "Connections closed (1013) to make room in the incoming budget.";
+        Counter outgoing_budget_closes: "Connections dropped (1008) because their queues took the outgoing budget.";
+        Counter message_timeouts: "Connections closed (1008) because a half-received message stopped growing.";
+        Gauge open_connections: "WebSocket connections open right now.";
+        Gauge handshakes_in_progress: "Connections still in the upgrade handshake.";
+        Gauge deadline_entries: "Entries in the loop's deadline queue.";
+        Gauge incoming_bytes: "Bytes held for incoming messages that are not complete yet.";
+        Gauge outgoing_bytes: "Bytes queued for sending over all connections.";
+        Gauge topic_memberships: "Topic subscriptions, over all topics and connections.";
+        Gauge inflaters_lent: "Inflaters held by connections.";
+    };
+
+    /// Writes every field in the Prometheus text exposition format 0.0.4 (serve it
+    /// with `Content-Type: text/plain; version=0.0.4`): for each metric a `# HELP` and
+    /// a `# TYPE` line, then its sample; counters are `wsreactor_<field>_total`, gauges
+    /// `wsreactor_<field>`, and the close codes one counter family,
+    /// `wsreactor_closes_total{code="1000"} 3`, in ascending code order. The order is
+    /// that of [`METRICS`](Stats::METRICS), stable from one scrape to the next.
+    ///
+    /// It takes a [`fmt::Write`] (a `String`, a `Formatter`): the text is small and
+    /// is built in memory for a response body, so there is no I/O error to carry;
+    /// for an `io::Write`, write into a `String` first.
+    pub fn write_prometheus(&self, out: &mut impl fmt::Write) -> fmt::Result {
+        let family = |out: &mut dyn fmt::Write, name: &str, kind: MetricKind, help: &str| {
+            let kind = match kind {
+                MetricKind::Counter => "counter",
+                MetricKind::Gauge => "gauge",
+            };
+            writeln!(out, "# HELP {name} {help}")?;
+            writeln!(out, "# TYPE {name} {kind}")
+        };
+        let (counters, gauges) = Stats::counters_and_gauges();
+        for metric in counters {
+            let name = metric.exposed_name();
+            family(out, &name, metric.kind, metric.help)?;
+            writeln!(out, "{name} {}", (metric.get)(self))?;
+        }
+        family(out, CLOSES_METRIC, MetricKind::Counter, CLOSES_HELP)?;
+        for (code, n) in &self.closes {
+            writeln!(out, "{CLOSES_METRIC}{{code=\"{code}\"}} {n}")?;
+        }
+        for metric in gauges {
+            let name = metric.exposed_name();
+            family(out, &name, metric.kind, metric.help)?;
+            writeln!(out, "{name} {}", (metric.get)(self))?;
+        }
+        Ok(())
+    }
+
+    /// The exposition as a `String` (see [`write_prometheus`](Stats::write_prometheus)).
+    pub fn to_prometheus(&self) -> String {
+        let mut out = String::new();
+        self.write_prometheus(&mut out)
+            .expect("writing to a String cannot fail");
+        out
+    }
+
+    /// Every field as one JSON object, in the order of the exposition, keyed by field
+    /// name (`{"accepted":2,...,"closes":{"1000":2},...}`): `closes` is an object from
+    /// code (a string, as JSON keys are) to count.
+    pub fn to_json(&self) -> String {
+        use fmt::Write as _;
+        let (counters, gauges) = Stats::counters_and_gauges();
+        let mut out = String::from("{");
+        for metric in counters {
+            let _ = write!(out, "\"{}\":{},", metric.name, (metric.get)(self));
+        }
+        out.push_str("\"closes\":{");
+        for (i, (code, n)) in self.closes.iter().enumerate() {
+            let comma = if i == 0 { "" } else { "," };
+            let _ = write!(out, "{comma}\"{code}\":{n}");
+        }
+        out.push('}');
+        for metric in gauges {
+            let _ = write!(out, ",\"{}\":{}", metric.name, (metric.get)(self));
+        }
+        out.push('}');
+        out
+    }
+
+    /// [`METRICS`](Stats::METRICS) split where the gauges start (a test checks that
+    /// no counter follows a gauge).
+    fn counters_and_gauges() -> (&'static [Metric], &'static [Metric]) {
+        let first_gauge = Stats::METRICS
+            .iter()
+            .position(|m| m.kind == MetricKind::Gauge)
+            .unwrap_or(Stats::METRICS.len());
+        Stats::METRICS.split_at(first_gauge)
+    }
+
     pub(crate) fn count_close(&mut self, code: u16) {
         match self.closes.iter_mut().find(|(c, _)| *c == code) {
             Some((_, n)) => *n += 1,
@@ -112,5 +268,205 @@ impl fmt::Display for Stats {
             write!(f, " {code}:{n}")?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `Stats` with a distinct value in every field, so a field read from the wrong
+    /// place shows.
+    fn sample() -> Stats {
+        let mut stats = Stats::default();
+        for (i, metric) in Stats::METRICS.iter().enumerate() {
+            let value = 100 + i as u64;
+            match metric.name {
+                "open_connections" => stats.open_connections = value,
+                "accepted" => stats.accepted = value,
+                "refused" => stats.refused = value,
+                "handshakes" => stats.handshakes = value,
+                "http_responses" => stats.http_responses = value,
+                "messages_in" => stats.messages_in = value,
+                "messages_out" => stats.messages_out = value,
+                "bytes_in" => stats.bytes_in = value,
+                "bytes_out" => stats.bytes_out = value,
+                "fanout_frames_encoded" => stats.fanout_frames_encoded = value,
+                "fanout_deliveries" => stats.fanout_deliveries = value,
+                "protocol_errors" => stats.protocol_errors = value,
+                "handler_panics" => stats.handler_panics = value,
+                "sends_refused" => stats.sends_refused = value,
+                "incoming_budget_closes" => stats.incoming_budget_closes = value,
+                "outgoing_budget_closes" => stats.outgoing_budget_closes = value,
+                "message_timeouts" => stats.message_timeouts = value,
+                "handshakes_in_progress" => stats.handshakes_in_progress = value,
+                "deadline_entries" => stats.deadline_entries = value,
+                "incoming_bytes" => stats.incoming_bytes = value,
+                "outgoing_bytes" => stats.outgoing_bytes = value,
+                "topic_memberships" => stats.topic_memberships = value,
+                "inflaters_lent" => stats.inflaters_lent = value,
+                other => panic!("sample() does not set {other}"),
+            }
+        }
+        stats.count_close(1006);
+        stats.count_close(1000);
+        stats.count_close(1000);
+        stats
+    }
+
+    /// The field names of `Stats`, read from its derived `Debug`.
+    fn field_names() -> Vec<String> {
+        let debug = format!("{:?}", Stats::default());
+        let inner = debug
+            .strip_prefix("Stats { ")
+            .and_then(|s| s.strip_suffix(" }"))
+            .unwrap();
+        inner
+            .split(", ")
+            .map(|field| field.split(':').next().unwrap().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn every_field_is_a_metric_once_and_each_reads_its_own_field() {
+        let fields = field_names();
+        let mut names: Vec<&str> = Stats::METRICS.iter().map(|m| m.name).collect();
+        names.push("closes");
+        let mut sorted_fields: Vec<&str> = fields.iter().map(String::as_str).collect();
+        sorted_fields.sort_unstable();
+        names.sort_unstable();
+        assert_eq!(names, sorted_fields);
+        let stats = sample();
+        for (i, metric) in Stats::METRICS.iter().enumerate() {
+            assert_eq!((metric.get)(&stats), 100 + i as u64, "{}", metric.name);
+        }
+    }
+
+    #[test]
+    fn counters_come_before_gauges_and_help_is_one_plain_line() {
+        let (counters, gauges) = Stats::counters_and_gauges();
+        assert!(counters.iter().all(|m| m.kind == MetricKind::Counter));
+        assert!(gauges.iter().all(|m| m.kind == MetricKind::Gauge));
+        assert!(!counters.is_empty() && !gauges.is_empty());
+        // HELP text would need escaping for these; keep it without.
+        for help in Stats::METRICS.iter().map(|m| m.help).chain([CLOSES_HELP]) {
+            assert!(!help.contains(['\\', '\n']), "{help}");
+        }
+    }
+
+    #[test]
+    fn prometheus_exposition_format() {
+        let text = sample().to_prometheus();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(text.ends_with('\n'));
+        // Pinned beginning: HELP, TYPE, sample for each family.
+        assert_eq!(
+            &lines[..6],
+            [
+                "# HELP wsreactor_accepted_total TCP connections accepted.",
+                "# TYPE wsreactor_accepted_total counter",
+                "wsreactor_accepted_total 100",
+                "# HELP wsreactor_refused_total TCP connections refused with 503 (over max_connections or max_handshakes).",
+                "# TYPE wsreactor_refused_total counter",
+                "wsreactor_refused_total 101",
+            ]
+        );
+        // The close codes: one family, a sample per code in ascending order.
+        let closes = lines
+            .iter()
+            .position(|l| *l == "# TYPE wsreactor_closes_total counter")
+            .unwrap();
+        assert!(lines[closes - 1].starts_with("# HELP wsreactor_closes_total Closed"));
+        assert_eq!(
+            &lines[closes + 1..closes + 3],
+            [
+                "wsreactor_closes_total{code=\"1000\"} 2",
+                "wsreactor_closes_total{code=\"1006\"} 1",
+            ]
+        );
+        assert_eq!(
+            lines[closes + 3],
+            "# HELP wsreactor_open_connections WebSocket connections open right now."
+        );
+        assert!(text
+            .contains("# TYPE wsreactor_open_connections gauge\nwsreactor_open_connections 116\n"));
+        // Every metric: HELP then TYPE then its one sample, in METRICS order.
+        let mut at = 0;
+        for metric in Stats::METRICS {
+            let name = metric.exposed_name();
+            let help = format!("# HELP {name} {}", metric.help);
+            let i = at + lines[at..].iter().position(|l| *l == help).unwrap();
+            let kind = match metric.kind {
+                MetricKind::Counter => "counter",
+                MetricKind::Gauge => "gauge",
+            };
+            assert_eq!(lines[i + 1], format!("# TYPE {name} {kind}"));
+            assert_eq!(lines[i + 2], format!("{name} {}", (metric.get)(&sample())));
+            at = i + 3;
+        }
+        // 3 lines per metric, plus the closes family (HELP, TYPE, two samples).
+        assert_eq!(lines.len(), 3 * Stats::METRICS.len() + 4);
+        // Nothing yet closed: the family is announced with no samples.
+        let empty = Stats::default().to_prometheus();
+        assert!(empty
+            .contains("# TYPE wsreactor_closes_total counter\n# HELP wsreactor_open_connections "));
+    }
+
+    #[test]
+    fn json_has_every_field_and_closes_as_an_object() {
+        let json = sample().to_json();
+        assert!(
+            json.starts_with("{\"accepted\":100,\"refused\":101,"),
+            "{json}"
+        );
+        assert!(json.contains(",\"closes\":{\"1000\":2,\"1006\":1},\"open_connections\":116,"));
+        assert!(json.ends_with(",\"inflaters_lent\":122}"), "{json}");
+        for name in field_names() {
+            assert_eq!(json.matches(&format!("\"{name}\":")).count(), 1, "{name}");
+        }
+        // Structure: balanced braces, no trailing or doubled commas.
+        assert_eq!(json.matches('{').count(), 2);
+        assert_eq!(json.matches('}').count(), 2);
+        assert!(!json.contains(",}") && !json.contains(",,") && !json.contains("{,"));
+        assert_eq!(
+            Stats::default().to_json().matches("\"closes\":{},").count(),
+            1
+        );
+        // It parses, and says what the fields say.
+        let value: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
+        let object = value.as_object().unwrap();
+        assert_eq!(object.len(), Stats::METRICS.len() + 1);
+        for metric in Stats::METRICS {
+            assert_eq!(object[metric.name].as_u64(), Some((metric.get)(&sample())));
+        }
+        assert_eq!(object["closes"]["1000"].as_u64(), Some(2));
+        assert_eq!(object["closes"]["1006"].as_u64(), Some(1));
+    }
+
+    /// README.md's Metrics table is written by hand: it must list every metric, with
+    /// its type and help text, in the order of the exposition.
+    #[test]
+    fn the_readme_table_lists_every_metric() {
+        let readme = include_str!("../README.md");
+        let table: Vec<&str> = readme
+            .lines()
+            .skip_while(|line| *line != "| metric | type | meaning |")
+            .skip(2)
+            .take_while(|line| line.starts_with('|'))
+            .collect();
+        let (counters, gauges) = Stats::counters_and_gauges();
+        let row = |m: &Metric| {
+            let kind = match m.kind {
+                MetricKind::Counter => "counter",
+                MetricKind::Gauge => "gauge",
+            };
+            format!("| `{}` | {kind} | {} |", m.exposed_name(), m.help)
+        };
+        let mut expected: Vec<String> = counters.iter().map(row).collect();
+        expected.push(format!(
+            "| `{CLOSES_METRIC}{{code=\"…\"}}` | counter | {CLOSES_HELP} |"
+        ));
+        expected.extend(gauges.iter().map(row));
+        assert_eq!(table, expected);
     }
 }

@@ -14,6 +14,7 @@ use crate::proto::deflate::DeflateParams;
 use crate::proto::extension::parse_offers;
 use crate::proto::handshake::{accept_response, HandshakeError, HeadReader, Request};
 use crate::proto::http::{HttpResponse, StatusCode};
+use crate::stats::Stats;
 use mio::Token;
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -113,7 +114,7 @@ pub(super) fn upgrade<H: Handler>(
 ) {
     let conn = &mut core.conns[slot];
     let peer = conn.peer.get();
-    let (response, accepted) = answer(handler, &core.config, &bytes[..end], peer);
+    let (response, accepted) = answer(handler, &core.config, &core.stats, &bytes[..end], peer);
     // Every answer to a request head is written here, so it is checked here: a
     // handler's response (from `on_http`, a `Reject`, or the 101 with the subprotocol
     // it chose) that would inject header lines becomes a 500 and the upgrade is off.
@@ -165,6 +166,7 @@ pub(super) struct Accepted<S> {
 pub(super) fn answer<H: Handler>(
     handler: &mut H,
     config: &Config,
+    stats: &Stats,
     head: &[u8],
     peer: SocketAddr,
 ) -> (HttpResponse, Option<Accepted<H::Session>>) {
@@ -176,7 +178,7 @@ pub(super) fn answer<H: Handler>(
         return (HandshakeError::MethodNotAllowed.response(), None);
     }
     if !request.wants_websocket() {
-        return match catch_unwind(AssertUnwindSafe(|| handler.on_http(&request))) {
+        return match catch_unwind(AssertUnwindSafe(|| handler.on_http_with(&request, stats))) {
             Ok(response) if !response.is_upgrade() => (response, None),
             Ok(_) => (internal_error("on_http answered 101"), None),
             Err(_) => (internal_error("on_http panicked"), None),
