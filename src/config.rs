@@ -144,6 +144,13 @@ pub struct Config {
     /// keep the loop in `accept` while open connections wait for their reads; the rest
     /// wait in the kernel's backlog for the next turn. Default: 64.
     pub max_accepts_per_turn: usize,
+    /// A handler callback, or a whole loop turn, that takes longer than this is a loop
+    /// stall: every connection waited for it. It is logged as a warning naming what
+    /// took the time (which callback, which connection, how long), at most once a
+    /// second with a count, and counted in `Stats::loop_stalls`. Measured with the
+    /// coarse monotonic clock (a few ms of resolution, a few ns per reading), so it is
+    /// always on. Default: 50 ms; zero turns it off.
+    pub stall_threshold: Duration,
     /// Commands a [`Handle`](crate::Handle) may queue before calls fail with
     /// [`HandleError::Full`](crate::HandleError::Full). Default: 65,536. Must not be
     /// zero.
@@ -171,6 +178,7 @@ impl Default for Config {
             outgoing_budget: 256 << 20,
             message_timeout: Duration::from_secs(30),
             max_accepts_per_turn: 64,
+            stall_threshold: Duration::from_millis(50),
             deflate: false,
             deflate_context_takeover: false,
             deflate_window_bits: 15,
@@ -329,6 +337,7 @@ impl Config {
             pong: millis(self.pong_timeout),
             send_stall: millis(self.send_stall_timeout),
             message: millis(self.message_timeout),
+            stall: millis(self.stall_threshold),
         }
     }
 
@@ -389,6 +398,9 @@ pub(crate) struct Timeouts {
     pub pong: Option<Millis>,
     pub send_stall: Option<Millis>,
     pub message: Option<Millis>,
+    /// Not a timeout: how long a callback or turn may hold the loop before it counts
+    /// as a stall.
+    pub stall: Option<Millis>,
 }
 
 /// The soft limit on open files (`RLIMIT_NOFILE`), or 1024 if it cannot be read.

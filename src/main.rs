@@ -47,6 +47,8 @@ OPTIONS:
                              stalest readers are dropped             [default: 268435456]
   --max-accepts-per-turn N   accepts per loop turn (fairness in a connect flood)
                                                              [default: 64]
+  --stall-threshold SECS     warn when a handler callback or loop turn holds the
+                             loop longer, 0 = never                          [default: 0.05]
   --deflate                  negotiate permessage-deflate (RFC 7692) with clients
   --deflate-takeover         keep compression context between messages (more
                              memory per connection, better ratio)
@@ -201,6 +203,7 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Options>, Str
             "--incoming-budget" => options.config.incoming_budget = number()?,
             "--outgoing-budget" => options.config.outgoing_budget = number()?,
             "--max-accepts-per-turn" => options.config.max_accepts_per_turn = number()?,
+            "--stall-threshold" => options.config.stall_threshold = seconds()?,
             "--stats-interval" => options.stats_interval = seconds()?,
             "--deflate-threshold" => options.config.deflate_threshold = number()?,
             "--deflate-level" => {

@@ -46,6 +46,10 @@ pub struct Stats {
     /// Connections closed (1008) because a half-received message stopped growing for
     /// `message_timeout`.
     pub message_timeouts: u64,
+    /// Loop stalls: a handler callback, or a whole loop turn, that took longer than
+    /// `Config::stall_threshold` (each logged, at most once a second, with what took
+    /// the time). A turn is counted only if no callback in it was.
+    pub loop_stalls: u64,
     /// Gauge: connections still in the upgrade handshake.
     pub handshakes_in_progress: u64,
     /// Gauge: entries in the loop's deadline queue (at most one per connection).
@@ -133,6 +137,7 @@ impl Stats {
         Counter incoming_budget_closes: "Connections closed (1013) to make room in the incoming budget.";
         Counter outgoing_budget_closes: "Connections dropped (1008) because their queues took the outgoing budget.";
         Counter message_timeouts: "Connections closed (1008) because a half-received message stopped growing.";
+        Counter loop_stalls: "Handler callbacks or loop turns that took longer than the stall threshold.";
         Gauge open_connections: "WebSocket connections open right now.";
         Gauge handshakes_in_progress: "Connections still in the upgrade handshake.";
         Gauge deadline_entries: "Entries in the loop's deadline queue.";
@@ -299,6 +304,7 @@ mod tests {
                 "incoming_budget_closes" => stats.incoming_budget_closes = value,
                 "outgoing_budget_closes" => stats.outgoing_budget_closes = value,
                 "message_timeouts" => stats.message_timeouts = value,
+                "loop_stalls" => stats.loop_stalls = value,
                 "handshakes_in_progress" => stats.handshakes_in_progress = value,
                 "deadline_entries" => stats.deadline_entries = value,
                 "incoming_bytes" => stats.incoming_bytes = value,
@@ -389,7 +395,7 @@ mod tests {
             "# HELP wsreactor_open_connections WebSocket connections open right now."
         );
         assert!(text
-            .contains("# TYPE wsreactor_open_connections gauge\nwsreactor_open_connections 116\n"));
+            .contains("# TYPE wsreactor_open_connections gauge\nwsreactor_open_connections 117\n"));
         // Every metric: HELP then TYPE then its one sample, in METRICS order.
         let mut at = 0;
         for metric in Stats::METRICS {
@@ -419,8 +425,8 @@ mod tests {
             json.starts_with("{\"accepted\":100,\"refused\":101,"),
             "{json}"
         );
-        assert!(json.contains(",\"closes\":{\"1000\":2,\"1006\":1},\"open_connections\":116,"));
-        assert!(json.ends_with(",\"inflaters_lent\":122}"), "{json}");
+        assert!(json.contains(",\"closes\":{\"1000\":2,\"1006\":1},\"open_connections\":117,"));
+        assert!(json.ends_with(",\"inflaters_lent\":123}"), "{json}");
         for name in field_names() {
             assert_eq!(json.matches(&format!("\"{name}\":")).count(), 1, "{name}");
         }

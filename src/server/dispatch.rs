@@ -90,8 +90,18 @@ impl<H: Handler> Server<H> {
 
 /// Runs a handler callback for `slot`, turning a panic into a 1011 close of that
 /// connection alone.
-pub(super) fn guard<S>(core: &mut Core<S>, slot: usize, callback: impl FnOnce(&mut Ctx<'_, S>)) {
+/// `what` names the callback for a stall warning.
+pub(super) fn guard<S>(
+    core: &mut Core<S>,
+    slot: usize,
+    what: &'static str,
+    callback: impl FnOnce(&mut Ctx<'_, S>),
+) {
+    let id = core.id(slot);
+    let started = core.stalls.start();
     let result = catch_unwind(AssertUnwindSafe(|| callback(&mut Ctx { core, slot })));
+    core.stalls
+        .callback_done(started, what, Some(id), &mut core.stats);
     if result.is_err() {
         let conn = &core.conns[slot];
         log::error!(
@@ -182,7 +192,9 @@ pub(super) fn on_event<H: Handler>(
         Event::Message(message) if open => {
             core.stats.messages_in += 1;
             core.stats.bytes_in += message.len() as u64;
-            guard(core, slot, |cx| handler.on_message(cx, message));
+            guard(core, slot, "on_message", |cx| {
+                handler.on_message(cx, message)
+            });
         }
         // After our close, data is read and dropped until the peer's close arrives.
         Event::Message(_) => {}

@@ -86,7 +86,11 @@ impl<H: Handler> Server<H> {
                 core.stats.protocol_errors += 1;
             }
             let handler = &mut self.handler;
-            if catch_unwind(AssertUnwindSafe(|| handler.on_close(id, session, &reason))).is_err() {
+            let started = core.stalls.start();
+            let result = catch_unwind(AssertUnwindSafe(|| handler.on_close(id, session, &reason)));
+            core.stalls
+                .callback_done(started, "on_close", Some(id), &mut core.stats);
+            if result.is_err() {
                 log::error!("handler panicked in on_close for {id}");
                 core.stats.handler_panics += 1;
             }

@@ -20,6 +20,7 @@
 //! | `deadlines` | timeouts and keepalive |
 //! | `lifecycle` | settling a connection after anything happened; shutdown |
 //! | `commands` | the `Handle`'s inbox |
+//! | `stalls` | loop-stall warnings: callbacks and turns over `stall_threshold` |
 //! | `ctx` | `Ctx`, the handler's view of the loop |
 
 mod accept;
@@ -30,6 +31,7 @@ mod deadlines;
 mod dispatch;
 mod fanout;
 mod lifecycle;
+mod stalls;
 mod table;
 mod topics;
 mod upgrade;
@@ -50,6 +52,7 @@ use budget::{BurstLog, HeapTrim};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
+use stalls::StallWatch;
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
@@ -76,6 +79,8 @@ struct Core<S> {
     budget_log: BurstLog,
     /// When memory was last handed back to the system, and the most held since.
     trim: HeapTrim,
+    /// Times handler callbacks and turns against `Config::stall_threshold`.
+    stalls: StallWatch,
     config: Config,
     timeouts: Timeouts,
     timers: DeadlineQueue,
@@ -183,6 +188,7 @@ impl<H: Handler> Server<H> {
                 incoming: 0,
                 budget_log: BurstLog::default(),
                 trim: HeapTrim::default(),
+                stalls: StallWatch::new(config.timeouts().stall),
                 timeouts: config.timeouts(),
                 timers: DeadlineQueue::with_capacity(reserved),
                 topics: Topics::default(),
@@ -277,6 +283,7 @@ impl<H: Handler> Server<H> {
         }
         self.core.now = self.core.clock.now();
         self.core.io.meter.set_now(self.core.now);
+        self.core.stalls.turn_started();
         for slot in std::mem::take(&mut self.core.backlog) {
             self.read(slot, true);
             self.settle_conn(slot);
@@ -317,6 +324,7 @@ impl<H: Handler> Server<H> {
         self.core.enforce_outgoing_budget();
         self.settle();
         self.core.update_gauges();
+        self.core.stalls.turn_done(&mut self.core.stats);
         Ok(())
     }
 

@@ -114,7 +114,10 @@ pub(super) fn upgrade<H: Handler>(
 ) {
     let conn = &mut core.conns[slot];
     let peer = conn.peer.get();
+    let started = core.stalls.start();
     let (response, accepted) = answer(handler, &core.config, &core.stats, &bytes[..end], peer);
+    core.stalls
+        .callback_done(started, "on_request/on_http", None, &mut core.stats);
     // Every answer to a request head is written here, so it is checked here: a
     // handler's response (from `on_http`, a `Reject`, or the 101 with the subprotocol
     // it chose) that would inject header lines becomes a 500 and the upgrade is off.
@@ -147,7 +150,7 @@ pub(super) fn upgrade<H: Handler>(
     core.stats.handshakes += 1;
     core.stats.open_connections += 1;
     log::debug!("{peer}: WebSocket open as {}", core.id(slot));
-    guard(core, slot, |cx| handler.on_open(cx));
+    guard(core, slot, "on_open", |cx| handler.on_open(cx));
     // A client may send its first frames right behind the request.
     if end < bytes.len() {
         frames(core, handler, slot, &mut bytes[end..]);
