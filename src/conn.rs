@@ -263,13 +263,10 @@ impl<S> Conn<S> {
         matches!(self.phase, Phase::WebSocket { close, .. } if close.parses_frames())
     }
 
-    /// Whether the connection is done with and can be removed.
+    /// Whether the connection is done with and can be removed. (A WebSocket whose
+    /// close handshake reaches its end, by EOF or abort, becomes `Phase::Closed`.)
     pub fn is_closed(&self) -> bool {
-        match self.phase {
-            Phase::Closed => true,
-            Phase::WebSocket { close, .. } => close.state() == CloseState::Closed,
-            _ => false,
-        }
+        matches!(self.phase, Phase::Closed)
     }
 
     /// Whether bytes may still be written (not after the half-close).
@@ -403,13 +400,7 @@ impl<S> Conn<S> {
     /// Starts the close handshake from our side with `code` and `reason`; a no-op
     /// unless open.
     pub fn close(&mut self, io: &Io, token: Token, code: CloseCode, reason: &str, now: Millis) {
-        let mut payload = [0u8; MAX_CONTROL_PAYLOAD];
-        let sent = match &mut self.phase {
-            Phase::WebSocket { close, .. } => close.close(code, reason, &mut payload),
-            _ => None,
-        };
-        if let Some(len) = sent {
-            self.send_close_frame(io, token, &payload[..len]);
+        if self.close_step(io, token, |close, out| close.close(code, reason, out)) {
             self.closing_began(now);
         }
     }
@@ -417,14 +408,7 @@ impl<S> Conn<S> {
     /// Fails the connection (RFC 6455 §7.1.7): a close frame with the error's code if
     /// ours is not out yet, then no more parsing; flushed and half-closed.
     pub fn fail(&mut self, io: &Io, token: Token, error: ProtocolError, now: Millis) {
-        let mut payload = [0u8; MAX_CONTROL_PAYLOAD];
-        let sent = match &mut self.phase {
-            Phase::WebSocket { close, .. } => close.fail(error, &mut payload),
-            _ => None,
-        };
-        if let Some(len) = sent {
-            self.send_close_frame(io, token, &payload[..len]);
-        }
+        self.close_step(io, token, |close, out| close.fail(error, out));
         self.closing_began(now);
         self.flush(io, token);
     }
@@ -438,14 +422,7 @@ impl<S> Conn<S> {
         frame: Option<CloseFrame<'_>>,
         now: Millis,
     ) {
-        let mut payload = [0u8; MAX_CONTROL_PAYLOAD];
-        let sent = match &mut self.phase {
-            Phase::WebSocket { close, .. } => close.receive_close(frame, &mut payload),
-            _ => None,
-        };
-        if let Some(len) = sent {
-            self.send_close_frame(io, token, &payload[..len]);
-        }
+        self.close_step(io, token, |close, out| close.receive_close(frame, out));
         self.closing_began(now);
         self.flush(io, token);
     }
@@ -476,9 +453,6 @@ impl<S> Conn<S> {
     /// Drops the connection at once: its transport failed, or it must go without
     /// ceremony (a timeout, a reader that stopped reading).
     pub fn abort(&mut self) {
-        if let Phase::WebSocket { close, .. } = &mut self.phase {
-            close.abort();
-        }
         self.phase = Phase::Closed;
     }
 
@@ -491,9 +465,24 @@ impl<S> Conn<S> {
         }
     }
 
-    /// A close frame is never refused for the queue cap: it ends the queue's growth.
-    fn send_close_frame(&mut self, io: &Io, token: Token, payload: &[u8]) {
-        let _ = self.send_frame(io, token, Opcode::Close, payload, usize::MAX);
+    /// Moves the WebSocket's close handshake one `step` and sends the close frame the
+    /// step asks for, if any; whether one was sent. (Not a WebSocket: nothing to do.)
+    fn close_step(
+        &mut self,
+        io: &Io,
+        token: Token,
+        step: impl FnOnce(&mut CloseHandshake, &mut [u8; MAX_CONTROL_PAYLOAD]) -> Option<usize>,
+    ) -> bool {
+        let mut payload = [0u8; MAX_CONTROL_PAYLOAD];
+        let Phase::WebSocket { close, .. } = &mut self.phase else {
+            return false;
+        };
+        let Some(len) = step(close, &mut payload) else {
+            return false;
+        };
+        // A close frame is never refused for the queue cap: it ends the queue's growth.
+        let _ = self.send_frame(io, token, Opcode::Close, &payload[..len], usize::MAX);
+        true
     }
 
     /// The next moment something must happen on this connection if nothing else does,
@@ -528,13 +517,10 @@ impl<S> Conn<S> {
                     .flatten()
                     .min_by_key(|(at, _)| *at)
             }
-            Phase::WebSocket {
-                close,
-                closing_since,
-            } if close.state() != CloseState::Closed => {
+            Phase::WebSocket { closing_since, .. } => {
                 after(closing_since.get()?, timeouts.close, Wait::Close)
             }
-            Phase::WebSocket { .. } | Phase::Closed => None,
+            Phase::Closed => None,
         }
     }
 }
