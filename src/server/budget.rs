@@ -85,9 +85,6 @@ impl<S> Core<S> {
             if self.incoming <= target {
                 return;
             }
-            self.stats.incoming_budget_closes += 1;
-            self.budget_log
-                .note("incoming budget full: closing connections with 1013");
             self.release_incoming(slot);
             self.fail(slot, ProtocolError::OverBudget);
             self.touched.push(slot);

@@ -7,7 +7,7 @@ use super::{Core, Ctx, Server};
 use crate::handler::{CloseReason, Handler};
 use crate::proto::frame::Opcode;
 use crate::proto::receiver::Progress;
-use crate::proto::{CloseCode, Event, ProtocolError};
+use crate::proto::{CloseCode, Event};
 use mio::Token;
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -160,11 +160,6 @@ pub(super) fn frames<H: Handler>(
                 }
             }
             Err(error) => {
-                if error == ProtocolError::OverBudget {
-                    core.stats.incoming_budget_closes += 1;
-                    core.budget_log
-                        .note("incoming budget full: closing connections with 1013");
-                }
                 core.fail(slot, error);
             }
         }

@@ -95,6 +95,12 @@ impl<S> Core<S> {
 
     /// Fails the connection (§7.1.7): a close frame with the error's code, then shut down.
     pub(super) fn fail(&mut self, slot: usize, error: ProtocolError) {
+        if error == ProtocolError::OverBudget {
+            // Whether the connection asked for the room or was closed to make it.
+            self.stats.incoming_budget_closes += 1;
+            self.budget_log
+                .note("incoming budget full: closing connections with 1013");
+        }
         let conn = &mut self.conns[slot];
         log::debug!("{}: protocol error: {error}", conn.peer);
         if conn.is_open() {
