@@ -11,8 +11,7 @@ use crate::timer::Millis;
 use crate::transport::Transport;
 use mio::net::TcpStream;
 use mio::{Interest, Token};
-use std::io;
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 
 /// How long accepting pauses after the process ran out of file descriptors. Pending
