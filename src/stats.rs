@@ -237,40 +237,21 @@ impl Stats {
 }
 
 impl fmt::Display for Stats {
-    /// A one-line summary for logs.
+    /// A one-line summary for logs: every field of [`METRICS`](Stats::METRICS) as
+    /// `name=value`, in its order, then the close codes (`closes=1000:3,1006:1`).
+    /// Built from the same list as the exposition, so a new field cannot be left out.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "open {} accepted {} refused {} handshakes {} http {} msgs in/out {}/{} bytes in/out {}/{} fanout encodes/deliveries {}/{} sends refused {} held in/out {}/{} budget closes in/out {}/{} message timeouts {} upgrading {} deadlines {} memberships {} inflaters {} protocol errors {} panics {} closes",
-            self.open_connections,
-            self.accepted,
-            self.refused,
-            self.handshakes,
-            self.http_responses,
-            self.messages_in,
-            self.messages_out,
-            self.bytes_in,
-            self.bytes_out,
-            self.fanout_frames_encoded,
-            self.fanout_deliveries,
-            self.sends_refused,
-            self.incoming_bytes,
-            self.outgoing_bytes,
-            self.incoming_budget_closes,
-            self.outgoing_budget_closes,
-            self.message_timeouts,
-            self.handshakes_in_progress,
-            self.deadline_entries,
-            self.topic_memberships,
-            self.inflaters_lent,
-            self.protocol_errors,
-            self.handler_panics,
-        )?;
-        if self.closes.is_empty() {
-            f.write_str(" none")?;
+        for (i, metric) in Stats::METRICS.iter().enumerate() {
+            let space = if i == 0 { "" } else { " " };
+            write!(f, "{space}{}={}", metric.name, (metric.get)(self))?;
         }
-        for (code, n) in &self.closes {
-            write!(f, " {code}:{n}")?;
+        f.write_str(" closes=")?;
+        if self.closes.is_empty() {
+            f.write_str("none")?;
+        }
+        for (i, (code, n)) in self.closes.iter().enumerate() {
+            let comma = if i == 0 { "" } else { "," };
+            write!(f, "{comma}{code}:{n}")?;
         }
         Ok(())
     }
@@ -447,6 +428,24 @@ mod tests {
         }
         assert_eq!(object["closes"]["1000"].as_u64(), Some(2));
         assert_eq!(object["closes"]["1006"].as_u64(), Some(1));
+    }
+
+    #[test]
+    fn the_log_line_names_every_field_with_its_value() {
+        let stats = sample();
+        let line = stats.to_string();
+        assert!(!line.contains('\n'));
+        for name in field_names().iter().filter(|n| *n != "closes") {
+            let metric = Stats::METRICS.iter().find(|m| m.name == name).unwrap();
+            let pair = format!("{name}={}", (metric.get)(&stats));
+            assert_eq!(
+                line.split(' ').filter(|word| *word == pair).count(),
+                1,
+                "{pair} in {line}"
+            );
+        }
+        assert!(line.ends_with(" closes=1000:2,1006:1"), "{line}");
+        assert!(Stats::default().to_string().ends_with(" closes=none"));
     }
 
     /// README.md's Metrics table is written by hand: it must list every metric, with
