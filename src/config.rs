@@ -89,8 +89,11 @@ pub struct Config {
     /// (the clients were slower to send their requests than we were to accept them)
     /// and got 15% refused; with 4096, none. Must not be zero.
     pub max_handshakes: usize,
-    /// If not empty, upgrade requests whose `Origin` is not in this list get `403`
-    /// (compared case-insensitively, e.g. `"https://example.com"`). Requests without
+    /// If not empty, upgrade requests whose `Origin` is not in this list get `403`.
+    /// An entry is a whole origin — scheme, host and port exactly as a browser sends
+    /// them, compared case-insensitively, no wildcards, no trailing slash: a page on
+    /// `http://localhost:9600` sends `http://localhost:9600`, which neither
+    /// `"localhost"` nor `"http://localhost"` matches. Requests without
     /// an `Origin` come from non-browser clients and are let through: browsers always
     /// send it, and it is browsers that cross-site requests abuse. Default: empty.
     pub allowed_origins: Vec<String>,

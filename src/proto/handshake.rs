@@ -8,8 +8,10 @@
 //! cannot make us hold an unbounded request.
 
 use super::http::{HttpResponse, StatusCode};
+use super::query::QueryPairs;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
+use std::borrow::Cow;
 use std::fmt;
 
 /// The GUID every server appends to the client's key before hashing (§1.3).
@@ -196,9 +198,27 @@ impl<'a> Request<'a> {
         self.target.split('?').next().unwrap_or(self.target)
     }
 
-    /// The query string, without the `?`.
+    /// The query string as sent (still encoded), without the `?`. For its decoded
+    /// pairs, see [`query_pairs`](Request::query_pairs) and
+    /// [`query_param`](Request::query_param).
     pub fn query(&self) -> Option<&'a str> {
         self.target.split_once('?').map(|(_, query)| query)
+    }
+
+    /// The query's key/value pairs, decoded as browsers encode them (`+` is a space,
+    /// `%XX` a byte; see [`QueryPairs`] for malformed input), in order, repeats
+    /// included: `/chat?room=caf%C3%A9&tag=a&tag=b` gives `("room", "café")`,
+    /// `("tag", "a")`, `("tag", "b")`.
+    pub fn query_pairs(&self) -> QueryPairs<'a> {
+        QueryPairs::new(self.query().unwrap_or(""))
+    }
+
+    /// The decoded value of the first query parameter named `key` (compared after
+    /// decoding, case-sensitively), if any: `request.query_param("room")`.
+    pub fn query_param(&self, key: &str) -> Option<Cow<'a, str>> {
+        self.query_pairs()
+            .find(|(name, _)| name == key)
+            .map(|(_, value)| value)
     }
 
     /// Every header field, in order.
@@ -347,6 +367,30 @@ mod tests {
             ["chat", "superchat"]
         );
         assert_eq!(request.validate_upgrade(), Ok("dGhlIHNhbXBsZSBub25jZQ=="));
+    }
+
+    #[test]
+    fn query_params_are_decoded_and_the_first_of_a_repeat_wins() {
+        let head = b"GET /chat?room=caf%C3%A9&tag=a&tag=b&user=ann+lee HTTP/1.1\r\nHost: x\r\n\r\n";
+        let request = parse(head);
+        assert_eq!(request.path(), "/chat");
+        assert_eq!(
+            request.query(),
+            Some("room=caf%C3%A9&tag=a&tag=b&user=ann+lee")
+        );
+        assert_eq!(request.query_param("room").as_deref(), Some("café"));
+        assert_eq!(request.query_param("user").as_deref(), Some("ann lee"));
+        assert_eq!(request.query_param("tag").as_deref(), Some("a"));
+        assert_eq!(request.query_param("missing"), None);
+        let tags: Vec<_> = request
+            .query_pairs()
+            .filter(|(k, _)| k == "tag")
+            .map(|(_, v)| v.into_owned())
+            .collect();
+        assert_eq!(tags, ["a", "b"]);
+        let bare = parse(b"GET /chat HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(bare.query_pairs().count(), 0);
+        assert_eq!(bare.query_param("room"), None);
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod http;
 pub mod keepalive;
 pub mod mask;
 pub mod message;
+pub mod query;
 pub mod receiver;
 pub mod utf8;
 
