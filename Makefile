@@ -12,6 +12,9 @@ PYTHON  ?= python3
 VENV    := .venv
 ARGS    ?=
 CONFORMANCE_ARGS ?=
+# The binary's own dependencies (logger, signal handling) are behind the `cli`
+# feature, so that the library's users do not compile them.
+FEATURES ?= --features cli
 CARGO_TARGET_DIR_RELEASE := $(or $(CARGO_TARGET_DIR),target)/release
 # Pinned so that a new kosoku release can't change verdicts under us; bumping
 # it changes the stamp name below, so the next `make venv` reinstalls.
@@ -21,15 +24,17 @@ KOSOKU_STAMP   := $(VENV)/.kosoku-$(KOSOKU_VERSION).stamp
 .PHONY: run test lint venv conformance conformance-deflate clean
 
 run:
-	$(CARGO) run --release -- $(ARGS)
+	$(CARGO) run --release $(FEATURES) -- $(ARGS)
 
 test:
-	$(CARGO) test
+	$(CARGO) test $(FEATURES)
 	$(MAKE) test-interop
 
 lint:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --all-targets $(FEATURES) -- -D warnings
+	# The library alone, as an embedder builds it (no features).
+	$(CARGO) clippy --lib -- -D warnings
 
 # bin/pip is the target rather than the directory: a `python3 -m venv` that
 # dies in ensurepip (Debian without python3-venv) leaves a venv without pip,
@@ -60,7 +65,7 @@ venv: $(KOSOKU_STAMP)
 # The script starts the server on a free loopback port, runs kosoku, always
 # stops that server (by PID) and fails unless every case is OK/INFORMATIONAL.
 conformance: venv
-	$(CARGO) build --release
+	$(CARGO) build --release $(FEATURES)
 	$(VENV)/bin/python scripts/conformance.py $(CONFORMANCE_ARGS)
 	$(MAKE) conformance-deflate
 
@@ -71,7 +76,7 @@ conformance: venv
 # uncompressed; so every echo is compressed for this run. They are throughput
 # cases, safe to run two at a time (~4-7 min).
 conformance-deflate: venv
-	$(CARGO) build --release
+	$(CARGO) build --release $(FEATURES)
 	$(VENV)/bin/python scripts/conformance.py --outdir target/conformance-deflate -p 2 \
 	    -i '12.*' -i '13.*' \
 	    --server-cmd "$(CARGO_TARGET_DIR_RELEASE)/wsreactor --listen 127.0.0.1:{port} --path {path} --deflate --deflate-threshold 0"
@@ -148,13 +153,13 @@ $(INTEROP_STAMP): $(INTEROP_REQUIREMENTS) | $(VENV)/bin/pip
 venv-test: $(INTEROP_STAMP)
 
 test-interop: venv-test
-	$(CARGO) build --release --examples --bins
+	$(CARGO) build --release --examples --bins $(FEATURES)
 	$(VENV)/bin/python -m pytest tests/interop -m "not browser" $(PYTEST_ARGS)
 
 test-browser: venv-test
 	command -v chromium >/dev/null || \
 	  { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
-	$(CARGO) build --release --examples --bins
+	$(CARGO) build --release --examples --bins $(FEATURES)
 	$(VENV)/bin/python -m pytest tests/interop -m browser $(PYTEST_ARGS)
 
 # Performance: bench/ is its own workspace (load generator, raw TCP echo ceiling,

@@ -344,7 +344,8 @@ def diagnostics(results):
 
 def build():
     log("== build (release): wsreactor, bench crate")
-    subprocess.run([CARGO, "build", "--release", "--bin", "wsreactor"], cwd=ROOT, check=True)
+    subprocess.run([CARGO, "build", "--release", "--features", "cli", "--bin", "wsreactor"],
+                   cwd=ROOT, check=True)
     subprocess.run([CARGO, "build", "--release", "--manifest-path",
                     os.path.join(BENCH, "Cargo.toml")], cwd=ROOT, check=True)
 

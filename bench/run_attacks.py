@@ -353,7 +353,7 @@ def main():
     stop_all_on_signals()
     if not args.no_build:
         # One build at a time (2 cores).
-        subprocess.run(["cargo", "build", "--release", "--bin", "wsreactor",
+        subprocess.run(["cargo", "build", "--release", "--features", "cli", "--bin", "wsreactor",
                         "--example", "broadcast"], cwd=ROOT, check=True)
         subprocess.run(["cargo", "build", "--release", "--bin", "attack"], cwd=BENCH,
                        check=True)

@@ -78,6 +78,8 @@ pub mod handler;
 mod outbox;
 pub mod proto;
 mod server;
+#[cfg(feature = "signals")]
+pub mod signals;
 mod stats;
 #[allow(unsafe_code)]
 mod sys;

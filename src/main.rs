@@ -2,8 +2,6 @@
 //! http://127.0.0.1:9998/. Everything real lives in the library; this is flags, logging
 //! and the echo handler.
 
-use signal_hook::consts::{SIGINT, SIGTERM};
-use signal_hook::iterator::Signals;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -284,7 +282,7 @@ fn main() -> ExitCode {
     // Handlers go in before the port opens: a supervisor that sees the port accept and
     // sends SIGTERM at once must get a graceful shutdown, not the default action (death
     // by signal). Signals that arrive before the thread below starts wait for it.
-    let signals = match Signals::new([SIGINT, SIGTERM]) {
+    let signals = match wsreactor::signals::ShutdownSignals::install() {
         Ok(signals) => Some(signals),
         Err(e) => {
             log::warn!("cannot install signal handlers: {e}");
@@ -307,7 +305,7 @@ fn main() -> ExitCode {
     };
     let addr = server.local_addr();
     if let Some(signals) = signals {
-        shut_down_on(signals, server.handle());
+        signals.forward_to(server.handle());
     }
     log::info!(
         "echo on ws://{addr}{}, demo page on http://{addr}/",
@@ -336,22 +334,6 @@ fn main() -> ExitCode {
     }
     log::info!("{}", server.stats());
     ExitCode::SUCCESS
-}
-
-/// SIGINT/SIGTERM start a graceful shutdown through the server's handle; a second
-/// signal exits at once (130), for when a peer never finishes closing.
-fn shut_down_on(mut signals: Signals, handle: wsreactor::Handle) {
-    std::thread::spawn(move || {
-        let mut received = 0;
-        for signal in signals.forever() {
-            received += 1;
-            if received > 1 {
-                std::process::exit(130);
-            }
-            log::info!("signal {signal}: shutting down (again to force)");
-            let _ = handle.shutdown();
-        }
-    });
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 """Fixtures for the client-interop tests: start the release binaries, never build them.
 
-`make test-interop` / `make test-browser` run `cargo build --release --examples --bins`
+`make test-interop` / `make test-browser` run `cargo build --release --examples --bins --features cli`
 first; here a missing binary is an error that says so. Every server a test starts
 listens on 127.0.0.1 (a free port, or 9998 for the article page), logs to a file under
 pytest's tmp dir, and is killed by its PID at teardown: only the process the fixture
@@ -158,7 +158,7 @@ def start_server(name: str, log_dir: Path, port: int | None = None,
     binary = BINARIES[name]
     if not binary.exists():
         pytest.fail(
-            f"{binary} is missing: run `cargo build --release --examples --bins` "
+            f"{binary} is missing: run `cargo build --release --examples --bins --features cli` "
             "(`make test-interop` does)"
         )
     fixed_port = port is not None
