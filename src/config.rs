@@ -150,9 +150,9 @@ pub struct Config {
     /// A handler callback, or a whole loop turn, that takes longer than this is a loop
     /// stall: every connection waited for it. It is logged as a warning naming what
     /// took the time (which callback, which connection, how long), at most once a
-    /// second with a count, and counted in `Stats::loop_stalls`. Measured with the
-    /// coarse monotonic clock (a few ms of resolution, a few ns per reading), so it is
-    /// always on. Default: 50 ms; zero turns it off.
+    /// second with a count, and counted in `Stats::loop_stalls`. The timing itself is
+    /// always on (it feeds `Stats::callback_micros` and `turn_micros`). Default:
+    /// 50 ms; zero turns the warnings off.
     pub stall_threshold: Duration,
     /// Commands a [`Handle`](crate::Handle) may queue before calls fail with
     /// [`HandleError::Full`](crate::HandleError::Full). Default: 65,536. Must not be

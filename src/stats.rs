@@ -1,5 +1,6 @@
 //! Counters the loop keeps as it works: cheap enough to be always on.
 
+use crate::histogram::Histogram;
 use std::fmt;
 
 /// What the server has done since it started. Read it with
@@ -65,6 +66,16 @@ pub struct Stats {
     /// Gauge: inflaters held by connections (lent from the loop's pool, or kept with
     /// context takeover).
     pub inflaters_lent: u64,
+    /// Histogram (µs): how long each loop turn worked, from the poll's return to the
+    /// end of the turn (the wait in the poll is not counted).
+    pub turn_micros: Histogram,
+    /// Histogram (µs): how long each handler callback ran.
+    pub callback_micros: Histogram,
+    /// Histogram (µs): keepalive ping round trips, ping sent to pong received.
+    pub ping_rtt_micros: Histogram,
+    /// Histogram (bytes): what a connection had queued each time the loop flushed it
+    /// (the replies corked during an event, or a backlog the socket could take again).
+    pub flush_bytes: Histogram,
 }
 
 /// Whether a metric only goes up (a counter) or goes up and down (a gauge).
@@ -98,6 +109,22 @@ impl Metric {
             MetricKind::Gauge => format!("wsreactor_{}", self.name),
         }
     }
+}
+
+/// A histogram field of [`Stats`] as the exposition names it: see
+/// [`Stats::HISTOGRAMS`].
+#[derive(Debug, Clone, Copy)]
+pub struct HistogramMetric {
+    /// The field's name (`turn_micros`), as the JSON has it.
+    pub name: &'static str,
+    /// The name in the Prometheus exposition, in base units (`wsreactor_turn_seconds`).
+    pub exposed: &'static str,
+    /// What it measures, one line (the `# HELP` text).
+    pub help: &'static str,
+    /// Multiplies a recorded value into the exposition's unit (1e-6 for µs → s).
+    pub scale: f64,
+    /// Reads the histogram.
+    pub get: fn(&Stats) -> &Histogram,
 }
 
 macro_rules! metrics {
@@ -147,6 +174,39 @@ impl Stats {
         Gauge inflaters_lent: "Inflaters held by connections.";
     };
 
+    /// The histogram fields, in the order the exposition and the JSON list them
+    /// (after every metric of [`METRICS`](Stats::METRICS)).
+    pub const HISTOGRAMS: &'static [HistogramMetric] = &[
+        HistogramMetric {
+            name: "turn_micros",
+            exposed: "wsreactor_turn_seconds",
+            help: "Loop turns: time from the poll's return to the end of the turn's work.",
+            scale: 1e-6,
+            get: |stats| &stats.turn_micros,
+        },
+        HistogramMetric {
+            name: "callback_micros",
+            exposed: "wsreactor_callback_seconds",
+            help: "Handler callbacks: time in each call.",
+            scale: 1e-6,
+            get: |stats| &stats.callback_micros,
+        },
+        HistogramMetric {
+            name: "ping_rtt_micros",
+            exposed: "wsreactor_ping_rtt_seconds",
+            help: "Keepalive pings: time from the ping sent to its pong received.",
+            scale: 1e-6,
+            get: |stats| &stats.ping_rtt_micros,
+        },
+        HistogramMetric {
+            name: "flush_bytes",
+            exposed: "wsreactor_flush_bytes",
+            help: "Bytes a connection had queued when the loop flushed it.",
+            scale: 1.0,
+            get: |stats| &stats.flush_bytes,
+        },
+    ];
+
     /// Writes every field in the Prometheus text exposition format 0.0.4 (serve it
     /// with `Content-Type: text/plain; version=0.0.4`): for each metric a `# HELP` and
     /// a `# TYPE` line, then its sample; counters are `wsreactor_<field>_total`, gauges
@@ -181,6 +241,26 @@ impl Stats {
             family(out, &name, metric.kind, metric.help)?;
             writeln!(out, "{name} {}", (metric.get)(self))?;
         }
+        for metric in Stats::HISTOGRAMS {
+            let name = metric.exposed;
+            let histogram = (metric.get)(self);
+            writeln!(out, "# HELP {name} {}", metric.help)?;
+            writeln!(out, "# TYPE {name} histogram")?;
+            // Prometheus buckets are cumulative: each counts everything up to its bound.
+            let mut cumulative = 0;
+            for (i, n) in histogram.counts().iter().enumerate() {
+                cumulative += n;
+                match Histogram::upper_bound(i) {
+                    Some(bound) => {
+                        let le = bound as f64 * metric.scale;
+                        writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}")?
+                    }
+                    None => writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}")?,
+                }
+            }
+            writeln!(out, "{name}_sum {}", histogram.sum() as f64 * metric.scale)?;
+            writeln!(out, "{name}_count {cumulative}")?;
+        }
         Ok(())
     }
 
@@ -194,7 +274,10 @@ impl Stats {
 
     /// Every field as one JSON object, in the order of the exposition, keyed by field
     /// name (`{"accepted":2,...,"closes":{"1000":2},...}`): `closes` is an object from
-    /// code (a string, as JSON keys are) to count.
+    /// code (a string, as JSON keys are) to count. Each histogram of
+    /// [`HISTOGRAMS`](Stats::HISTOGRAMS) is an object with its `count`, its `sum`
+    /// (µs or bytes) and `buckets`: the count in each power-of-two bucket, not
+    /// cumulative (bucket `i` holds values up to 2^i, the last one everything larger).
     pub fn to_json(&self) -> String {
         use fmt::Write as _;
         let (counters, gauges) = Stats::counters_and_gauges();
@@ -210,6 +293,21 @@ impl Stats {
         out.push('}');
         for metric in gauges {
             let _ = write!(out, ",\"{}\":{}", metric.name, (metric.get)(self));
+        }
+        for metric in Stats::HISTOGRAMS {
+            let histogram = (metric.get)(self);
+            let _ = write!(
+                out,
+                ",\"{}\":{{\"count\":{},\"sum\":{},\"buckets\":[",
+                metric.name,
+                histogram.count(),
+                histogram.sum()
+            );
+            for (i, n) in histogram.counts().iter().enumerate() {
+                let comma = if i == 0 { "" } else { "," };
+                let _ = write!(out, "{comma}{n}");
+            }
+            out.push_str("]}");
         }
         out.push('}');
         out
@@ -238,7 +336,8 @@ impl Stats {
 
 impl fmt::Display for Stats {
     /// A one-line summary for logs: every field of [`METRICS`](Stats::METRICS) as
-    /// `name=value`, in its order, then the close codes (`closes=1000:3,1006:1`).
+    /// `name=value`, in its order, then the close codes (`closes=1000:3,1006:1`); not
+    /// the histograms, which do not fit on a line.
     /// Built from the same list as the exposition, so a new field cannot be left out.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (i, metric) in Stats::METRICS.iter().enumerate() {
@@ -260,6 +359,7 @@ impl fmt::Display for Stats {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::histogram::BUCKETS;
 
     /// A `Stats` with a distinct value in every field, so a field read from the wrong
     /// place shows.
@@ -298,18 +398,47 @@ mod tests {
         stats.count_close(1006);
         stats.count_close(1000);
         stats.count_close(1000);
+        // Histograms: distinct shapes, so one read from the wrong field shows.
+        for (i, metric) in Stats::HISTOGRAMS.iter().enumerate() {
+            let histogram = match metric.name {
+                "turn_micros" => &mut stats.turn_micros,
+                "callback_micros" => &mut stats.callback_micros,
+                "ping_rtt_micros" => &mut stats.ping_rtt_micros,
+                "flush_bytes" => &mut stats.flush_bytes,
+                other => panic!("sample() does not set {other}"),
+            };
+            for _ in 0..=i {
+                histogram.record(3);
+            }
+            histogram.record(1000);
+        }
         stats
     }
 
-    /// The field names of `Stats`, read from its derived `Debug`.
+    /// The field names of `Stats`, read from its derived `Debug` (at the top level:
+    /// a histogram's own fields, inside braces, are not `Stats`' fields).
     fn field_names() -> Vec<String> {
         let debug = format!("{:?}", Stats::default());
         let inner = debug
             .strip_prefix("Stats { ")
             .and_then(|s| s.strip_suffix(" }"))
             .unwrap();
-        inner
-            .split(", ")
+        let mut fields = Vec::new();
+        let (mut depth, mut start) = (0, 0);
+        for (i, c) in inner.char_indices() {
+            match c {
+                '{' | '[' => depth += 1,
+                '}' | ']' => depth -= 1,
+                ',' if depth == 0 => {
+                    fields.push(&inner[start..i]);
+                    start = i + 2;
+                }
+                _ => {}
+            }
+        }
+        fields.push(&inner[start..]);
+        fields
+            .iter()
             .map(|field| field.split(':').next().unwrap().to_owned())
             .collect()
     }
@@ -318,6 +447,7 @@ mod tests {
     fn every_field_is_a_metric_once_and_each_reads_its_own_field() {
         let fields = field_names();
         let mut names: Vec<&str> = Stats::METRICS.iter().map(|m| m.name).collect();
+        names.extend(Stats::HISTOGRAMS.iter().map(|h| h.name));
         names.push("closes");
         let mut sorted_fields: Vec<&str> = fields.iter().map(String::as_str).collect();
         sorted_fields.sort_unstable();
@@ -391,8 +521,43 @@ mod tests {
             assert_eq!(lines[i + 2], format!("{name} {}", (metric.get)(&sample())));
             at = i + 3;
         }
-        // 3 lines per metric, plus the closes family (HELP, TYPE, two samples).
-        assert_eq!(lines.len(), 3 * Stats::METRICS.len() + 4);
+        // Then each histogram: HELP, TYPE, cumulative buckets with their bounds in
+        // base units, sum and count.
+        let turn = lines
+            .iter()
+            .position(|l| *l == "# TYPE wsreactor_turn_seconds histogram")
+            .unwrap();
+        assert_eq!(
+            &lines[turn + 1..turn + 4],
+            [
+                "wsreactor_turn_seconds_bucket{le=\"0.000001\"} 0",
+                "wsreactor_turn_seconds_bucket{le=\"0.000002\"} 0",
+                "wsreactor_turn_seconds_bucket{le=\"0.000004\"} 1",
+            ]
+        );
+        assert_eq!(
+            &lines[turn + 11..turn + 13],
+            [
+                "wsreactor_turn_seconds_bucket{le=\"0.001024\"} 2",
+                "wsreactor_turn_seconds_bucket{le=\"0.002048\"} 2",
+            ]
+        );
+        assert_eq!(
+            &lines[turn + 26..turn + 29],
+            [
+                "wsreactor_turn_seconds_bucket{le=\"+Inf\"} 2",
+                "wsreactor_turn_seconds_sum 0.001003",
+                "wsreactor_turn_seconds_count 2",
+            ]
+        );
+        assert!(text.contains("wsreactor_flush_bytes_bucket{le=\"4\"} 4\n"));
+        assert!(text.contains("wsreactor_flush_bytes_bucket{le=\"16777216\"} 5\n"));
+        // 3 lines per metric, plus the closes family (HELP, TYPE, two samples), plus
+        // per histogram HELP, TYPE, the buckets, sum and count.
+        assert_eq!(
+            lines.len(),
+            3 * Stats::METRICS.len() + 4 + Stats::HISTOGRAMS.len() * (4 + BUCKETS)
+        );
         // Nothing yet closed: the family is announced with no samples.
         let empty = Stats::default().to_prometheus();
         assert!(empty
@@ -407,13 +572,23 @@ mod tests {
             "{json}"
         );
         assert!(json.contains(",\"closes\":{\"1000\":2,\"1006\":1},\"open_connections\":117,"));
-        assert!(json.ends_with(",\"inflaters_lent\":123}"), "{json}");
+        assert!(json.contains(",\"inflaters_lent\":123,"), "{json}");
+        let zeros = |n: usize| vec!["0"; n].join(",");
+        assert!(
+            json.ends_with(&format!(
+                ",\"flush_bytes\":{{\"count\":5,\"sum\":1012,\"buckets\":[0,0,4,{},1,{}]}}}}",
+                zeros(7),
+                zeros(15)
+            )),
+            "{json}"
+        );
         for name in field_names() {
             assert_eq!(json.matches(&format!("\"{name}\":")).count(), 1, "{name}");
         }
         // Structure: balanced braces, no trailing or doubled commas.
-        assert_eq!(json.matches('{').count(), 2);
-        assert_eq!(json.matches('}').count(), 2);
+        let objects = 2 + Stats::HISTOGRAMS.len();
+        assert_eq!(json.matches('{').count(), objects);
+        assert_eq!(json.matches('}').count(), objects);
         assert!(!json.contains(",}") && !json.contains(",,") && !json.contains("{,"));
         assert_eq!(
             Stats::default().to_json().matches("\"closes\":{},").count(),
@@ -422,9 +597,26 @@ mod tests {
         // It parses, and says what the fields say.
         let value: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
         let object = value.as_object().unwrap();
-        assert_eq!(object.len(), Stats::METRICS.len() + 1);
+        assert_eq!(
+            object.len(),
+            Stats::METRICS.len() + 1 + Stats::HISTOGRAMS.len()
+        );
         for metric in Stats::METRICS {
             assert_eq!(object[metric.name].as_u64(), Some((metric.get)(&sample())));
+        }
+        let sampled = sample();
+        for metric in Stats::HISTOGRAMS {
+            let histogram = (metric.get)(&sampled);
+            let value = &object[metric.name];
+            assert_eq!(value["count"].as_u64(), Some(histogram.count()));
+            assert_eq!(value["sum"].as_u64(), Some(histogram.sum()));
+            let buckets: Vec<u64> = value["buckets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b.as_u64().unwrap())
+                .collect();
+            assert_eq!(buckets, histogram.counts());
         }
         assert_eq!(object["closes"]["1000"].as_u64(), Some(2));
         assert_eq!(object["closes"]["1006"].as_u64(), Some(1));
@@ -435,8 +627,8 @@ mod tests {
         let stats = sample();
         let line = stats.to_string();
         assert!(!line.contains('\n'));
-        for name in field_names().iter().filter(|n| *n != "closes") {
-            let metric = Stats::METRICS.iter().find(|m| m.name == name).unwrap();
+        for metric in Stats::METRICS {
+            let name = metric.name;
             let pair = format!("{name}={}", (metric.get)(&stats));
             assert_eq!(
                 line.split(' ').filter(|word| *word == pair).count(),
@@ -472,6 +664,11 @@ mod tests {
             "| `{CLOSES_METRIC}{{code=\"…\"}}` | counter | {CLOSES_HELP} |"
         ));
         expected.extend(gauges.iter().map(row));
+        expected.extend(
+            Stats::HISTOGRAMS
+                .iter()
+                .map(|h| format!("| `{}` | histogram | {} |", h.exposed, h.help)),
+        );
         assert_eq!(table, expected);
     }
 }

@@ -59,21 +59,3 @@ pub(crate) fn raise_open_file_limit() -> std::io::Result<usize> {
     }
     Ok(usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX))
 }
-
-/// Milliseconds on the coarse monotonic clock: the kernel's last tick, read without a
-/// syscall in a few nanoseconds (CLOCK_MONOTONIC_COARSE, a few ms of resolution), so
-/// the loop can time every handler callback to spot stalls of tens of milliseconds.
-pub(crate) fn coarse_millis() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime only writes the struct we pass, which lives on our stack.
-    let ok = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut now) } == 0;
-    if !ok {
-        return 0;
-    }
-    (now.tv_sec as u64)
-        .saturating_mul(1000)
-        .saturating_add(now.tv_nsec as u64 / 1_000_000)
-}

@@ -22,6 +22,7 @@ impl<H: Handler> Server<H> {
         let Some(conn) = core.conns.get_mut(slot) else {
             return;
         };
+        core.stats.flush_bytes.record(conn.out.pending() as u64);
         conn.flush(&core.io, Token(slot));
         let config = &core.config;
         if conn.queue_drained(config.max_send_queue, config.write_high_water) {

@@ -62,6 +62,7 @@ impl<H: Handler> Server<H> {
         // reset), and a connection that fails here must still be reported below, not
         // dropped unseen with its session and topics.
         if conn.is_unflushed() {
+            core.stats.flush_bytes.record(conn.out.pending() as u64);
             conn.flush(&core.io, Token(slot));
         }
         if conn.take_ended() {

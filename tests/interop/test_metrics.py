@@ -90,6 +90,9 @@ def test_metrics_count_known_traffic(servers):
                   "incoming_bytes", "outgoing_bytes", "topic_memberships",
                   "inflaters_lent"):
         assert types.get(f"wsreactor_{gauge}") == "gauge", gauge
+    for histogram in ("turn_seconds", "callback_seconds", "ping_rtt_seconds",
+                      "flush_bytes"):
+        assert types.get(f"wsreactor_{histogram}") == "histogram", histogram
 
     def value(name, **labels):
         return samples[(name, tuple(sorted(labels.items())))]
@@ -117,6 +120,24 @@ def test_metrics_count_known_traffic(servers):
                   "topic_memberships", "inflaters_lent"):
         assert value(f"wsreactor_{gauge}") == 0, gauge
 
+    # Histograms: cumulative buckets that end in +Inf == _count. Every on_message
+    # (and on_request, on_open, on_close...) was timed; every echo was flushed.
+    for histogram in ("turn_seconds", "callback_seconds", "flush_bytes"):
+        name = f"wsreactor_{histogram}"
+        buckets = sorted(
+            (float(labels[0][1]), v) for (sample, labels), v in samples.items()
+            if sample == f"{name}_bucket")
+        counts = [v for _, v in buckets]
+        assert counts == sorted(counts), f"{name} buckets are not cumulative: {buckets}"
+        assert buckets[-1][0] == float("inf")
+        assert buckets[-1][1] == value(f"{name}_count"), name
+    assert value("wsreactor_callback_seconds_count") >= total
+    assert value("wsreactor_flush_bytes_count") >= total
+    # No echo here took a second in a callback.
+    assert value("wsreactor_callback_seconds_bucket", le="1.048576") == \
+        value("wsreactor_callback_seconds_count")
+    assert value("wsreactor_turn_seconds_count") > 0
+
     # /stats says the same.
     stats = stats_json(server)
     assert stats["messages_in"] == total
@@ -126,6 +147,8 @@ def test_metrics_count_known_traffic(servers):
     assert stats["closes"] == {"1000": CONNECTIONS}
     assert stats["bytes_in"] == sent
     assert stats["http_responses"] >= 1  # the scrapes before this request
+    callbacks = stats["callback_micros"]
+    assert sum(callbacks["buckets"]) == callbacks["count"] >= total
 
 
 def test_stats_endpoints_can_be_turned_off(servers):
