@@ -11,6 +11,12 @@ use wsreactor::{
 
 const DEMO_PAGE: &str = include_str!("demo.html");
 
+/// Where the demo page's live panel gets the stats: a WebSocket, sent the JSON of
+/// `/stats` on open and then once a second (by the main loop, through the topic).
+const STATS_STREAM_PATH: &str = "/stats/ws";
+const STATS_TOPIC: &str = "wsreactor:stats";
+const STATS_STREAM_PERIOD: Duration = Duration::from_secs(1);
+
 const USAGE: &str = "\
 wsreactor: a single-threaded WebSocket (RFC 6455) echo server
 
@@ -54,19 +60,22 @@ OPTIONS:
   --deflate-level N          zlib level 0-9 (lower: less CPU)    [default: 6]
   --deflate-window-bits N    largest compression window, 9-15    [default: 15]
   --stats-interval SECS      log a one-line summary this often, 0 = never    [default: 60]
-  --no-stats-endpoints       404 for GET /metrics (Prometheus) and /stats (JSON)
+  --no-stats-endpoints       404 for GET /metrics (Prometheus) and /stats (JSON),
+                             and no /stats/ws stream (the demo page's live panel)
   -h, --help                 print this help
 
 SECS is seconds, fractional too (0.5), or `never`: 0 turns a timeout off as `never`
 does. Values out of range are refused (exit 2), not clamped.
 
-Open http://ADDR/ for a demo page; http://ADDR/metrics and /stats show the counters
+Open http://ADDR/ for a demo page with a live panel; http://ADDR/metrics and /stats
+show the counters, ws://ADDR/stats/ws streams them once a second
 (unauthenticated: keep ADDR on loopback or a private network). RUST_LOG=debug logs every connection.
 Ctrl-C or SIGTERM shuts down gracefully (every client gets close 1001); twice, at once.
 ";
 
 /// Echoes every message on one path (and `/`); serves the demo page on `/`, and the
-/// server's stats on `/metrics` (Prometheus) and `/stats` (JSON) unless turned off.
+/// server's stats on `/metrics` (Prometheus), `/stats` (JSON) and `/stats/ws` (the
+/// JSON once a second, for the page's live panel) unless turned off.
 struct Echo {
     path: String,
     page: String,
@@ -75,17 +84,40 @@ struct Echo {
     config: Config,
 }
 
+/// What a connection is for.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    #[default]
+    Echo,
+    /// A `/stats/ws` viewer: sent the stats, its own messages ignored.
+    StatsViewer,
+}
+
 impl Handler for Echo {
-    type Session = ();
+    type Session = Role;
 
     /// Upgrades on the echo path, and on `/` too: load generators and clients that
     /// are given a bare `host:port` (tcpkali, kosoku) request `/`, and a GET of `/`
-    /// that is not an upgrade still gets the demo page.
-    fn on_request(&mut self, request: &Request<'_>, _peer: SocketAddr) -> Decision<()> {
-        if request.path() == self.path || request.path() == "/" {
-            Decision::accept()
-        } else {
-            Decision::Reject(HttpResponse::not_found())
+    /// that is not an upgrade still gets the demo page. `/stats/ws` is the stats
+    /// stream (a foreign Origin was refused already by the server's allow-list).
+    fn on_request(&mut self, request: &Request<'_>, _peer: SocketAddr) -> Decision<Role> {
+        match request.path() {
+            path if path == self.path || path == "/" => Decision::accept(),
+            STATS_STREAM_PATH if self.stats_endpoints => {
+                // Stats are text that compresses well, but once a second is not worth
+                // a compressor's memory.
+                Decision::accept_with(Role::StatsViewer).without_compression()
+            }
+            _ => Decision::Reject(HttpResponse::not_found()),
+        }
+    }
+
+    fn on_open(&mut self, cx: &mut Ctx<'_, Role>) {
+        if *cx.session() == Role::StatsViewer {
+            cx.subscribe(STATS_TOPIC);
+            // The first sample at once: the panel shows numbers before the first tick.
+            let json = cx.stats().to_json();
+            let _ = cx.send_text(&json);
         }
     }
 
@@ -120,7 +152,10 @@ impl Handler for Echo {
         }
     }
 
-    fn on_message(&mut self, cx: &mut Ctx<'_>, message: Message<'_>) {
+    fn on_message(&mut self, cx: &mut Ctx<'_, Role>, message: Message<'_>) {
+        if *cx.session() == Role::StatsViewer {
+            return;
+        }
         // Queued bytes are bounded by the reactor's read backpressure; a refusal here
         // can only mean the connection is closing.
         let _ = cx.send(message);
@@ -289,7 +324,14 @@ fn main() -> ExitCode {
             None
         }
     };
-    let page = DEMO_PAGE.replace("__ECHO_PATH__", &options.path);
+    let page = DEMO_PAGE.replace("__ECHO_PATH__", &options.path).replace(
+        "__STATS_STREAM_PATH__",
+        if options.stats_endpoints {
+            STATS_STREAM_PATH
+        } else {
+            ""
+        },
+    );
     let handler = Echo {
         path: options.path.clone(),
         page,
@@ -321,8 +363,18 @@ fn main() -> ExitCode {
         }
     };
     let mut next_stats = next_after(Instant::now());
+    // The stats stream's tick. Published through the handle, as from any thread; the
+    // loop carries it out in the turn that follows.
+    let stream = options.stats_endpoints.then(|| server.handle());
+    let mut next_stream = stream
+        .as_ref()
+        .map(|_| Instant::now() + STATS_STREAM_PERIOD);
     while !server.is_finished() {
-        let wait = next_stats.map(|at| at.saturating_duration_since(Instant::now()));
+        let wait = [next_stats, next_stream]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|at| at.saturating_duration_since(Instant::now()));
         if let Err(e) = server.turn(wait) {
             eprintln!("wsreactor: event loop failed: {e}");
             return ExitCode::FAILURE;
@@ -330,6 +382,13 @@ fn main() -> ExitCode {
         if next_stats.is_some_and(|at| Instant::now() >= at) {
             log::info!("{}", server.stats());
             next_stats = next_after(Instant::now());
+        }
+        if let (Some(at), Some(handle)) = (next_stream, &stream) {
+            if Instant::now() >= at {
+                // A full command queue skips one tick; the next one carries on.
+                let _ = handle.publish_text(STATS_TOPIC, server.stats().to_json());
+                next_stream = Some(Instant::now() + STATS_STREAM_PERIOD);
+            }
         }
     }
     log::info!("{}", server.stats());

@@ -180,3 +180,69 @@ def test_chat_message_typed_in_one_page_appears_in_the_other(servers, new_page):
     bob.press("#text", "Enter")
     expect(ada.locator("#log li").last).to_have_text("bob: hi ada")
     expect(bob.locator("#log li").last).to_have_text("bob: hi ada")
+
+
+def test_live_panel_shows_messages_rising_while_a_client_sends(servers, new_page):
+    """The demo page's live panel, fed by /stats/ws once a second, counts the
+    messages a separate client sends while the page watches."""
+    import asyncio
+    import threading
+
+    from playwright.sync_api import expect
+    from websockets.asyncio.client import connect
+
+    from conftest import run
+
+    server = servers("wsreactor")
+    page = new_page()
+    page.goto(server.http("/"))
+    expect(page.locator("#live-state")).to_have_text("live, every second")
+    expect(page.locator("#live-messages-in")).to_have_text("0")
+
+    stop = threading.Event()
+    sent = []
+
+    async def send_until_stopped():
+        async with connect(server.ws("/echo"), proxy=None, open_timeout=5,
+                           close_timeout=5) as ws:
+            while not stop.is_set():
+                for _ in range(20):
+                    await ws.send("tick")
+                    await asyncio.wait_for(ws.recv(), 5)
+                    sent.append(1)
+                await asyncio.sleep(0.02)
+
+    sender = threading.Thread(target=lambda: run(send_until_stopped(), timeout=30))
+    sender.start()
+    try:
+        readings = []
+        deadline = time.monotonic() + 8
+        # Three rising readings of the total, a second or so apart (the stream ticks).
+        while len(readings) < 3 and time.monotonic() < deadline:
+            value = int(page.locator("#live-messages-in").text_content())
+            if not readings or value > readings[-1]:
+                readings.append(value)
+            time.sleep(0.2)
+        assert len(readings) == 3 and readings[0] < readings[1] < readings[2], readings
+        # A rate above zero is shown and drawn.
+        expect(page.locator("#live-in-rate")).not_to_have_text("0")
+        assert float(page.locator("#live-in-rate").text_content().rstrip("k")) > 0
+        points = page.locator("#live-in-line").get_attribute("points")
+        assert len(points.split()) >= 2, points
+        expect(page.locator("#live-open")).not_to_have_text("-")
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / "live-panel.png"), full_page=True)
+    finally:
+        stop.set()
+        sender.join(timeout=15)
+    assert sent and readings[-1] <= len(sent) + 1, (readings, len(sent))
+
+
+def test_live_panel_is_hidden_without_stats_endpoints(servers, new_page):
+    from playwright.sync_api import expect
+
+    server = servers("wsreactor", None, "--no-stats-endpoints")
+    page = new_page()
+    page.goto(server.http("/"))
+    expect(page.locator("#state")).to_have_text("open")
+    expect(page.locator("#live")).to_be_hidden()
