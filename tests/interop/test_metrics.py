@@ -178,3 +178,42 @@ def test_stats_honour_the_origin_allow_list(servers):
             assert response.status == 200
         with get(path, None) as response:
             assert response.status == 200
+
+
+def test_stats_stream_sends_the_stats_on_open_then_every_second(servers):
+    server = servers("wsreactor")
+
+    async def watch():
+        async with connect(server.ws("/stats/ws"), proxy=None, open_timeout=5,
+                           close_timeout=5) as viewer:
+            started = time.monotonic()
+            first = json.loads(await asyncio.wait_for(viewer.recv(), 2))
+            assert time.monotonic() - started < 0.5, "the first sample comes at once"
+            assert first["open_connections"] >= 0 and "closes" in first
+            # Its own messages are not echoed; the next thing it gets is a sample.
+            await viewer.send("not an echo")
+            await traffic(server)
+            samples = [json.loads(await asyncio.wait_for(viewer.recv(), 3))
+                       for _ in range(2)]
+            assert "not an echo" not in [json.dumps(s) for s in samples]
+            # The traffic shows up; the viewer's own message was counted in.
+            assert samples[-1]["messages_in"] >= CONNECTIONS * MESSAGES + 1
+            return time.monotonic() - started
+
+    elapsed = run(watch(), timeout=20)
+    # Two ticks after the first sample: about two seconds, not a flood.
+    assert 1.0 < elapsed < 5.0, elapsed
+
+
+def test_stats_stream_is_off_with_the_endpoints(servers):
+    from websockets.exceptions import InvalidStatus
+
+    server = servers("wsreactor", None, "--no-stats-endpoints")
+
+    async def refused():
+        with pytest.raises(InvalidStatus) as error:
+            async with connect(server.ws("/stats/ws"), proxy=None, open_timeout=5):
+                pass
+        assert error.value.response.status_code == 404
+
+    run(refused(), timeout=10)
