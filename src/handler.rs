@@ -1,7 +1,7 @@
 //! The application's side: the [`Handler`] trait and the [`Ctx`] it acts through.
 
 use crate::proto::handshake::Request;
-use crate::proto::http::HttpResponse;
+use crate::proto::http::{HttpResponse, StatusCode};
 use crate::proto::{CloseCode, Message, ProtocolError};
 use crate::stats::Stats;
 use std::net::SocketAddr;
@@ -25,6 +25,57 @@ impl std::fmt::Display for ConnId {
     }
 }
 
+/// What a [`Handler::Session`] must be: any type, with a say in what the default
+/// [`Handler::on_request`] does.
+///
+/// Every `Default` type is one already, and the default `on_request` accepts with
+/// `Default::default()`. A type without a sensible default needs no dummy value: it
+/// declares itself with one line, and the handler builds each session in `on_request`
+/// with [`Decision::accept_with`] (a handler that does not would refuse every upgrade
+/// with 500):
+///
+/// ```
+/// use std::net::SocketAddr;
+/// use wsreactor::{Ctx, Decision, Handler, Message, Request};
+///
+/// struct Player {
+///     name: String, // from the request: there is no "default player"
+/// }
+/// impl wsreactor::Session for Player {}
+///
+/// struct Game;
+/// impl Handler for Game {
+///     type Session = Player;
+///     fn on_request(&mut self, request: &Request<'_>, _peer: SocketAddr) -> Decision<Player> {
+///         let name = request.query().unwrap_or("anonymous").to_owned();
+///         Decision::accept_with(Player { name })
+///     }
+///     fn on_message(&mut self, cx: &mut Ctx<'_, Player>, _message: Message<'_>) {
+///         let greeting = format!("hello, {}", cx.session().name);
+///         let _ = cx.send_text(&greeting);
+///     }
+/// }
+/// ```
+///
+/// (Why a trait and not just "no bound": Rust has no way for the default `on_request`
+/// to use `Default` only where there is one; this trait is that way, and it is
+/// implemented for every `Default` type by a blanket impl, so a type with a default
+/// needs nothing.) The connection keeps the session as an `Option`, which costs
+/// nothing for `()` or for a type with a niche (`Box`, `String`, `Vec`, an enum).
+pub trait Session: Sized {
+    /// The session the default [`Handler::on_request`] accepts with; `None` (the
+    /// default) makes it refuse with 500 and log why.
+    fn default_session() -> Option<Self> {
+        None
+    }
+}
+
+impl<T: Default> Session for T {
+    fn default_session() -> Option<T> {
+        Some(T::default())
+    }
+}
+
 /// What to do with an upgrade request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision<S> {
@@ -44,9 +95,12 @@ pub enum Decision<S> {
     Reject(HttpResponse),
 }
 
-impl<S: Default> Decision<S> {
+impl<S> Decision<S> {
     /// Accept with a default session and no subprotocol.
-    pub fn accept() -> Decision<S> {
+    pub fn accept() -> Decision<S>
+    where
+        S: Default,
+    {
         Decision::accept_with(S::default())
     }
 }
@@ -169,15 +223,31 @@ impl CloseReason {
 pub trait Handler {
     /// Per-connection state, kept by the reactor beside the connection and lent to
     /// every callback through [`Ctx::session`]: no lookup per message. Use `()` for none.
-    type Session: Default;
+    /// It needs no `Default`: see [`Session`] for a type without one.
+    type Session: Session;
 
     /// Accept or reject an upgrade request (path, Origin, subprotocols, any header),
-    /// building the connection's session from it. The default accepts every request.
+    /// building the connection's session from it. The default accepts every request
+    /// with the session's default ([`Session::default_session`]); a session type
+    /// without one must be built here, else the default refuses with 500.
     /// `peer` is the client's address (for IPv6 without flow info and scope id, which
     /// connections do not keep).
     fn on_request(&mut self, request: &Request<'_>, peer: SocketAddr) -> Decision<Self::Session> {
         let _ = (request, peer);
-        Decision::accept()
+        match Self::Session::default_session() {
+            Some(session) => Decision::accept_with(session),
+            None => {
+                log::error!(
+                    "{}: no session to accept with: a Handler whose Session has no default \
+                     builds it in on_request (Decision::accept_with)",
+                    std::any::type_name::<Self>()
+                );
+                Decision::Reject(HttpResponse::text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal server error\n",
+                ))
+            }
+        }
     }
 
     /// Answer a plain HTTP GET that is not an upgrade (e.g. serve a page). Default: 404.

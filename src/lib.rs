@@ -86,9 +86,9 @@ mod transport;
 
 pub use config::{Config, ConfigError};
 pub use handle::{Handle, HandleError};
-pub use handler::{CloseReason, ConnId, Ctx, Decision, Handler, SendStatus};
+pub use handler::{CloseReason, ConnId, Ctx, Decision, Handler, SendStatus, Session};
 pub use proto::handshake::Request;
 pub use proto::http::{HttpResponse, InvalidResponse, StatusCode};
 pub use proto::{CloseCode, InvalidCloseCode, Message};
-pub use server::{serve, Fanout, Server};
+pub use server::{serve, Fanout, Loop, Server};
 pub use stats::{Metric, MetricKind, Stats};

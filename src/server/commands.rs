@@ -21,11 +21,11 @@ impl<H: Handler> Server<H> {
                 }
                 Command::Broadcast(payload) => {
                     let (opcode, bytes) = payload.parts();
-                    core.broadcast(opcode, bytes);
+                    core.broadcast_frame(opcode, bytes);
                 }
                 Command::Publish(topic, payload) => {
                     let (opcode, bytes) = payload.parts();
-                    core.publish(&topic, opcode, bytes);
+                    core.publish_frame(&topic, opcode, bytes);
                 }
                 Command::Close(id, code, reason) => {
                     if let Some(slot) = core.slot_of(id) {

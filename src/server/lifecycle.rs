@@ -64,9 +64,8 @@ impl<H: Handler> Server<H> {
         if conn.is_unflushed() {
             conn.flush(&core.io, Token(slot));
         }
-        if conn.take_ended() {
+        if let Some(session) = conn.take_ended() {
             let reason = conn.take_close_reason().unwrap_or(CloseReason::Abnormal);
-            let session = std::mem::take(&mut conn.session);
             let id = ConnId {
                 slot: slot as u32,
                 generation: conn.generation,

@@ -37,6 +37,10 @@ mod topics;
 mod upgrade;
 
 pub use ctx::Ctx;
+
+/// The name the loop's own rooms use for [`Loop`]: their `impl<S> Core<S>` blocks
+/// are the loop's internals, not its public face.
+pub(crate) type Core<S> = Loop<S>;
 pub use fanout::Fanout;
 
 use crate::compression::Compression;
@@ -67,9 +71,17 @@ const LISTEN_BACKLOG: i32 = 1024;
 
 const WAKER: Token = Token(usize::MAX - 1);
 
-/// Everything the loop owns except the poller, the listener and the handler: the part
-/// a [`Ctx`] lends to the handler.
-struct Core<S> {
+/// The loop as a handler sees it when no connection is in question: other
+/// connections by id, broadcast, topics, stats, shutdown, and server-level timers.
+///
+/// A handler meets it in [`Handler::on_loop_timer`](crate::Handler::on_loop_timer)
+/// and in closures run through [`Handle::defer`]; a [`Ctx`] dereferences to it, so
+/// every method here works on a `Ctx` too.
+///
+/// It is everything the loop owns except the poller, the listener and the handler:
+/// one struct, so that a [`Ctx`] is just this and a connection slot, and lending
+/// either costs a pointer.
+pub struct Loop<S = ()> {
     conns: Slab<Conn<S>>,
     io: Io,
     /// Bytes the receivers hold now (`Stats::incoming_bytes`), against
