@@ -35,6 +35,12 @@ pub enum HandleError {
     Full,
     /// The server is gone (dropped, or its loop has finished).
     Closed,
+    /// The server is shutting down (through [`Handle::shutdown`],
+    /// [`Loop::shutdown`](crate::Loop::shutdown), [`Server::shutdown`](crate::Server::shutdown)
+    /// or a signal that calls one of them): nothing more is queued, since its
+    /// connections are closing. Only [`Handle::shutdown`] itself is still `Ok`. When
+    /// the loop has finished, calls are [`Closed`](HandleError::Closed).
+    ShuttingDown,
     /// [`Handle::close`] was given a code that may not be sent
     /// ([`CloseCode::is_sendable`]); nothing was queued. Checked here rather than in
     /// the loop, so that the caller learns it.
@@ -46,6 +52,7 @@ impl fmt::Display for HandleError {
         match self {
             HandleError::Full => f.write_str("the server's command queue is full"),
             HandleError::Closed => f.write_str("the server is gone"),
+            HandleError::ShuttingDown => f.write_str("the server is shutting down"),
             HandleError::InvalidCloseCode => {
                 f.write_str("the close code may not be sent (RFC 6455 §7.4)")
             }
@@ -64,6 +71,9 @@ pub(crate) struct Inbox {
 struct InboxState {
     commands: VecDeque<Command>,
     closed: bool,
+    /// Shutdown has begun: commands other than `Shutdown` are refused at once, so a
+    /// producer learns it now rather than when the loop finishes.
+    shutting_down: bool,
 }
 
 impl Inbox {
@@ -72,6 +82,7 @@ impl Inbox {
             state: Mutex::new(InboxState {
                 commands: VecDeque::new(),
                 closed: false,
+                shutting_down: false,
             }),
             capacity,
             waker,
@@ -89,10 +100,17 @@ impl Inbox {
     fn push(&self, command: Command) -> Result<(), HandleError> {
         let was_empty = {
             let mut state = self.lock();
+            let is_shutdown = matches!(command, Command::Shutdown);
             if state.closed {
                 return Err(HandleError::Closed);
             }
-            let is_shutdown = matches!(command, Command::Shutdown);
+            match (state.shutting_down, is_shutdown) {
+                // Idempotent: asked for already.
+                (true, true) => return Ok(()),
+                (true, false) => return Err(HandleError::ShuttingDown),
+                (false, true) => state.shutting_down = true,
+                (false, false) => {}
+            }
             if state.commands.len() >= self.capacity && !is_shutdown {
                 return Err(HandleError::Full);
             }
@@ -110,6 +128,11 @@ impl Inbox {
     /// Moves every queued command into `into` (which should be empty).
     pub fn drain_into(&self, into: &mut VecDeque<Command>) {
         std::mem::swap(&mut self.lock().commands, into);
+    }
+
+    /// Shutdown has begun (from inside the loop, or a `Handle`): refuse what follows.
+    pub fn begin_shutdown(&self) {
+        self.lock().shutting_down = true;
     }
 
     pub fn close(&self) {
@@ -221,7 +244,11 @@ impl Handle {
     /// Shuts the server down gracefully: stop accepting, close every connection with
     /// 1001, wait (up to the close timeout, if there is one) for their answers, then
     /// `run` returns.
-    /// Accepted even when the queue is full.
+    ///
+    /// Accepted even when the queue is full, and idempotent: once shutdown has begun
+    /// (from here or anywhere else) it is `Ok` and does nothing, while every other
+    /// call is [`HandleError::ShuttingDown`]. Once the loop has finished (or the
+    /// server was dropped) every call, this one included, is [`HandleError::Closed`].
     pub fn shutdown(&self) -> Result<(), HandleError> {
         self.inbox.push(Command::Shutdown)
     }

@@ -26,6 +26,9 @@ impl<H: Handler> Server<H> {
     }
 
     pub(super) fn begin_shutdown(&mut self) {
+        // From here on a Handle call is refused with ShuttingDown, not queued for
+        // connections that are closing.
+        self.inbox.begin_shutdown();
         log::info!(
             "shutting down: closing {} connections",
             self.core.conns.len()
