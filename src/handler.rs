@@ -6,7 +6,7 @@ use crate::proto::{CloseCode, Message, ProtocolError};
 use crate::stats::Stats;
 use std::net::SocketAddr;
 
-pub use crate::server::Ctx;
+pub use crate::server::{Ctx, Loop};
 
 /// Identifies one connection for as long as it lives.
 ///
@@ -274,6 +274,20 @@ pub trait Handler {
     /// A complete message arrived. It borrows the reactor's buffers: copy what must
     /// outlive the call.
     fn on_message(&mut self, cx: &mut Ctx<'_, Self::Session>, message: Message<'_>);
+
+    /// A timer this connection set with [`Ctx::set_timer`] is due; `token` is what
+    /// it was set with. Not called once the connection is closing. A panic closes
+    /// the connection (1011), as in any callback with a `Ctx`.
+    fn on_timer(&mut self, cx: &mut Ctx<'_, Self::Session>, token: u64) {
+        let _ = (cx, token);
+    }
+
+    /// A server-level timer set with [`Loop::set_loop_timer`] is due; `token` is
+    /// what it was set with. A panic is logged (and counted in
+    /// `Stats::handler_panics`) and the loop goes on.
+    fn on_loop_timer(&mut self, lp: &mut Loop<Self::Session>, token: u64) {
+        let _ = (lp, token);
+    }
 
     /// The WebSocket is closed (called once for every connection that was opened),
     /// with its session handed back.

@@ -90,5 +90,5 @@ pub use handler::{CloseReason, ConnId, Ctx, Decision, Handler, SendStatus, Sessi
 pub use proto::handshake::Request;
 pub use proto::http::{HttpResponse, InvalidResponse, StatusCode};
 pub use proto::{CloseCode, InvalidCloseCode, Message};
-pub use server::{serve, Fanout, Loop, Server};
+pub use server::{serve, Fanout, Loop, Server, TimerError, TimerId};
 pub use stats::{Metric, MetricKind, Stats};

@@ -69,6 +69,8 @@ impl<H: Handler> Server<H> {
         }
         if let Some(session) = conn.take_ended() {
             let reason = conn.take_close_reason().unwrap_or(CloseReason::Abnormal);
+            // No on_timer after on_close.
+            core.app_timers.cancel_connection(slot);
             let id = ConnId {
                 slot: slot as u32,
                 generation: conn.generation,
@@ -106,6 +108,8 @@ impl<H: Handler> Server<H> {
         if conn.is_closed() {
             let mut conn = core.conns.remove(slot);
             core.timers.remove(slot);
+            // The slot's next connection starts with no timers.
+            core.app_timers.cancel_connection(slot);
             let held = conn.rx.held() + conn.head_bytes();
             core.compression.release(&mut conn.rx);
             core.adjust_incoming(held, 0);

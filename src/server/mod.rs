@@ -18,6 +18,7 @@
 //! | `fanout`, `topics` | one message to many |
 //! | `budget` | the loop-wide memory budgets, and whom to close when they run out |
 //! | `deadlines` | timeouts and keepalive |
+//! | `timers` | the application's timers, per connection and server-level |
 //! | `lifecycle` | settling a connection after anything happened; shutdown |
 //! | `commands` | the `Handle`'s inbox |
 //! | `stalls` | loop-stall warnings: callbacks and turns over `stall_threshold` |
@@ -33,6 +34,7 @@ mod fanout;
 mod lifecycle;
 mod stalls;
 mod table;
+mod timers;
 mod topics;
 mod upgrade;
 
@@ -42,6 +44,7 @@ pub use ctx::Ctx;
 /// are the loop's internals, not its public face.
 pub(crate) type Core<S> = Loop<S>;
 pub use fanout::Fanout;
+pub use timers::{TimerError, TimerId};
 
 use crate::compression::Compression;
 use crate::config::{Config, Timeouts};
@@ -62,6 +65,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use timers::AppTimers;
 use topics::Topics;
 
 const LISTENER: Token = Token(usize::MAX);
@@ -96,6 +100,8 @@ pub struct Loop<S = ()> {
     config: Config,
     timeouts: Timeouts,
     timers: DeadlineQueue,
+    /// The application's timers (`Ctx::set_timer`, `Loop::set_loop_timer`).
+    app_timers: AppTimers,
     topics: Topics,
     stats: Stats,
     clock: Clock,
@@ -203,6 +209,7 @@ impl<H: Handler> Server<H> {
                 stalls: StallWatch::new(config.timeouts().stall),
                 timeouts: config.timeouts(),
                 timers: DeadlineQueue::with_capacity(reserved),
+                app_timers: AppTimers::new(config.max_timers, config.max_timers_per_connection),
                 topics: Topics::default(),
                 stats: Stats::default(),
                 clock,
@@ -333,6 +340,7 @@ impl<H: Handler> Server<H> {
         }
         self.expire_deadlines();
         self.settle();
+        self.fire_timers();
         self.core.enforce_outgoing_budget();
         self.settle();
         self.core.update_gauges();
@@ -347,6 +355,7 @@ impl<H: Handler> Server<H> {
         let now = self.core.clock.now();
         let wakeups = [
             self.core.timers.next(),
+            self.core.app_timers.next(),
             self.accept_paused_until,
             self.shutdown_deadline,
             self.core.trim.due(),
