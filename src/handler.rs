@@ -220,7 +220,12 @@ impl CloseReason {
 /// connection, so hand long work to another thread (and come back through a
 /// [`Handle`](crate::Handle)). A panic in a method closes only the connection it was
 /// handling (1011), and the loop goes on.
-pub trait Handler {
+///
+/// A handler is `'static` (it owns its state, or shares it through `Arc`s): the
+/// server keeps it for as long as it runs, and [`Handle::defer`](crate::Handle::defer)
+/// checks a closure's handler type at run time, which Rust allows for `'static`
+/// types only.
+pub trait Handler: 'static {
     /// Per-connection state, kept by the reactor beside the connection and lent to
     /// every callback through [`Ctx::session`]: no lookup per message. Use `()` for none.
     /// It needs no `Default`: see [`Session`] for a type without one.

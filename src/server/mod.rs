@@ -229,7 +229,11 @@ impl<H: Handler> Server<H> {
                     .read_buffer_size
                     .max(MAX_CONTROL_PAYLOAD + MAX_HEADER_LEN)
             ],
-            inbox: Arc::new(Inbox::new(waker, config.handle_queue_capacity.max(1))),
+            inbox: Arc::new(Inbox::new(
+                waker,
+                config.handle_queue_capacity.max(1),
+                std::any::TypeId::of::<H>(),
+            )),
             commands: VecDeque::new(),
             accept_paused_until: None,
             accept_exhausted: false,
