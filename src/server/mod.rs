@@ -21,6 +21,7 @@
 //! | `timers` | the application's timers, per connection and server-level |
 //! | `lifecycle` | settling a connection after anything happened; shutdown |
 //! | `commands` | the `Handle`'s inbox |
+//! | `nesting` | driven from another event loop: the poller's descriptor, the next timeout |
 //! | `stalls` | loop-stall warnings: callbacks and turns over `stall_threshold` |
 //! | `ctx` | `Ctx`, the handler's view of the loop |
 
@@ -32,6 +33,7 @@ mod deadlines;
 mod dispatch;
 mod fanout;
 mod lifecycle;
+mod nesting;
 mod stalls;
 mod table;
 mod timers;
@@ -156,6 +158,9 @@ pub struct Server<H: Handler> {
     /// Set once shutdown began: connections get until then to finish closing.
     shutdown_deadline: Option<Millis>,
     finished: bool,
+    /// The last poll filled `events`: more may be ready, which (edge-triggered) a
+    /// host loop watching our descriptor would not be told again.
+    events_full: bool,
 }
 
 impl<H: Handler> Server<H> {
@@ -240,6 +245,7 @@ impl<H: Handler> Server<H> {
             accept_more: false,
             shutdown_deadline: None,
             finished: false,
+            events_full: false,
         })
     }
 
@@ -294,6 +300,12 @@ impl<H: Handler> Server<H> {
 
     /// Waits up to `timeout` for readiness and handles what is ready: one turn of the
     /// loop, for callers that interleave the server with their own work.
+    ///
+    /// `Some(Duration::ZERO)` never blocks (the poll does not wait, and every socket
+    /// is non-blocking): what a host event loop calls when the server's
+    /// [descriptor](Server::as_raw_fd) is readable or its
+    /// [`next_timeout`](Server::next_timeout) has passed. After the shutdown has
+    /// completed it returns at once.
     pub fn turn(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         if self.finished {
             return Ok(());
@@ -316,6 +328,7 @@ impl<H: Handler> Server<H> {
         }
         // Move the events out so handling them can borrow `self` mutably.
         let events = std::mem::replace(&mut self.events, Events::with_capacity(0));
+        self.events_full = events.iter().count() >= events.capacity();
         for event in events.iter() {
             match event.token() {
                 LISTENER => self.accept(),
@@ -353,7 +366,7 @@ impl<H: Handler> Server<H> {
     }
 
     fn poll_timeout(&self, requested: Option<Duration>) -> Option<Duration> {
-        if !self.core.backlog.is_empty() || self.accept_more {
+        if !self.core.backlog.is_empty() || self.accept_more || self.events_full {
             return Some(Duration::ZERO);
         }
         let now = self.core.clock.now();
