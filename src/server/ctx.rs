@@ -44,7 +44,7 @@ impl<S> Ctx<'_, S> {
         &self.core.conns[self.slot]
     }
 
-    /// This connection's id (valid in [`Handle`] calls from other threads too).
+    /// This connection's id (valid in [`Handle`](crate::Handle) calls from other threads too).
     pub fn id(&self) -> ConnId {
         self.core.id(self.slot)
     }

@@ -303,7 +303,7 @@ impl<H: Handler> Server<H> {
     ///
     /// `Some(Duration::ZERO)` never blocks (the poll does not wait, and every socket
     /// is non-blocking): what a host event loop calls when the server's
-    /// [descriptor](Server::as_raw_fd) is readable or its
+    /// [descriptor](std::os::fd::AsRawFd) is readable or its
     /// [`next_timeout`](Server::next_timeout) has passed. After the shutdown has
     /// completed it returns at once.
     pub fn turn(&mut self, timeout: Option<Duration>) -> io::Result<()> {

@@ -39,7 +39,7 @@ impl<H: Handler> AsRawFd for Server<H> {
 }
 
 impl<H: Handler> Server<H> {
-    /// How long a host event loop may wait on the [descriptor](Server::as_raw_fd)
+    /// How long a host event loop may wait on the [descriptor](std::os::fd::AsRawFd)
     /// before it must call [`turn`](Server::turn) anyway: until the next timer or
     /// connection deadline (rounded up to the next millisecond), `Some(ZERO)` if the
     /// server has work left from its last turn, `None` if it has nothing to do
