@@ -154,3 +154,73 @@ fn the_server_runs_inside_a_tokio_runtime_beside_a_tokio_service() {
     }
     host.join().unwrap().unwrap();
 }
+
+/// Whether `fd` is readable within `timeout_ms`, asked as a level-triggered host
+/// would: `poll(2)`.
+fn readable(fd: std::os::fd::RawFd, timeout_ms: i32) -> bool {
+    let mut pollfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, for the duration of the call.
+    let ready = unsafe { libc::poll(&mut pollfd, 1, timeout_ms) };
+    assert!(ready >= 0, "poll: {}", io::Error::last_os_error());
+    ready == 1 && pollfd.revents & libc::POLLIN != 0
+}
+
+#[test]
+fn the_descriptor_is_readable_for_io_and_for_the_waker_and_quiet_otherwise() {
+    use std::os::fd::AsRawFd;
+    let (opens, opened) = mpsc::channel();
+    let config = Config {
+        handshake_timeout: IO_TIMEOUT * 6,
+        ..Config::default()
+    };
+    let mut server = Server::bind("127.0.0.1:0".parse().unwrap(), config, Echo { opens }).unwrap();
+    let fd = server.as_raw_fd();
+    let handle = server.handle();
+    server.turn(Some(Duration::ZERO)).unwrap();
+    assert!(!readable(fd, 0), "readable with nothing to do");
+    assert_eq!(server.next_timeout(), None, "nothing scheduled");
+
+    // A connection and its request: readable (the listener, then the socket) until
+    // the host has turned through the upgrade.
+    let mut client = Raw::connect(server.local_addr());
+    client.write(upgrade_request("/", RFC_KEY, "").as_bytes());
+    let deadline = std::time::Instant::now() + IO_TIMEOUT;
+    let id = loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upgrade never completed"
+        );
+        if readable(fd, 100) {
+            server.turn(Some(Duration::ZERO)).unwrap();
+        }
+        if let Ok((id, _)) = opened.try_recv() {
+            break id;
+        }
+    };
+    assert_eq!(client.read_http().status, 101);
+    // Handled: quiet again, and the connection's timer (50 ms) is what is due next.
+    assert!(!readable(fd, 0));
+    let due = server.next_timeout().expect("the connection's timer");
+    assert!(due <= Duration::from_millis(51), "{due:?}");
+
+    // A Handle command from another thread: the waker makes it readable.
+    thread::spawn(move || handle.send_text(id, "woken").unwrap())
+        .join()
+        .unwrap();
+    assert!(
+        readable(fd, 10_000),
+        "the waker did not make the descriptor readable"
+    );
+    server.turn(Some(Duration::ZERO)).unwrap();
+    client.expect_echo(TEXT, b"woken");
+
+    // The timer raises no readiness: only next_timeout says when to turn for it.
+    let due = server.next_timeout().expect("the connection's timer");
+    thread::sleep(due);
+    server.turn(Some(Duration::ZERO)).unwrap();
+    client.expect_echo(TEXT, b"tick");
+}
