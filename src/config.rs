@@ -158,8 +158,8 @@ pub struct Config {
     /// Application timers ([`Ctx::set_timer`](crate::Ctx::set_timer),
     /// [`Loop::set_loop_timer`](crate::Loop::set_loop_timer)) that may be pending at
     /// once, in the whole server: past it, setting one is
-    /// [`TimerError::TooMany`](crate::TimerError::TooMany). About 48 bytes each, so
-    /// the default bounds them at about 6 MiB, even for a handler that sets a timer
+    /// [`TimerError::TooMany`](crate::TimerError::TooMany). About 50 bytes each, so
+    /// the default bounds them at about 6.5 MiB, even for a handler that sets a timer
     /// per client message. Default: 131,072; zero allows none.
     pub max_timers: usize,
     /// Application timers one connection may have pending at once: past it,

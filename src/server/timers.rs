@@ -262,7 +262,7 @@ impl<S> Loop<S> {
     /// whole milliseconds, at least one: a timer never fires in the pass that set it).
     ///
     /// Timers live in the loop's deadline heap, so the loop sleeps exactly until the
-    /// next one; a pending one costs about 48 bytes, and at most
+    /// next one; a pending one costs about 50 bytes, and at most
     /// [`Config::max_timers`](crate::Config::max_timers) may be pending
     /// ([`TimerError::TooMany`] past it). To repeat, set the next one from
     /// `on_loop_timer`.
@@ -457,6 +457,13 @@ mod tests {
         assert_eq!(timers.len(), 0);
         assert_eq!(timers.slab.len(), 1, "one entry, reused");
         assert_eq!(timers.queue.len(), 0);
+    }
+
+    /// What `Config::max_timers` documents: about 50 bytes a pending timer (this
+    /// entry, its 12-byte heap entry and 4-byte heap position, a free-list slot).
+    #[test]
+    fn a_pending_timer_is_about_50_bytes() {
+        assert_eq!(std::mem::size_of::<Timer>(), 32);
     }
 
     #[test]
