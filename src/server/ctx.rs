@@ -195,7 +195,8 @@ impl<S> Loop<S> {
         &self.stats
     }
 
-    /// Sends a message to another connection; refused if it is gone or closing.
+    /// Sends a message to the connection `to` (from a `Ctx`, usually another one);
+    /// refused if it is gone or closing.
     pub fn send_to(&mut self, to: ConnId, message: Message<'_>) -> SendStatus {
         match self.slot_of(to) {
             Some(slot) => {
@@ -207,8 +208,8 @@ impl<S> Loop<S> {
         }
     }
 
-    /// Starts the close handshake on another connection, as [`close`](Ctx::close)
-    /// does on this one. An id of a connection that is gone is `Ok` and does nothing;
+    /// Starts the close handshake on the connection `id`, as [`Ctx::close`] does on
+    /// its own. An id of a connection that is gone is `Ok` and does nothing;
     /// a code that may not be sent is an error, whatever the id.
     pub fn close_connection(
         &mut self,
@@ -223,7 +224,7 @@ impl<S> Loop<S> {
         Ok(())
     }
 
-    /// Sends a message to every open connection, this one included. The frame is
+    /// Sends a message to every open connection (from a `Ctx`, its own included). The frame is
     /// encoded once; each receiver's queue cap applies to it separately.
     pub fn broadcast(&mut self, message: Message<'_>) -> Fanout {
         self.broadcast_frame(opcode_of(&message), message.as_bytes())
@@ -234,7 +235,9 @@ impl<S> Loop<S> {
         self.publish_frame(topic, opcode_of(&message), message.as_bytes())
     }
 
-    /// Starts a graceful shutdown of the whole server after this callback.
+    /// Starts a graceful shutdown of the whole server after the current callback (or
+    /// deferred closure): from then on [`Handle`](crate::Handle) calls are
+    /// [`ShuttingDown`](crate::HandleError::ShuttingDown).
     pub fn shutdown(&mut self) {
         self.shutdown_requested = true;
     }
