@@ -158,6 +158,17 @@ pub struct Config {
     /// [`HandleError::Full`](crate::HandleError::Full). Default: 65,536. Must not be
     /// zero.
     pub handle_queue_capacity: usize,
+    /// Application timers ([`Ctx::set_timer`](crate::Ctx::set_timer),
+    /// [`Loop::set_loop_timer`](crate::Loop::set_loop_timer)) that may be pending at
+    /// once, in the whole server: past it, setting one is
+    /// [`TimerError::TooMany`](crate::TimerError::TooMany). About 50 bytes each, so
+    /// the default bounds them at about 6.5 MiB, even for a handler that sets a timer
+    /// per client message. Default: 131,072; zero allows none.
+    pub max_timers: usize,
+    /// Application timers one connection may have pending at once: past it,
+    /// [`TimerError::TooManyForConnection`](crate::TimerError::TooManyForConnection),
+    /// so one client cannot take the whole `max_timers`. Default: 64.
+    pub max_timers_per_connection: usize,
 }
 
 impl Default for Config {
@@ -177,6 +188,8 @@ impl Default for Config {
             max_handshakes: 4096,
             allowed_origins: Vec::new(),
             handle_queue_capacity: 1 << 16,
+            max_timers: 1 << 17,
+            max_timers_per_connection: 64,
             incoming_budget: 256 << 20,
             outgoing_budget: 256 << 20,
             message_timeout: Duration::from_secs(30),

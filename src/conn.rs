@@ -142,12 +142,14 @@ pub(crate) struct Conn<S> {
     read_paused: bool,
     /// Whether this connection is counted in the loop's handshakes in progress.
     counted_as_handshake: bool,
-    /// Whether the handler saw `on_open` and is still owed its `on_close`.
-    opened: bool,
     /// Rarely set things, boxed so that connections without them stay small.
     pub extras: Option<Box<Extras>>,
-    /// The handler's own per-connection state.
-    pub session: S,
+    /// The handler's own per-connection state: set when the WebSocket opens, taken
+    /// for `on_close`. So it is also the flag "the handler saw `on_open` and is still
+    /// owed its `on_close`", which a `bool` used to be: the `Option` costs nothing
+    /// for `()` (its tag took the bool's byte) or for a type with a niche (a `Box`,
+    /// a `String`, an enum).
+    pub session: Option<S>,
     /// When the peer was last heard from, or our ping went out.
     keepalive: Keepalive,
     /// Since when sends have been refused for a full queue.
@@ -157,7 +159,7 @@ pub(crate) struct Conn<S> {
     progress: When,
 }
 
-impl<S: Default> Conn<S> {
+impl<S> Conn<S> {
     pub fn new(
         transport: Transport,
         peer: SocketAddr,
@@ -182,9 +184,8 @@ impl<S: Default> Conn<S> {
             unflushed: false,
             read_paused: false,
             counted_as_handshake: true,
-            opened: false,
             extras: None,
-            session: S::default(),
+            session: None,
             keepalive: Keepalive::new(now),
             stalled_since: When::NONE,
             progress: When::NONE,
@@ -281,14 +282,13 @@ impl<S> Conn<S> {
         }
     }
 
-    /// Whether the handler was told of this WebSocket and is owed `on_close`, now that
-    /// it no longer parses frames: true once, so `on_close` is called once.
-    pub fn take_ended(&mut self) -> bool {
-        let ended = self.opened && !self.parses_frames();
-        if ended {
-            self.opened = false;
+    /// The session of a WebSocket the handler was told of and owes `on_close`, now
+    /// that it no longer parses frames: once, so `on_close` is called once.
+    pub fn take_ended(&mut self) -> Option<S> {
+        if self.parses_frames() {
+            return None;
         }
-        ended
+        self.session.take()
     }
 
     /// Whether this connection still counted as a handshake in progress and has now
@@ -361,15 +361,16 @@ impl<S> Conn<S> {
         self.unflushed
     }
 
-    /// The upgrade went through: the WebSocket is open, and the handler will be told.
-    pub fn open(&mut self, now: Millis) {
+    /// The upgrade went through: the WebSocket is open with `session`, and the
+    /// handler will be told.
+    pub fn open(&mut self, now: Millis, session: S) {
         if self.is_handshaking() {
             self.phase = Phase::WebSocket {
                 close: CloseHandshake::new(),
                 closing_since: When::NONE,
             };
             self.keepalive = Keepalive::new(now);
-            self.opened = true;
+            self.session = Some(session);
         }
     }
 

@@ -6,8 +6,10 @@
 //! queue is an immediate [`HandleError::Full`], so a producer can never deadlock
 //! against the loop the way ws-rs's bounded channel did.
 
-use crate::handler::ConnId;
+use crate::handler::{ConnId, Handler};
 use crate::proto::CloseCode;
+use crate::server::Loop;
+use std::any::{Any, TypeId};
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -26,7 +28,13 @@ pub(crate) enum Command {
     Publish(String, Payload),
     Close(ConnId, CloseCode, String),
     Shutdown,
+    /// A [`Deferred`] closure for the server's handler type, type-erased so that
+    /// `Handle` need not be generic over the handler.
+    Defer(Box<dyn Any + Send>),
 }
+
+/// A closure [`Handle::defer`] sends to the loop of a server with handler `H`.
+pub(crate) type Deferred<H> = Box<dyn FnOnce(&mut H, &mut Loop<<H as Handler>::Session>) + Send>;
 
 /// Why a [`Handle`] call did not queue its command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,10 +43,19 @@ pub enum HandleError {
     Full,
     /// The server is gone (dropped, or its loop has finished).
     Closed,
+    /// The server is shutting down (through [`Handle::shutdown`],
+    /// [`Loop::shutdown`](crate::Loop::shutdown), [`Server::shutdown`](crate::Server::shutdown)
+    /// or a signal that calls one of them): nothing more is queued, since its
+    /// connections are closing. Only [`Handle::shutdown`] itself is still `Ok`. When
+    /// the loop has finished, calls are [`Closed`](HandleError::Closed).
+    ShuttingDown,
     /// [`Handle::close`] was given a code that may not be sent
     /// ([`CloseCode::is_sendable`]); nothing was queued. Checked here rather than in
     /// the loop, so that the caller learns it.
     InvalidCloseCode,
+    /// [`Handle::defer`] was given a closure for another handler type than the
+    /// server's; nothing was queued.
+    WrongHandler,
 }
 
 impl fmt::Display for HandleError {
@@ -46,8 +63,12 @@ impl fmt::Display for HandleError {
         match self {
             HandleError::Full => f.write_str("the server's command queue is full"),
             HandleError::Closed => f.write_str("the server is gone"),
+            HandleError::ShuttingDown => f.write_str("the server is shutting down"),
             HandleError::InvalidCloseCode => {
                 f.write_str("the close code may not be sent (RFC 6455 §7.4)")
+            }
+            HandleError::WrongHandler => {
+                f.write_str("the deferred closure is for another handler type than the server's")
             }
         }
     }
@@ -59,22 +80,29 @@ pub(crate) struct Inbox {
     state: Mutex<InboxState>,
     capacity: usize,
     waker: mio::Waker,
+    /// The server's handler type: what a deferred closure must be written for.
+    handler: TypeId,
 }
 
 struct InboxState {
     commands: VecDeque<Command>,
     closed: bool,
+    /// Shutdown has begun: commands other than `Shutdown` are refused at once, so a
+    /// producer learns it now rather than when the loop finishes.
+    shutting_down: bool,
 }
 
 impl Inbox {
-    pub fn new(waker: mio::Waker, capacity: usize) -> Inbox {
+    pub fn new(waker: mio::Waker, capacity: usize, handler: TypeId) -> Inbox {
         Inbox {
             state: Mutex::new(InboxState {
                 commands: VecDeque::new(),
                 closed: false,
+                shutting_down: false,
             }),
             capacity,
             waker,
+            handler,
         }
     }
 
@@ -89,10 +117,17 @@ impl Inbox {
     fn push(&self, command: Command) -> Result<(), HandleError> {
         let was_empty = {
             let mut state = self.lock();
+            let is_shutdown = matches!(command, Command::Shutdown);
             if state.closed {
                 return Err(HandleError::Closed);
             }
-            let is_shutdown = matches!(command, Command::Shutdown);
+            match (state.shutting_down, is_shutdown) {
+                // Idempotent: asked for already.
+                (true, true) => return Ok(()),
+                (true, false) => return Err(HandleError::ShuttingDown),
+                (false, true) => state.shutting_down = true,
+                (false, false) => {}
+            }
             if state.commands.len() >= self.capacity && !is_shutdown {
                 return Err(HandleError::Full);
             }
@@ -110,6 +145,11 @@ impl Inbox {
     /// Moves every queued command into `into` (which should be empty).
     pub fn drain_into(&self, into: &mut VecDeque<Command>) {
         std::mem::swap(&mut self.lock().commands, into);
+    }
+
+    /// Shutdown has begun (from inside the loop, or a `Handle`): refuse what follows.
+    pub fn begin_shutdown(&self) {
+        self.lock().shutting_down = true;
     }
 
     pub fn close(&self) {
@@ -218,10 +258,64 @@ impl Handle {
         self.inbox.push(Command::Close(id, code, reason.to_owned()))
     }
 
+    /// Runs `job` on the loop's thread with the handler and the [`Loop`]: work that
+    /// needs the handler's state or several loop calls at once (uWebSockets'
+    /// `Loop::defer`), from any thread.
+    ///
+    /// It goes through the same bounded queue as every other call, in order: a
+    /// `send_text` queued before it has been carried out when it runs, one queued
+    /// after it has not. It never blocks; a full queue is [`HandleError::Full`].
+    /// `H` must be the server's handler type, else [`HandleError::WrongHandler`]
+    /// (the `Handle` is not generic over the handler, so this is checked at run
+    /// time). A panic in `job` is logged (and counted in `Stats::handler_panics`)
+    /// and the loop goes on.
+    ///
+    /// ```no_run
+    /// use wsreactor::{Config, Ctx, Handler, Loop, Message, Server};
+    ///
+    /// #[derive(Default)]
+    /// struct Hub {
+    ///     price: u64,
+    /// }
+    /// impl Handler for Hub {
+    ///     type Session = ();
+    ///     fn on_message(&mut self, cx: &mut Ctx<'_>, _message: Message<'_>) {
+    ///         let price = self.price.to_string();
+    ///         let _ = cx.send_text(&price);
+    ///     }
+    /// }
+    ///
+    /// let mut server = Server::bind("127.0.0.1:9998".parse()?, Config::default(), Hub::default())?;
+    /// let handle = server.handle();
+    /// std::thread::spawn(move || {
+    ///     // From another thread: update the handler's state and tell everyone, in one go.
+    ///     handle.defer(|hub: &mut Hub, lp: &mut Loop| {
+    ///         hub.price = 42;
+    ///         lp.broadcast(Message::Text("price: 42"));
+    ///     })
+    /// });
+    /// server.run()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn defer<H: Handler>(
+        &self,
+        job: impl FnOnce(&mut H, &mut Loop<H::Session>) + Send + 'static,
+    ) -> Result<(), HandleError> {
+        if TypeId::of::<H>() != self.inbox.handler {
+            return Err(HandleError::WrongHandler);
+        }
+        let job: Deferred<H> = Box::new(job);
+        self.inbox.push(Command::Defer(Box::new(job)))
+    }
+
     /// Shuts the server down gracefully: stop accepting, close every connection with
     /// 1001, wait (up to the close timeout, if there is one) for their answers, then
     /// `run` returns.
-    /// Accepted even when the queue is full.
+    ///
+    /// Accepted even when the queue is full, and idempotent: once shutdown has begun
+    /// (from here or anywhere else) it is `Ok` and does nothing, while every other
+    /// call is [`HandleError::ShuttingDown`]. Once the loop has finished (or the
+    /// server was dropped) every call, this one included, is [`HandleError::Closed`].
     pub fn shutdown(&self) -> Result<(), HandleError> {
         self.inbox.push(Command::Shutdown)
     }

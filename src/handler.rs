@@ -1,12 +1,12 @@
 //! The application's side: the [`Handler`] trait and the [`Ctx`] it acts through.
 
 use crate::proto::handshake::Request;
-use crate::proto::http::HttpResponse;
+use crate::proto::http::{HttpResponse, StatusCode};
 use crate::proto::{CloseCode, Message, ProtocolError};
 use crate::stats::Stats;
 use std::net::SocketAddr;
 
-pub use crate::server::Ctx;
+pub use crate::server::{Ctx, Loop};
 
 /// Identifies one connection for as long as it lives.
 ///
@@ -22,6 +22,57 @@ pub struct ConnId {
 impl std::fmt::Display for ConnId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "#{}.{}", self.slot, self.generation)
+    }
+}
+
+/// What a [`Handler::Session`] must be: any type, with a say in what the default
+/// [`Handler::on_request`] does.
+///
+/// Every `Default` type is one already, and the default `on_request` accepts with
+/// `Default::default()`. A type without a sensible default needs no dummy value: it
+/// declares itself with one line, and the handler builds each session in `on_request`
+/// with [`Decision::accept_with`] (a handler that does not would refuse every upgrade
+/// with 500):
+///
+/// ```
+/// use std::net::SocketAddr;
+/// use wsreactor::{Ctx, Decision, Handler, Message, Request};
+///
+/// struct Player {
+///     name: String, // from the request: there is no "default player"
+/// }
+/// impl wsreactor::Session for Player {}
+///
+/// struct Game;
+/// impl Handler for Game {
+///     type Session = Player;
+///     fn on_request(&mut self, request: &Request<'_>, _peer: SocketAddr) -> Decision<Player> {
+///         let name = request.query().unwrap_or("anonymous").to_owned();
+///         Decision::accept_with(Player { name })
+///     }
+///     fn on_message(&mut self, cx: &mut Ctx<'_, Player>, _message: Message<'_>) {
+///         let greeting = format!("hello, {}", cx.session().name);
+///         let _ = cx.send_text(&greeting);
+///     }
+/// }
+/// ```
+///
+/// (Why a trait and not just "no bound": Rust has no way for the default `on_request`
+/// to use `Default` only where there is one; this trait is that way, and it is
+/// implemented for every `Default` type by a blanket impl, so a type with a default
+/// needs nothing.) The connection keeps the session as an `Option`, which costs
+/// nothing for `()` or for a type with a niche (`Box`, `String`, `Vec`, an enum).
+pub trait Session: Sized {
+    /// The session the default [`Handler::on_request`] accepts with; `None` (the
+    /// default) makes it refuse with 500 and log why.
+    fn default_session() -> Option<Self> {
+        None
+    }
+}
+
+impl<T: Default> Session for T {
+    fn default_session() -> Option<T> {
+        Some(T::default())
     }
 }
 
@@ -44,9 +95,12 @@ pub enum Decision<S> {
     Reject(HttpResponse),
 }
 
-impl<S: Default> Decision<S> {
+impl<S> Decision<S> {
     /// Accept with a default session and no subprotocol.
-    pub fn accept() -> Decision<S> {
+    pub fn accept() -> Decision<S>
+    where
+        S: Default,
+    {
         Decision::accept_with(S::default())
     }
 }
@@ -166,18 +220,39 @@ impl CloseReason {
 /// connection, so hand long work to another thread (and come back through a
 /// [`Handle`](crate::Handle)). A panic in a method closes only the connection it was
 /// handling (1011), and the loop goes on.
-pub trait Handler {
+///
+/// A handler is `'static` (it owns its state, or shares it through `Arc`s): the
+/// server keeps it for as long as it runs, and [`Handle::defer`](crate::Handle::defer)
+/// checks a closure's handler type at run time, which Rust allows for `'static`
+/// types only.
+pub trait Handler: 'static {
     /// Per-connection state, kept by the reactor beside the connection and lent to
     /// every callback through [`Ctx::session`]: no lookup per message. Use `()` for none.
-    type Session: Default;
+    /// It needs no `Default`: see [`Session`] for a type without one.
+    type Session: Session;
 
     /// Accept or reject an upgrade request (path, Origin, subprotocols, any header),
-    /// building the connection's session from it. The default accepts every request.
+    /// building the connection's session from it. The default accepts every request
+    /// with the session's default ([`Session::default_session`]); a session type
+    /// without one must be built here, else the default refuses with 500.
     /// `peer` is the client's address (for IPv6 without flow info and scope id, which
     /// connections do not keep).
     fn on_request(&mut self, request: &Request<'_>, peer: SocketAddr) -> Decision<Self::Session> {
         let _ = (request, peer);
-        Decision::accept()
+        match Self::Session::default_session() {
+            Some(session) => Decision::accept_with(session),
+            None => {
+                log::error!(
+                    "{}: no session to accept with: a Handler whose Session has no default \
+                     builds it in on_request (Decision::accept_with)",
+                    std::any::type_name::<Self>()
+                );
+                Decision::Reject(HttpResponse::text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal server error\n",
+                ))
+            }
+        }
     }
 
     /// Answer a plain HTTP GET that is not an upgrade (e.g. serve a page). Default: 404.
@@ -204,6 +279,20 @@ pub trait Handler {
     /// A complete message arrived. It borrows the reactor's buffers: copy what must
     /// outlive the call.
     fn on_message(&mut self, cx: &mut Ctx<'_, Self::Session>, message: Message<'_>);
+
+    /// A timer this connection set with [`Ctx::set_timer`] is due; `token` is what
+    /// it was set with. Not called once the connection is closing. A panic closes
+    /// the connection (1011), as in any callback with a `Ctx`.
+    fn on_timer(&mut self, cx: &mut Ctx<'_, Self::Session>, token: u64) {
+        let _ = (cx, token);
+    }
+
+    /// A server-level timer set with [`Loop::set_loop_timer`] is due; `token` is
+    /// what it was set with. A panic is logged (and counted in
+    /// `Stats::handler_panics`) and the loop goes on.
+    fn on_loop_timer(&mut self, lp: &mut Loop<Self::Session>, token: u64) {
+        let _ = (lp, token);
+    }
 
     /// The WebSocket is closed (called once for every connection that was opened),
     /// with its session handed back.

@@ -19,7 +19,8 @@
 //!   receiver). Unit-, property- and fuzz-tested without a network.
 //! - [`Server`]: the reactor, a thin I/O shell that drives `proto` with the bytes
 //!   sockets produce.
-//! - [`Handler`] and [`Ctx`]: your code, and what it acts through.
+//! - [`Handler`] and [`Ctx`]: your code, and what it acts through ([`Loop`] where no
+//!   connection is in question: server-level timers, [`Handle::defer`]).
 //! - [`Config`]: every limit, with its default and the reason for it.
 //!
 //! # Embedding
@@ -89,10 +90,10 @@ mod transport;
 
 pub use config::{Config, ConfigError};
 pub use handle::{Handle, HandleError};
-pub use handler::{CloseReason, ConnId, Ctx, Decision, Handler, SendStatus};
+pub use handler::{CloseReason, ConnId, Ctx, Decision, Handler, SendStatus, Session};
 pub use histogram::Histogram;
 pub use proto::handshake::Request;
 pub use proto::http::{HttpResponse, InvalidResponse, StatusCode};
 pub use proto::{CloseCode, InvalidCloseCode, Message};
-pub use server::{serve, Fanout, Server};
+pub use server::{serve, Fanout, Loop, Server, TimerError, TimerId};
 pub use stats::{HistogramMetric, Metric, MetricKind, Stats};

@@ -4,7 +4,7 @@ use crate::histogram::Histogram;
 use std::fmt;
 
 /// What the server has done since it started. Read it with
-/// [`Server::stats`](crate::Server::stats) or [`Ctx::stats`](crate::Ctx::stats).
+/// [`Server::stats`](crate::Server::stats) or [`Loop::stats`](crate::Loop::stats) (a `Ctx` too).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stats {
     /// WebSocket connections open right now.
@@ -31,7 +31,8 @@ pub struct Stats {
     pub fanout_deliveries: u64,
     /// Connections failed because the peer broke the protocol.
     pub protocol_errors: u64,
-    /// Handler panics caught (each closed its connection with 1011).
+    /// Handler panics caught: in a connection's callback the connection was closed
+    /// with 1011; in a server-level timer or a deferred closure it was logged.
     pub handler_panics: u64,
     /// Closed WebSocket connections, by close code (1006 for a lost TCP connection).
     pub closes: Vec<(u16, u64)>,
@@ -159,7 +160,7 @@ impl Stats {
         Counter fanout_frames_encoded: "Frames encoded for broadcast or publish, one per call.";
         Counter fanout_deliveries: "Receivers a broadcast or published frame was handed to.";
         Counter protocol_errors: "Connections failed because the peer broke the protocol.";
-        Counter handler_panics: "Handler panics caught (each closed its connection with 1011).";
+        Counter handler_panics: "Handler panics caught (in a connection's callback it closed the connection with 1011; in a server-level timer or deferred closure it was logged).";
         Counter sends_refused: "Sends refused (queue over max_send_queue, outgoing budget full, or closing).";
         Counter incoming_budget_closes: "Connections closed (1013) to make room in the incoming budget.";
         Counter outgoing_budget_closes: "Connections dropped (1008) because their queues took the outgoing budget.";

@@ -95,7 +95,7 @@ pub(super) fn refuse_busy(mut socket: TcpStream) {
     let _ = socket.shutdown(Shutdown::Both);
 }
 
-impl<S: Default> Core<S> {
+impl<S> Core<S> {
     pub(super) fn add(&mut self, socket: TcpStream, peer: SocketAddr) {
         // Small frames go out at once; batching is ours to do, not Nagle's.
         let _ = socket.set_nodelay(true);

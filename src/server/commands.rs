@@ -2,7 +2,7 @@
 //! order they were queued, settled once per batch.
 
 use super::Server;
-use crate::handle::{Command, Payload};
+use crate::handle::{Command, Deferred, Payload};
 use crate::handler::{CloseReason, Handler};
 use crate::proto::frame::Opcode;
 
@@ -21,11 +21,11 @@ impl<H: Handler> Server<H> {
                 }
                 Command::Broadcast(payload) => {
                     let (opcode, bytes) = payload.parts();
-                    core.broadcast(opcode, bytes);
+                    core.broadcast_frame(opcode, bytes);
                 }
                 Command::Publish(topic, payload) => {
                     let (opcode, bytes) = payload.parts();
-                    core.publish(&topic, opcode, bytes);
+                    core.publish_frame(&topic, opcode, bytes);
                 }
                 Command::Close(id, code, reason) => {
                     if let Some(slot) = core.slot_of(id) {
@@ -33,6 +33,14 @@ impl<H: Handler> Server<H> {
                     }
                 }
                 Command::Shutdown => core.shutdown_requested = true,
+                Command::Defer(job) => match job.downcast::<Deferred<H>>() {
+                    Ok(job) => {
+                        let handler = &mut self.handler;
+                        core.guard_loop("a deferred closure", |lp| job(handler, lp));
+                    }
+                    // Handle::defer checks the type before queueing.
+                    Err(_) => log::error!("a deferred closure for another handler type"),
+                },
             }
         }
         // Settled once for the whole batch, so the sends queued for one connection

@@ -1,20 +1,42 @@
-//! `Ctx`: what a handler acts through — the connection it was called for, and through
-//! it the rest of the loop (other connections, broadcast, topics, stats, shutdown).
+//! What a handler acts through: [`Loop`], the loop without a connection in question
+//! (other connections by id, broadcast, topics, stats, shutdown), and [`Ctx`], which
+//! is a `Loop` plus the connection a callback was called for, and dereferences to the
+//! `Loop` so that its methods are written once.
 
 use super::table::opcode_of;
-use super::{Core, Fanout};
+use super::{Core, Fanout, Loop};
 use crate::conn::Conn;
 use crate::handler::{CloseReason, ConnId, SendStatus};
 use crate::proto::frame::{Opcode, MAX_CONTROL_PAYLOAD};
 use crate::proto::{CloseCode, InvalidCloseCode, Message};
 use crate::stats::Stats;
 use std::net::SocketAddr;
+use std::ops::{Deref, DerefMut};
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 
 /// What a handler acts through: the current connection, and through it the rest of
-/// the loop (other connections, broadcast, topics, stats, shutdown).
+/// the loop.
+///
+/// A `Ctx` dereferences to the [`Loop`], so everything that does not need "this
+/// connection" (`send_to`, `close_connection`, `broadcast`, `publish`, `stats`,
+/// `shutdown`, ...) is a [`Loop`] method called on the `Ctx` as if it were its own.
 pub struct Ctx<'a, S = ()> {
     pub(super) core: &'a mut Core<S>,
     pub(super) slot: usize,
+}
+
+impl<S> Deref for Ctx<'_, S> {
+    type Target = Loop<S>;
+
+    fn deref(&self) -> &Loop<S> {
+        self.core
+    }
+}
+
+impl<S> DerefMut for Ctx<'_, S> {
+    fn deref_mut(&mut self) -> &mut Loop<S> {
+        self.core
+    }
 }
 
 impl<S> Ctx<'_, S> {
@@ -22,7 +44,7 @@ impl<S> Ctx<'_, S> {
         &self.core.conns[self.slot]
     }
 
-    /// This connection's id (valid in [`Handle`] calls from other threads too).
+    /// This connection's id (valid in [`Handle`](crate::Handle) calls from other threads too).
     pub fn id(&self) -> ConnId {
         self.core.id(self.slot)
     }
@@ -38,19 +60,70 @@ impl<S> Ctx<'_, S> {
     }
 
     /// This connection's session: the handler's own state for it.
+    ///
+    /// It borrows the whole `Ctx`; to use the session while calling other `Ctx`
+    /// methods, see [`with_session`](Ctx::with_session).
+    ///
+    /// # Panics
+    ///
+    /// Inside [`with_session`](Ctx::with_session), which holds the session already.
     pub fn session(&mut self) -> &mut S {
-        &mut self.core.conns[self.slot].session
+        self.core.conns[self.slot]
+            .session
+            .as_mut()
+            .expect("the session is lent to with_session's closure: use its argument")
+    }
+
+    /// Lends the session and the `Ctx` at once: `f` gets both, for the moments when
+    /// [`session`](Ctx::session), which borrows the whole `Ctx`, would force a clone
+    /// (say, subscribing to a topic that a session field names). Returns what `f`
+    /// returns.
+    ///
+    /// ```
+    /// # use wsreactor::{Ctx, Handler, Message};
+    /// #[derive(Default)]
+    /// struct Reader { room: String }
+    /// # struct Rooms;
+    /// # impl Handler for Rooms {
+    /// #     type Session = Reader;
+    /// fn on_message(&mut self, cx: &mut Ctx<'_, Reader>, message: Message<'_>) {
+    ///     if let Message::Text(room) = message {
+    ///         cx.with_session(|reader, cx| {
+    ///             cx.unsubscribe(&reader.room);
+    ///             reader.room = room.to_owned();
+    ///             cx.subscribe(&reader.room); // no clone of the name
+    ///         });
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    ///
+    /// The session is moved out of the connection table for the call and back after
+    /// it (a copy of `size_of::<S>()` bytes each way, nothing for `()`, and nothing
+    /// at all where this is not called): Rust cannot lend a field of the table and
+    /// the table at once without `unsafe`, and this costs no memory per connection.
+    /// A panic in `f` puts the session back before it goes on.
+    ///
+    /// # Panics
+    ///
+    /// Inside `f`, [`session`](Ctx::session) and a nested `with_session` panic: `f`
+    /// holds the session already.
+    pub fn with_session<R>(&mut self, f: impl FnOnce(&mut S, &mut Ctx<'_, S>) -> R) -> R {
+        let mut session = self.core.conns[self.slot]
+            .session
+            .take()
+            .expect("with_session inside with_session: the session is lent already");
+        let result = catch_unwind(AssertUnwindSafe(|| f(&mut session, self)));
+        // Callbacks never remove connections (only the loop does, when it settles
+        // them afterwards), so the slot is still this connection's.
+        self.core.conns[self.slot].session = Some(session);
+        result.unwrap_or_else(|panic| resume_unwind(panic))
     }
 
     /// Bytes waiting for the socket to take them: the backlog a peer that reads
     /// slower than we send builds up (see [`SendStatus::Queued`]).
     pub fn queued_bytes(&self) -> usize {
         self.conn().backlog()
-    }
-
-    /// The server's counters.
-    pub fn stats(&self) -> &Stats {
-        &self.core.stats
     }
 
     /// Sends a message as one frame: written through to the socket if it takes it,
@@ -91,43 +164,6 @@ impl<S> Ctx<'_, S> {
         Ok(())
     }
 
-    /// Sends a message to another connection; refused if it is gone or closing.
-    pub fn send_to(&mut self, to: ConnId, message: Message<'_>) -> SendStatus {
-        match self.core.slot_of(to) {
-            Some(slot) => {
-                let status = self
-                    .core
-                    .send(slot, opcode_of(&message), message.as_bytes());
-                self.core.touched.push(slot);
-                status
-            }
-            None => SendStatus::Refused,
-        }
-    }
-
-    /// Starts the close handshake on another connection, as [`close`](Ctx::close)
-    /// does on this one. An id of a connection that is gone is `Ok` and does nothing;
-    /// a code that may not be sent is an error, whatever the id.
-    pub fn close_connection(
-        &mut self,
-        id: ConnId,
-        code: CloseCode,
-        reason: &str,
-    ) -> Result<(), InvalidCloseCode> {
-        let code = code.sendable()?;
-        if let Some(slot) = self.core.slot_of(id) {
-            self.core
-                .close(slot, code, reason, CloseReason::Local { code });
-        }
-        Ok(())
-    }
-
-    /// Sends a message to every open connection, this one included. The frame is
-    /// encoded once; each receiver's queue cap applies to it separately.
-    pub fn broadcast(&mut self, message: Message<'_>) -> Fanout {
-        self.core.broadcast(opcode_of(&message), message.as_bytes())
-    }
-
     /// Subscribes this connection to `topic`; false if it already was.
     pub fn subscribe(&mut self, topic: &str) -> bool {
         let added = self.core.topics.subscribe(topic, self.slot);
@@ -151,15 +187,58 @@ impl<S> Ctx<'_, S> {
         }
         removed
     }
+}
+
+impl<S> Loop<S> {
+    /// The server's counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Sends a message to the connection `to` (from a `Ctx`, usually another one);
+    /// refused if it is gone or closing.
+    pub fn send_to(&mut self, to: ConnId, message: Message<'_>) -> SendStatus {
+        match self.slot_of(to) {
+            Some(slot) => {
+                let status = self.send(slot, opcode_of(&message), message.as_bytes());
+                self.touched.push(slot);
+                status
+            }
+            None => SendStatus::Refused,
+        }
+    }
+
+    /// Starts the close handshake on the connection `id`, as [`Ctx::close`] does on
+    /// its own. An id of a connection that is gone is `Ok` and does nothing;
+    /// a code that may not be sent is an error, whatever the id.
+    pub fn close_connection(
+        &mut self,
+        id: ConnId,
+        code: CloseCode,
+        reason: &str,
+    ) -> Result<(), InvalidCloseCode> {
+        let code = code.sendable()?;
+        if let Some(slot) = self.slot_of(id) {
+            self.close(slot, code, reason, CloseReason::Local { code });
+        }
+        Ok(())
+    }
+
+    /// Sends a message to every open connection (from a `Ctx`, its own included). The frame is
+    /// encoded once; each receiver's queue cap applies to it separately.
+    pub fn broadcast(&mut self, message: Message<'_>) -> Fanout {
+        self.broadcast_frame(opcode_of(&message), message.as_bytes())
+    }
 
     /// Sends a message to every subscriber of `topic` (encoded once).
     pub fn publish(&mut self, topic: &str, message: Message<'_>) -> Fanout {
-        self.core
-            .publish(topic, opcode_of(&message), message.as_bytes())
+        self.publish_frame(topic, opcode_of(&message), message.as_bytes())
     }
 
-    /// Starts a graceful shutdown of the whole server after this callback.
+    /// Starts a graceful shutdown of the whole server after the current callback (or
+    /// deferred closure): from then on [`Handle`](crate::Handle) calls are
+    /// [`ShuttingDown`](crate::HandleError::ShuttingDown).
     pub fn shutdown(&mut self) {
-        self.core.shutdown_requested = true;
+        self.shutdown_requested = true;
     }
 }

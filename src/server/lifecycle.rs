@@ -26,6 +26,9 @@ impl<H: Handler> Server<H> {
     }
 
     pub(super) fn begin_shutdown(&mut self) {
+        // From here on a Handle call is refused with ShuttingDown, not queued for
+        // connections that are closing.
+        self.inbox.begin_shutdown();
         log::info!(
             "shutting down: closing {} connections",
             self.core.conns.len()
@@ -65,9 +68,10 @@ impl<H: Handler> Server<H> {
             core.stats.flush_bytes.record(conn.out.pending() as u64);
             conn.flush(&core.io, Token(slot));
         }
-        if conn.take_ended() {
+        if let Some(session) = conn.take_ended() {
             let reason = conn.take_close_reason().unwrap_or(CloseReason::Abnormal);
-            let session = std::mem::take(&mut conn.session);
+            // No on_timer after on_close.
+            core.app_timers.cancel_connection(slot);
             let id = ConnId {
                 slot: slot as u32,
                 generation: conn.generation,
@@ -105,6 +109,8 @@ impl<H: Handler> Server<H> {
         if conn.is_closed() {
             let mut conn = core.conns.remove(slot);
             core.timers.remove(slot);
+            // The slot's next connection starts with no timers.
+            core.app_timers.cancel_connection(slot);
             let held = conn.rx.held() + conn.head_bytes();
             core.compression.release(&mut conn.rx);
             core.adjust_incoming(held, 0);

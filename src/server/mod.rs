@@ -18,8 +18,10 @@
 //! | `fanout`, `topics` | one message to many |
 //! | `budget` | the loop-wide memory budgets, and whom to close when they run out |
 //! | `deadlines` | timeouts and keepalive |
+//! | `timers` | the application's timers, per connection and server-level |
 //! | `lifecycle` | settling a connection after anything happened; shutdown |
 //! | `commands` | the `Handle`'s inbox |
+//! | `nesting` | driven from another event loop: the poller's descriptor, the next timeout |
 //! | `stalls` | loop-stall warnings: callbacks and turns over `stall_threshold` |
 //! | `ctx` | `Ctx`, the handler's view of the loop |
 
@@ -31,13 +33,20 @@ mod deadlines;
 mod dispatch;
 mod fanout;
 mod lifecycle;
+mod nesting;
 mod stalls;
 mod table;
+mod timers;
 mod topics;
 mod upgrade;
 
 pub use ctx::Ctx;
+
+/// The name the loop's own rooms use for [`Loop`]: their `impl<S> Core<S>` blocks
+/// are the loop's internals, not its public face.
+pub(crate) type Core<S> = Loop<S>;
 pub use fanout::Fanout;
+pub use timers::{TimerError, TimerId};
 
 use crate::compression::Compression;
 use crate::config::{Config, Timeouts};
@@ -58,6 +67,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use timers::AppTimers;
 use topics::Topics;
 
 const LISTENER: Token = Token(usize::MAX);
@@ -67,9 +77,17 @@ const LISTEN_BACKLOG: i32 = 1024;
 
 const WAKER: Token = Token(usize::MAX - 1);
 
-/// Everything the loop owns except the poller, the listener and the handler: the part
-/// a [`Ctx`] lends to the handler.
-struct Core<S> {
+/// The loop as a handler sees it when no connection is in question: other
+/// connections by id, broadcast, topics, stats, shutdown, and server-level timers.
+///
+/// A handler meets it in [`Handler::on_loop_timer`](crate::Handler::on_loop_timer)
+/// and in closures run through [`Handle::defer`]; a [`Ctx`] dereferences to it, so
+/// every method here works on a `Ctx` too.
+///
+/// It is everything the loop owns except the poller, the listener and the handler:
+/// one struct, so that a [`Ctx`] is just this and a connection slot, and lending
+/// either costs a pointer.
+pub struct Loop<S = ()> {
     conns: Slab<Conn<S>>,
     io: Io,
     /// Bytes the receivers hold now (`Stats::incoming_bytes`), against
@@ -84,6 +102,8 @@ struct Core<S> {
     config: Config,
     timeouts: Timeouts,
     timers: DeadlineQueue,
+    /// The application's timers (`Ctx::set_timer`, `Loop::set_loop_timer`).
+    app_timers: AppTimers,
     topics: Topics,
     stats: Stats,
     clock: Clock,
@@ -138,6 +158,9 @@ pub struct Server<H: Handler> {
     /// Set once shutdown began: connections get until then to finish closing.
     shutdown_deadline: Option<Millis>,
     finished: bool,
+    /// The last poll filled `events`: more may be ready, which (edge-triggered) a
+    /// host loop watching our descriptor would not be told again.
+    events_full: bool,
 }
 
 impl<H: Handler> Server<H> {
@@ -191,6 +214,7 @@ impl<H: Handler> Server<H> {
                 stalls: StallWatch::new(config.timeouts().stall),
                 timeouts: config.timeouts(),
                 timers: DeadlineQueue::with_capacity(reserved),
+                app_timers: AppTimers::new(config.max_timers, config.max_timers_per_connection),
                 topics: Topics::default(),
                 stats: Stats::default(),
                 clock,
@@ -210,13 +234,18 @@ impl<H: Handler> Server<H> {
                     .read_buffer_size
                     .max(MAX_CONTROL_PAYLOAD + MAX_HEADER_LEN)
             ],
-            inbox: Arc::new(Inbox::new(waker, config.handle_queue_capacity.max(1))),
+            inbox: Arc::new(Inbox::new(
+                waker,
+                config.handle_queue_capacity.max(1),
+                std::any::TypeId::of::<H>(),
+            )),
             commands: VecDeque::new(),
             accept_paused_until: None,
             accept_exhausted: false,
             accept_more: false,
             shutdown_deadline: None,
             finished: false,
+            events_full: false,
         })
     }
 
@@ -271,6 +300,12 @@ impl<H: Handler> Server<H> {
 
     /// Waits up to `timeout` for readiness and handles what is ready: one turn of the
     /// loop, for callers that interleave the server with their own work.
+    ///
+    /// `Some(Duration::ZERO)` never blocks (the poll does not wait, and every socket
+    /// is non-blocking): what a host event loop calls when the server's
+    /// [descriptor](std::os::fd::AsRawFd) is readable or its
+    /// [`next_timeout`](Server::next_timeout) has passed. After the shutdown has
+    /// completed it returns at once.
     pub fn turn(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         if self.finished {
             return Ok(());
@@ -293,6 +328,7 @@ impl<H: Handler> Server<H> {
         }
         // Move the events out so handling them can borrow `self` mutably.
         let events = std::mem::replace(&mut self.events, Events::with_capacity(0));
+        self.events_full = events.iter().count() >= events.capacity();
         for event in events.iter() {
             match event.token() {
                 LISTENER => self.accept(),
@@ -321,6 +357,7 @@ impl<H: Handler> Server<H> {
         }
         self.expire_deadlines();
         self.settle();
+        self.fire_timers();
         self.core.enforce_outgoing_budget();
         self.settle();
         self.core.update_gauges();
@@ -329,12 +366,13 @@ impl<H: Handler> Server<H> {
     }
 
     fn poll_timeout(&self, requested: Option<Duration>) -> Option<Duration> {
-        if !self.core.backlog.is_empty() || self.accept_more {
+        if !self.core.backlog.is_empty() || self.accept_more || self.events_full {
             return Some(Duration::ZERO);
         }
         let now = self.core.clock.now();
         let wakeups = [
             self.core.timers.next(),
+            self.core.app_timers.next(),
             self.accept_paused_until,
             self.shutdown_deadline,
             self.core.trim.due(),

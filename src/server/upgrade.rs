@@ -134,11 +134,10 @@ pub(super) fn upgrade<H: Handler>(
         // The 101 could not be written (the peer is gone): nothing was opened.
         return;
     }
-    conn.open(core.now);
+    conn.open(core.now, accepted.session);
     if let Some(protocol) = accepted.protocol {
         conn.extras_mut().protocol = Some(protocol.into_boxed_str());
     }
-    conn.session = accepted.session;
     if let Some(params) = accepted.deflate {
         conn.rx.enable_deflate(params.client_no_context_takeover);
         conn.extras_mut().deflate = Some(ConnDeflate {
