@@ -85,6 +85,7 @@ mod timer;
 mod transport;
 
 pub use config::{Config, ConfigError};
+pub use conn::QueuePolicy;
 pub use handle::{Handle, HandleError};
 pub use handler::{CloseReason, ConnId, Ctx, Decision, Handler, SendStatus};
 pub use proto::handshake::Request;

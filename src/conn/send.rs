@@ -42,7 +42,7 @@ impl<S> Conn<S> {
         let header_len = header.encode(&mut bytes);
         let header = bytes;
         let total = header_len + payload.len();
-        if self.out.pending() + total > max_queue {
+        if self.out.pending() + total > max_queue && !self.make_room(io, token, total, max_queue) {
             return SendStatus::Refused;
         }
         self.send_parts(io, token, &header[..header_len], payload, true)
@@ -58,7 +58,9 @@ impl<S> Conn<S> {
         max_queue: usize,
     ) -> SendStatus {
         let bytes = frame.bytes();
-        if self.out.pending() + bytes.len() > max_queue {
+        if self.out.pending() + bytes.len() > max_queue
+            && !self.make_room(io, token, bytes.len(), max_queue)
+        {
             return SendStatus::Refused;
         }
         if self.writable_interest && self.may_write() {
@@ -89,10 +91,17 @@ impl<S> Conn<S> {
             return SendStatus::Refused;
         }
         let total = first.len() + second.len();
+        // A connection whose policy may drop queued messages keeps each whole one
+        // apart (frames, not HTTP: those are not corked).
+        let whole = cork && self.flow.whole_messages() && is_whole_data_frame(first);
         if cork && total <= CORK_LIMIT && !self.writable_interest {
             // Cork: small frames wait in the queue until the loop settles this
             // connection, so the replies to many frames of one read leave in one write.
-            self.out.push(&io.meter, &[first, second]);
+            if whole {
+                self.out.push_whole(&io.meter, &[first, second]);
+            } else {
+                self.out.push(&io.meter, &[first, second]);
+            }
             self.unflushed = true;
             return SendStatus::Written;
         }
@@ -128,7 +137,9 @@ impl<S> Conn<S> {
         if written == total {
             return SendStatus::Written;
         }
-        if written < first.len() {
+        if written == 0 && whole {
+            self.out.push_whole(&io.meter, &[first, second]);
+        } else if written < first.len() {
             self.out.push(&io.meter, &[&first[written..], second]);
         } else {
             self.out
@@ -189,4 +200,14 @@ impl<S> Conn<S> {
             Err(e) => self.fail_io(e),
         }
     }
+}
+
+/// Whether `frame` starts with the header of an unfragmented text or binary frame: a
+/// whole data message, which a queue policy may drop (never a control frame).
+fn is_whole_data_frame(frame: &[u8]) -> bool {
+    frame.first().is_some_and(|&b0| {
+        let fin = b0 & 0x80 != 0;
+        let opcode = b0 & 0x0f;
+        fin && (opcode == Opcode::Text as u8 || opcode == Opcode::Binary as u8)
+    })
 }

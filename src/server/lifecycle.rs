@@ -63,7 +63,13 @@ impl<H: Handler> Server<H> {
         // dropped unseen with its session and topics.
         if conn.is_unflushed() {
             conn.flush(&core.io, Token(slot));
+            // The socket took bytes: a drain owed may be due.
+            self.drained(slot);
         }
+        let core = &mut self.core;
+        let Some(conn) = core.conns.get_mut(slot) else {
+            return;
+        };
         if conn.take_ended() {
             let reason = conn.take_close_reason().unwrap_or(CloseReason::Abnormal);
             let session = std::mem::take(&mut conn.session);
@@ -85,6 +91,9 @@ impl<H: Handler> Server<H> {
             if matches!(reason, CloseReason::Protocol(_)) {
                 core.stats.protocol_errors += 1;
             }
+            if matches!(reason, CloseReason::QueueFull) {
+                core.stats.queue_full_closes += 1;
+            }
             let handler = &mut self.handler;
             let started = core.stalls.start();
             let result = catch_unwind(AssertUnwindSafe(|| handler.on_close(id, session, &reason)));
@@ -102,6 +111,7 @@ impl<H: Handler> Server<H> {
             core.handshaking -= 1;
         }
         if conn.is_closed() {
+            core.count_unreported_drops(slot);
             let mut conn = core.conns.remove(slot);
             core.timers.remove(slot);
             let held = conn.rx.held() + conn.head_bytes();

@@ -7,6 +7,7 @@ use super::accept::busy_response;
 use super::dispatch::{frames, guard};
 use super::{Core, Server};
 use crate::config::Config;
+use crate::conn::QueuePolicy;
 use crate::conn::{ConnDeflate, Handshake};
 use crate::handler::{Decision, Handler};
 use crate::proto::deflate::{self, DeflateParams};
@@ -139,6 +140,7 @@ pub(super) fn upgrade<H: Handler>(
         conn.extras_mut().protocol = Some(protocol.into_boxed_str());
     }
     conn.session = accepted.session;
+    conn.set_queue_policy(accepted.queue_policy);
     if let Some(params) = accepted.deflate {
         conn.rx.enable_deflate(params.client_no_context_takeover);
         conn.extras_mut().deflate = Some(ConnDeflate {
@@ -161,6 +163,7 @@ pub(super) struct Accepted<S> {
     protocol: Option<String>,
     session: S,
     deflate: Option<DeflateParams>,
+    queue_policy: QueuePolicy,
 }
 
 /// Decides the HTTP answer to a complete request head: a 101 (with the subprotocol
@@ -222,6 +225,7 @@ pub(super) fn answer<H: Handler>(
             protocol,
             session,
             compress,
+            queue_policy,
         }) => {
             let deflate = compress
                 .then(|| deflate::negotiate(&offers, config.deflate_policy()))
@@ -235,6 +239,7 @@ pub(super) fn answer<H: Handler>(
                 protocol,
                 session,
                 deflate,
+                queue_policy: queue_policy.unwrap_or(config.queue_policy),
             };
             (response, Some(accepted))
         }
