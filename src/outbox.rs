@@ -627,6 +627,13 @@ mod tests {
         assert_eq!(socket.taken, b"[first]");
     }
 
+    /// What a queued message costs a queue beside its bytes (the README's sizing
+    /// advice for fan-out counts on it).
+    #[test]
+    fn a_chunk_is_small() {
+        assert!(std::mem::size_of::<Chunk>() <= 32);
+    }
+
     #[test]
     fn merged_small_frames_are_never_dropped() {
         let meter = Meter::default();

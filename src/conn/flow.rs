@@ -15,9 +15,26 @@ use mio::Token;
 /// Whatever the policy, only whole data messages are ever dropped from a queue —
 /// never a control frame waiting there (a pong, a ping, the close), never a message
 /// the socket has taken part of — so the peer always gets whole, valid frames. (The
-/// close and keepalive pings are not subject to the cap at all.) Every message a connection misses while
-/// open is counted in [`Stats::messages_dropped`](crate::Stats::messages_dropped) and
-/// reported to [`Handler::on_dropped`](crate::Handler::on_dropped).
+/// close and keepalive pings are not subject to the cap at all.) Every message a
+/// connection misses while open is counted in
+/// [`Stats::messages_dropped`](crate::Stats::messages_dropped) and reported to
+/// [`Handler::on_dropped`](crate::Handler::on_dropped). A message larger than the cap
+/// on its own is refused whatever the policy (it would never fit: the application's
+/// mistake, not a slow peer's).
+///
+/// # Sizing the caps for fan-out
+///
+/// `max_send_queue` is how far behind a slow client may fall, in bytes: the number of
+/// messages times their frame size. A ticker publishing 2,000 updates a second of about
+/// 500 bytes fills the default 20 MiB in 20 s, which is 20 s of stale prices; for a
+/// live feed, size it to the lag you accept (1 s: about 1 MiB) and choose `DropOldest`
+/// or `Close`, with `write_high_water` at or below it (half of it is the drain mark).
+/// The kernel's socket buffers hold some more before the queue starts (up to a few
+/// MiB on Linux). `outgoing_budget` bounds all queues together: a published frame is
+/// stored once however many queues hold it, and each holder costs a few dozen bytes,
+/// so S slow subscribers of one topic need about `max_send_queue` +
+/// S × (`max_send_queue` / message size) × 32 bytes of it, plus S × `max_send_queue`
+/// for what is sent to each of them alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum QueuePolicy {
     /// The new message is refused ([`SendStatus::Refused`](crate::SendStatus::Refused))
@@ -145,7 +162,9 @@ impl<S> Conn<S> {
     /// queue policy, and returns whether the send may go ahead now. Messages dropped
     /// are noted in the queue, for the loop to count and report.
     pub(super) fn make_room(&mut self, io: &Io, token: Token, total: usize, max: usize) -> bool {
-        if !self.is_open() {
+        // A message larger than the cap on its own is the application's mistake, not a
+        // slow peer's: refused whatever the policy, nothing dropped or closed for it.
+        if !self.is_open() || total > max {
             return false;
         }
         match self.flow.policy() {

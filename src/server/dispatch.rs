@@ -202,6 +202,8 @@ pub(super) fn on_event<H: Handler>(
                 payload,
                 core.config.max_send_queue,
             );
+            // Room for the pong may have been made by dropping messages.
+            core.list_drops(slot);
         }
         Event::Pong(payload) if open => super::flow::pong(core, handler, slot, payload),
         Event::Ping(_) | Event::Pong(_) => {}

@@ -34,7 +34,15 @@ impl<S> Core<S> {
         // Drops are noted by a refusal, or by a policy that drops from the queue.
         let may_have_dropped =
             matches!(status, SendStatus::Refused) || conn.queue_policy() == QueuePolicy::DropOldest;
-        if may_have_dropped && conn.out.take_unlisted_drops() {
+        if may_have_dropped {
+            self.list_drops(slot);
+        }
+    }
+
+    /// Puts `slot` on the list of drops to report at the end of the turn, if it has
+    /// drops noted that are not listed yet.
+    pub(super) fn list_drops(&mut self, slot: usize) {
+        if self.conns[slot].out.take_unlisted_drops() {
             self.dropped.push(slot);
         }
     }
