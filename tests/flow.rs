@@ -98,13 +98,18 @@ impl Handler for Flow {
         let (command, argument) = text.split_once(' ').unwrap_or((text, ""));
         let n: u32 = argument.parse().unwrap_or(0);
         match command {
-            "fill" | "fill-until" => {
+            "fill" | "fill-until" | "fill-noise" | "fill-chain" => {
                 let (mut written, mut queued, mut refused) = (0, 0, 0);
                 for i in 0..n {
                     if i == n / 2 {
                         let _ = cx.ping(b"mid");
                     }
-                    match cx.send_binary(&msg(i, SIZE)) {
+                    let message = match command {
+                        "fill-noise" => noise(i),
+                        "fill-chain" => chain(i),
+                        _ => msg(i, SIZE),
+                    };
+                    match cx.send_binary(&message) {
                         SendStatus::Written => written += 1,
                         SendStatus::Queued(_) => queued += 1,
                         SendStatus::Refused => refused += 1,
@@ -171,14 +176,45 @@ fn start_flow(config: Config) -> (Running, Arc<Mutex<Log>>) {
 
 /// Opens a WebSocket on `path`, and waits until the handler has seen it open.
 fn open(addr: SocketAddr, path: &str, log: &Mutex<Log>) -> (Raw, ConnId) {
+    let (raw, id, _) = open_with(addr, path, "", log);
+    (raw, id)
+}
+
+/// [`open`] with `extra` header lines in the request; the 101's head too.
+fn open_with(
+    addr: SocketAddr,
+    path: &str,
+    extra: &str,
+    log: &Mutex<Log>,
+) -> (Raw, ConnId, HttpHead) {
     let before = log.lock().unwrap().opened.len();
     let mut raw = Raw::connect(addr);
-    raw.write(upgrade_request(path, RFC_KEY, "").as_bytes());
+    raw.write(upgrade_request(path, RFC_KEY, extra).as_bytes());
     let head = raw.read_http();
     assert_eq!(head.status, 101, "upgrade refused: {head:?}");
     wait_until("on_open", || log.lock().unwrap().opened.len() > before);
     let id = log.lock().unwrap().opened[before];
-    (raw, id)
+    (raw, id, head)
+}
+
+/// The `i`-th message of an incompressible stream: its number, then noise.
+fn noise(i: u32) -> Vec<u8> {
+    let mut bytes = i.to_be_bytes().to_vec();
+    bytes.extend(pattern(i as u64 + 1, SIZE - 4));
+    bytes
+}
+
+/// The `i`-th message of a stream whose messages a compressor with context takeover
+/// chains: its number, the last 16 KiB of the previous message again (a
+/// back-reference across the message boundary, well inside a 32 KiB window), then
+/// noise of its own, ending with the 16 KiB the next one repeats.
+fn chain(i: u32) -> Vec<u8> {
+    let tail = 16 << 10;
+    let mut bytes = i.to_be_bytes().to_vec();
+    bytes.extend(pattern(i as u64, tail));
+    bytes.extend(pattern(u64::MAX - i as u64, SIZE - 4 - 2 * tail));
+    bytes.extend(pattern(i as u64 + 1, tail));
+    bytes
 }
 
 /// The server's stats as of now, asked for through `control` (a producer that reads):
@@ -483,4 +519,108 @@ fn the_close_policy_closes_a_slow_client_with_1008_after_whole_messages() {
     assert_eq!(stats.closes, [(1008, 1)]);
     // No on_dropped for a connection that is closing.
     assert!(log.lock().unwrap().dropped.is_empty());
+}
+
+/// Checks that `message` is a whole, intact message of the `chained` or noise stream;
+/// its number.
+fn check_noise(message: &[u8], chained: bool) -> u32 {
+    assert_eq!(message.len(), SIZE, "a message of the wrong size");
+    let i = u32::from_be_bytes(message[..4].try_into().unwrap());
+    let expected = if chained { chain(i) } else { noise(i) };
+    assert!(message == expected, "message {i} is corrupt");
+    i
+}
+
+/// Fills a compressed connection's queue under `DropOldest` and reads it all back,
+/// inflating with one context for the whole stream when `takeover` (as the peer of a
+/// server that keeps its context must), or one per message; the numbers received.
+fn compressed_fill(takeover: bool) -> (Vec<u32>, (usize, usize, usize)) {
+    let config = Config {
+        deflate: true,
+        deflate_context_takeover: takeover,
+        ..config(QueuePolicy::DropOldest)
+    };
+    let (server, log) = start_flow(config);
+    let offer = "Sec-WebSocket-Extensions: permessage-deflate\r\n";
+    let (mut raw, _, head) = open_with(server.addr, "/feed", offer, &log);
+    let agreed = head.header("Sec-WebSocket-Extensions").unwrap().to_owned();
+    assert_eq!(
+        agreed.contains("server_no_context_takeover"),
+        !takeover,
+        "{agreed}"
+    );
+    // With takeover, messages that refer back to the one before (half of each
+    // compresses away), so that a dropped one would break the next.
+    let (n, fill) = if takeover {
+        (600, "fill-chain")
+    } else {
+        (300, "fill-noise")
+    };
+    raw.send(true, TEXT, format!("{fill} {n}").as_bytes());
+    // Compressing 20 MB in a debug build on a busy machine takes a while.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while log.lock().unwrap().fills.is_empty() {
+        assert!(Instant::now() < deadline, "timed out waiting for the fill");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let fill = log.lock().unwrap().fills[0];
+    let mut context = flate2::Decompress::new(false);
+    let mut got = Vec::new();
+    while got.last() != Some(&(n - 1)) {
+        let frame = raw.read_frame();
+        match frame.opcode {
+            PING => continue,
+            BINARY => {}
+            other => panic!("unexpected frame {other:#x}"),
+        }
+        assert_eq!(frame.rsv, 4, "a compressed frame (RSV1)");
+        let message = if takeover {
+            inflate_with(&mut context, &frame.payload)
+        } else {
+            inflate(&frame.payload).unwrap()
+        };
+        got.push(check_noise(&message, takeover));
+        if fill.2 > 0 && got.len() == fill.0 + fill.1 {
+            break; // refusals: the newest never came
+        }
+    }
+    assert!(got.windows(2).all(|w| w[0] < w[1]), "out of order: {got:?}");
+    (got, fill)
+}
+
+/// Inflates one message of a stream compressed with context takeover.
+fn inflate_with(context: &mut flate2::Decompress, payload: &[u8]) -> Vec<u8> {
+    let mut input = payload.to_vec();
+    input.extend_from_slice(&[0, 0, 0xff, 0xff]);
+    let mut out = Vec::with_capacity(2 * SIZE);
+    let start = context.total_in();
+    loop {
+        let consumed = (context.total_in() - start) as usize;
+        context
+            .decompress_vec(&input[consumed..], &mut out, flate2::FlushDecompress::Sync)
+            .expect("the stream inflates: no message was dropped from it");
+        if (context.total_in() - start) as usize == input.len() && out.len() < out.capacity() {
+            return out;
+        }
+        out.reserve(SIZE);
+    }
+}
+
+#[test]
+fn drop_oldest_conflates_compressed_messages_without_context_takeover() {
+    let (got, (_, _, refused)) = compressed_fill(false);
+    assert_eq!(refused, 0);
+    assert!(
+        got.windows(2).any(|w| w[1] > w[0] + 1),
+        "no gap: nothing dropped"
+    );
+}
+
+#[test]
+fn drop_oldest_never_breaks_a_stream_compressed_with_context_takeover() {
+    // No message of a chained stream can be dropped: new ones are refused instead,
+    // and every one that arrives inflates in order.
+    let (got, (written, queued, refused)) = compressed_fill(true);
+    assert!(refused > 0, "the queue never filled");
+    assert_eq!(got, (0..(written + queued) as u32).collect::<Vec<_>>());
 }

@@ -14,7 +14,11 @@ use mio::Token;
 ///
 /// Whatever the policy, only whole data messages are ever dropped from a queue —
 /// never a control frame waiting there (a pong, a ping, the close), never a message
-/// the socket has taken part of — so the peer always gets whole, valid frames. (The
+/// the socket has taken part of, never one compressed with server context takeover
+/// (the peer could not inflate the ones after it; negotiate without it,
+/// [`Config::deflate_context_takeover`](crate::Config::deflate_context_takeover) off,
+/// the default, for conflation to work on compressed connections) — so the peer always
+/// gets whole, valid frames. (The
 /// close and keepalive pings are not subject to the cap at all.) Every message a
 /// connection misses while open is counted in
 /// [`Stats::messages_dropped`](crate::Stats::messages_dropped) and reported to

@@ -93,7 +93,7 @@ impl<S> Conn<S> {
         let total = first.len() + second.len();
         // A connection whose policy may drop queued messages keeps each whole one
         // apart (frames, not HTTP: those are not corked).
-        let whole = cork && self.flow.whole_messages() && is_whole_data_frame(first);
+        let whole = cork && self.flow.whole_messages() && self.may_drop(first);
         if cork && total <= CORK_LIMIT && !self.writable_interest {
             // Cork: small frames wait in the queue until the loop settles this
             // connection, so the replies to many frames of one read leave in one write.
@@ -202,12 +202,21 @@ impl<S> Conn<S> {
     }
 }
 
-/// Whether `frame` starts with the header of an unfragmented text or binary frame: a
-/// whole data message, which a queue policy may drop (never a control frame).
-fn is_whole_data_frame(frame: &[u8]) -> bool {
-    frame.first().is_some_and(|&b0| {
-        let fin = b0 & 0x80 != 0;
-        let opcode = b0 & 0x0f;
-        fin && (opcode == Opcode::Text as u8 || opcode == Opcode::Binary as u8)
-    })
+impl<S> Conn<S> {
+    /// Whether the frame that starts with `frame` may be dropped whole from the queue
+    /// by a queue policy: an unfragmented text or binary frame (never a control frame),
+    /// and not one compressed with server context takeover, whose successors the peer
+    /// can only inflate after it.
+    fn may_drop(&self, frame: &[u8]) -> bool {
+        let Some(&b0) = frame.first() else {
+            return false;
+        };
+        let (fin, rsv1, opcode) = (b0 & 0x80 != 0, b0 & 0x40 != 0, b0 & 0x0f);
+        let data = opcode == Opcode::Text as u8 || opcode == Opcode::Binary as u8;
+        let chained = rsv1
+            && self
+                .deflate()
+                .is_some_and(|d| !d.params.server_no_context_takeover);
+        fin && data && !chained
+    }
 }
