@@ -41,8 +41,10 @@ pub struct Config {
     /// While more than this many bytes wait in a connection's send queue, the server
     /// stops reading from it, so a peer that sends without reading feels TCP
     /// backpressure instead of growing our memory. Reading resumes once the queue
-    /// drains to half of this. Default: 1 MiB. Zero stops reading whenever anything
-    /// is queued. At most `max_send_queue` (above it, the queue could never reach it).
+    /// drains to half of this, which is also where a drain owed is paid
+    /// ([`Handler::on_drain`](crate::Handler::on_drain)). Default: 1 MiB. Zero stops
+    /// reading whenever anything is queued. At most `max_send_queue` (above it, the
+    /// queue could never reach it).
     pub write_high_water: usize,
     /// A send that would take a connection's queue past this many bytes is refused
     /// ([`SendStatus::Refused`](crate::SendStatus::Refused)): the most memory one slow
