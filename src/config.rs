@@ -41,8 +41,10 @@ pub struct Config {
     /// While more than this many bytes wait in a connection's send queue, the server
     /// stops reading from it, so a peer that sends without reading feels TCP
     /// backpressure instead of growing our memory. Reading resumes once the queue
-    /// drains to half of this. Default: 1 MiB. Zero stops reading whenever anything
-    /// is queued. At most `max_send_queue` (above it, the queue could never reach it).
+    /// drains to half of this, which is also where a drain owed is paid
+    /// ([`Handler::on_drain`](crate::Handler::on_drain)). Default: 1 MiB. Zero stops
+    /// reading whenever anything is queued. At most `max_send_queue` (above it, the
+    /// queue could never reach it).
     pub write_high_water: usize,
     /// A send that would take a connection's queue past this many bytes is refused
     /// ([`SendStatus::Refused`](crate::SendStatus::Refused)): the most memory one slow
@@ -54,6 +56,13 @@ pub struct Config {
     /// of the largest messages are then always refused, which suits a server that
     /// receives large messages and sends small ones, but not an echo.
     pub max_send_queue: usize,
+    /// What happens when a send would take a connection's queue past
+    /// `max_send_queue`: refuse the message (the default), close the connection, or
+    /// drop the oldest whole messages waiting (conflation). Per connection:
+    /// [`Decision::with_queue_policy`](crate::Decision::with_queue_policy). See
+    /// [`QueuePolicy`](crate::QueuePolicy), and the README on sizing the caps for
+    /// fan-out.
+    pub queue_policy: crate::QueuePolicy,
     /// A connection whose sends stay refused (queue over `max_send_queue`) this long is
     /// closed with 1008, so a consumer that stopped reading cannot hold its queue
     /// forever. Default: 30 s. Zero (or `Duration::MAX`): never closed for it; its
@@ -179,6 +188,7 @@ impl Default for Config {
             read_buffer_size: 128 << 10,
             write_high_water: 1 << 20,
             max_send_queue: 20 << 20,
+            queue_policy: crate::QueuePolicy::Refuse,
             send_stall_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(5),

@@ -31,9 +31,12 @@ use crate::proto::{CloseFrame, CloseHandshake, Keepalive, ProtocolError};
 use crate::timer::{deadline_after, Millis, When};
 use crate::transport::Transport;
 
+mod flow;
 mod peer;
 mod send;
 
+pub(crate) use flow::low_water;
+pub use flow::QueuePolicy;
 use mio::{Registry, Token};
 pub(crate) use peer::PeerAddr;
 use std::io::{self, Read};
@@ -138,8 +141,11 @@ pub(crate) struct Conn<S> {
     /// Corked bytes wait in `out` for [`flush`](Conn::flush), which the reactor calls
     /// when it settles the connection at the end of the event.
     unflushed: bool,
-    /// Reading stopped because the send queue is over the high-water mark.
-    read_paused: bool,
+    /// Reading paused for backpressure, a drain owed to the handler, the queue policy.
+    flow: flow::Flow,
+    /// The round trip of the last keepalive ping that was answered, in µs (at least
+    /// 1, saturating); 0 until one is.
+    rtt_micros: u32,
     /// Whether this connection is counted in the loop's handshakes in progress.
     counted_as_handshake: bool,
     /// Rarely set things, boxed so that connections without them stay small.
@@ -182,7 +188,8 @@ impl<S> Conn<S> {
             out: Outbox::default(),
             writable_interest: false,
             unflushed: false,
-            read_paused: false,
+            flow: flow::Flow::default(),
+            rtt_micros: 0,
             counted_as_handshake: true,
             extras: None,
             session: None,
@@ -314,11 +321,11 @@ impl<S> Conn<S> {
     /// Stops reading: the send queue is over the high-water mark, so a peer that sends
     /// without reading feels TCP backpressure instead of growing our memory.
     pub fn pause_reading(&mut self) {
-        self.read_paused = true;
+        self.flow.set_read_paused(true);
     }
 
     pub fn is_read_paused(&self) -> bool {
-        self.read_paused
+        self.flow.read_paused()
     }
 
     /// The socket took queued bytes: ends a send stall once the queue is down to half
@@ -329,9 +336,9 @@ impl<S> Conn<S> {
         if self.stalled_since.is_some() && pending <= max_queue / 2 {
             self.stalled_since = When::NONE;
         }
-        let resume = self.read_paused && pending <= high_water / 2;
+        let resume = self.flow.read_paused() && pending <= low_water(high_water);
         if resume {
-            self.read_paused = false;
+            self.flow.set_read_paused(false);
         }
         resume
     }
@@ -392,10 +399,25 @@ impl<S> Conn<S> {
         self.keepalive.heard(now);
     }
 
-    /// Sends a keepalive ping.
-    pub fn ping(&mut self, io: &Io, token: Token, now: Millis) {
-        let _ = self.send_frame(io, token, Opcode::Ping, b"keepalive", usize::MAX);
+    /// Sends a keepalive ping stamped with `micros`, the loop clock's microseconds
+    /// read just before it goes out (its pong gives [`rtt`](Self::rtt)).
+    pub fn ping(&mut self, io: &Io, token: Token, now: Millis, micros: u64) {
+        let payload = self.keepalive.stamp(micros);
+        let _ = self.send_frame(io, token, Opcode::Ping, &payload, usize::MAX);
         self.keepalive.ping_sent(now);
+    }
+
+    /// A pong arrived at `micros`: if it echoes our latest keepalive ping, its round
+    /// trip becomes this connection's [`rtt`](Self::rtt), and is returned (µs).
+    pub fn pong(&mut self, payload: &[u8], micros: u64) -> Option<u64> {
+        let rtt = self.keepalive.pong(payload, micros)?;
+        self.rtt_micros = rtt.clamp(1, u32::MAX as u64) as u32;
+        Some(rtt)
+    }
+
+    /// The round trip of the last keepalive ping that was answered, in µs.
+    pub fn rtt(&self) -> Option<u32> {
+        (self.rtt_micros != 0).then_some(self.rtt_micros)
     }
 
     /// Starts the close handshake from our side with `code` and `reason`; a no-op

@@ -163,8 +163,11 @@ impl Inbox {
 ///
 /// Every call queues a command and returns at once; the loop carries it out on its
 /// next turn, with the same backpressure rules as sends from inside the loop (a
-/// receiver whose queue is full misses the message; see
-/// [`SendStatus`](crate::SendStatus)). Sends to a connection that has closed are
+/// receiver whose queue is full misses the message, or drops older ones under its
+/// [`QueuePolicy`](crate::QueuePolicy); see [`SendStatus`](crate::SendStatus)). The
+/// call's `Ok` says only that the command was queued: what receivers missed is counted
+/// in [`Stats::messages_dropped`](crate::Stats::messages_dropped) and reported to
+/// [`Handler::on_dropped`](crate::Handler::on_dropped) for each of them. Sends to a connection that has closed are
 /// dropped silently: ids are never reused, so they cannot reach a newer connection.
 ///
 /// ```no_run

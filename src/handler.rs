@@ -1,5 +1,6 @@
 //! The application's side: the [`Handler`] trait and the [`Ctx`] it acts through.
 
+use crate::conn::QueuePolicy;
 use crate::proto::handshake::Request;
 use crate::proto::http::{HttpResponse, StatusCode};
 use crate::proto::{CloseCode, Message, ProtocolError};
@@ -90,6 +91,9 @@ pub enum Decision<S> {
         session: S,
         /// Whether permessage-deflate may be negotiated for this connection.
         compress: bool,
+        /// What happens when a send would take this connection's queue past its cap;
+        /// `None`: [`Config::queue_policy`](crate::Config::queue_policy).
+        queue_policy: Option<QueuePolicy>,
     },
     /// Answer with this HTTP response (e.g. 403 for a foreign Origin) and close.
     Reject(HttpResponse),
@@ -113,36 +117,36 @@ impl<S> Decision<S> {
             protocol: None,
             session,
             compress: true,
+            queue_policy: None,
         }
     }
 
     /// Names the subprotocol of an `Accept` (no effect on a `Reject`).
-    pub fn with_protocol(self, chosen: &str) -> Decision<S> {
-        match self {
-            Decision::Accept {
-                session, compress, ..
-            } => Decision::Accept {
-                protocol: Some(chosen.to_owned()),
-                session,
-                compress,
-            },
-            reject => reject,
+    pub fn with_protocol(mut self, chosen: &str) -> Decision<S> {
+        if let Decision::Accept { protocol, .. } = &mut self {
+            *protocol = Some(chosen.to_owned());
         }
+        self
     }
 
     /// Refuses permessage-deflate for this connection (e.g. for payloads that are
     /// already compressed, or to save its memory); no effect on a `Reject`.
-    pub fn without_compression(self) -> Decision<S> {
-        match self {
-            Decision::Accept {
-                protocol, session, ..
-            } => Decision::Accept {
-                protocol,
-                session,
-                compress: false,
-            },
-            reject => reject,
+    pub fn without_compression(mut self) -> Decision<S> {
+        if let Decision::Accept { compress, .. } = &mut self {
+            *compress = false;
         }
+        self
+    }
+
+    /// Sets what happens when a send would take this connection's queue past
+    /// [`Config::max_send_queue`](crate::Config::max_send_queue), instead of
+    /// [`Config::queue_policy`](crate::Config::queue_policy) (e.g. `DropOldest` for a
+    /// live price feed, `Refuse` for its order channel); no effect on a `Reject`.
+    pub fn with_queue_policy(mut self, policy: QueuePolicy) -> Decision<S> {
+        if let Decision::Accept { queue_policy, .. } = &mut self {
+            *queue_policy = Some(policy);
+        }
+        self
     }
 }
 
@@ -190,6 +194,10 @@ pub enum CloseReason {
     /// A half-received message got none of its bytes for `Config::message_timeout`;
     /// closed with 1008.
     MessageTimeout,
+    /// A send would have taken its queue past `max_send_queue` under
+    /// [`QueuePolicy::Close`]: the waiting messages were discarded and the connection
+    /// closed with 1008.
+    QueueFull,
     /// Dropped without a close handshake because its send queue was among the largest
     /// when the loop's outgoing budget ran out (a reader that stopped reading);
     /// reported as 1008.
@@ -206,6 +214,7 @@ impl CloseReason {
             CloseReason::Protocol(error) => error.close_code(),
             CloseReason::HandlerPanic | CloseReason::KeepaliveTimeout => CloseCode::INTERNAL_ERROR,
             CloseReason::SendStalled
+            | CloseReason::QueueFull
             | CloseReason::MessageTimeout
             | CloseReason::OutgoingBudget => CloseCode::POLICY_VIOLATION,
             CloseReason::Shutdown => CloseCode::GOING_AWAY,
@@ -292,6 +301,39 @@ pub trait Handler: 'static {
     /// `Stats::handler_panics`) and the loop goes on.
     fn on_loop_timer(&mut self, lp: &mut Loop<Self::Session>, token: u64) {
         let _ = (lp, token);
+    }
+
+    /// A connection whose send returned [`SendStatus::Queued`] or
+    /// [`SendStatus::Refused`] has written its queue down to the low-water mark (half
+    /// of [`Config::write_high_water`](crate::Config::write_high_water), 512 KiB by
+    /// default): a producer that stopped can resume. Called once per such episode
+    /// (however many sends were queued or refused), after a write the socket took,
+    /// and only while the connection is open. Sends through a [`Handle`](crate::Handle)
+    /// or a fan-out to this connection count too.
+    fn on_drain(&mut self, cx: &mut Ctx<'_, Self::Session>) {
+        let _ = cx;
+    }
+
+    /// The peer sent a pong (every one: the answer to a keepalive ping or to
+    /// [`Ctx::ping`], or an unsolicited heartbeat), with its payload. Keepalive
+    /// pings carry 8 bytes, their send time; their round trip is
+    /// [`Ctx::ping_rtt`], updated before this is called.
+    fn on_pong(&mut self, cx: &mut Ctx<'_, Self::Session>, payload: &[u8]) {
+        let _ = (cx, payload);
+    }
+
+    /// This connection missed `dropped` messages since the last call while open:
+    /// sends refused for its queue cap or the loop's outgoing budget (in-loop, fan-out
+    /// or through a [`Handle`](crate::Handle), including refusals the handler saw as
+    /// [`SendStatus::Refused`]), and whole messages dropped from its queue by
+    /// [`QueuePolicy::DropOldest`]. Called once per connection at the end of the loop
+    /// turn in which the drops happened, not once per message, so a publish to
+    /// thousands of slow subscribers costs no callback inside its loop. Drops caused
+    /// in this callback itself are reported after the next turn. A typical answer:
+    /// tell the client to resynchronize, or close it. Also counted in
+    /// [`Stats::messages_dropped`].
+    fn on_dropped(&mut self, cx: &mut Ctx<'_, Self::Session>, dropped: u64) {
+        let _ = (cx, dropped);
     }
 
     /// The WebSocket is closed (called once for every connection that was opened),

@@ -89,6 +89,7 @@ mod timer;
 mod transport;
 
 pub use config::{Config, ConfigError};
+pub use conn::QueuePolicy;
 pub use handle::{Handle, HandleError};
 pub use handler::{CloseReason, ConnId, Ctx, Decision, Handler, SendStatus, Session};
 pub use histogram::Histogram;

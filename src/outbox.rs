@@ -7,6 +7,11 @@
 //! the loop thread). A frame sent to many connections (broadcast, publish) is stored
 //! once and shared by every queue that holds it.
 //!
+//! A connection whose queue policy drops messages (`QueuePolicy::DropOldest`,
+//! `Close`) queues each whole data message as a chunk of its own, so that it can be
+//! dropped without touching its neighbours: message boundaries cost nothing for the
+//! others, whose small frames share a buffer.
+//!
 //! Every byte a queue holds is counted in a [`Meter`] the whole loop shares, so the
 //! total over all connections can be bounded (`Config::outgoing_budget`); a shared
 //! frame counts once, for as long as any queue holds it.
@@ -48,7 +53,8 @@ impl Meter {
         self.0.now.store(now, Ordering::Relaxed);
     }
 
-    fn now(&self) -> u64 {
+    /// The loop's time as of this turn.
+    pub fn now(&self) -> u64 {
         self.0.now.load(Ordering::Relaxed)
     }
 
@@ -92,14 +98,18 @@ impl Drop for SharedFrame {
 
 #[derive(Debug)]
 enum Chunk {
+    /// Bytes of one or more frames, or the rest of one the socket took part of.
     Owned(Vec<u8>),
+    /// One whole data message, queued alone so that it can be dropped whole.
+    Whole(Vec<u8>),
+    /// One whole data message shared with other queues (fan-out sends nothing else).
     Shared(Arc<SharedFrame>),
 }
 
 impl Chunk {
     fn bytes(&self) -> &[u8] {
         match self {
-            Chunk::Owned(bytes) => bytes,
+            Chunk::Owned(bytes) | Chunk::Whole(bytes) => bytes,
             Chunk::Shared(frame) => frame.bytes(),
         }
     }
@@ -107,7 +117,7 @@ impl Chunk {
     /// What this chunk costs the meter on its own (a shared frame is counted by itself).
     fn owned_cost(&self) -> usize {
         match self {
-            Chunk::Owned(bytes) => bytes.capacity(),
+            Chunk::Owned(bytes) | Chunk::Whole(bytes) => bytes.capacity(),
             Chunk::Shared(_) => 0,
         }
     }
@@ -129,6 +139,11 @@ struct Queue {
     /// When the socket last took bytes from this queue (or it was made): a reader
     /// that stopped reading shows as a queue that has not moved for long.
     moved: u64,
+    /// Messages this connection missed (refused, or dropped from the queue) that the
+    /// loop has not counted and reported yet.
+    dropped: u32,
+    /// Whether the loop has this queue's connection on its list of drops to report.
+    listed: bool,
     meter: Meter,
 }
 
@@ -168,20 +183,62 @@ impl Queue {
                 self.owned += last.capacity();
             }
             _ => {
-                let mut buffer = if self.chunks.is_empty() && len <= self.spare.capacity() {
-                    std::mem::take(&mut self.spare)
-                } else {
-                    Vec::with_capacity(len)
-                };
-                for part in parts {
-                    buffer.extend_from_slice(part);
-                }
-                self.owned += buffer.capacity();
+                let buffer = self.buffer(parts, len);
                 self.chunks.push_back(Chunk::Owned(buffer));
             }
         }
         self.pending += len;
         self.recount();
+    }
+
+    /// Queues one whole data message as a chunk of its own.
+    fn push_whole(&mut self, parts: &[&[u8]]) {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let buffer = self.buffer(parts, len);
+        self.chunks.push_back(Chunk::Whole(buffer));
+        self.pending += len;
+        self.recount();
+    }
+
+    /// A new buffer holding `parts` (`len` bytes): the spare one if it fits.
+    fn buffer(&mut self, parts: &[&[u8]], len: usize) -> Vec<u8> {
+        let mut buffer = if self.chunks.is_empty() && len <= self.spare.capacity() {
+            std::mem::take(&mut self.spare)
+        } else {
+            Vec::with_capacity(len)
+        };
+        for part in parts {
+            buffer.extend_from_slice(part);
+        }
+        self.owned += buffer.capacity();
+        buffer
+    }
+
+    /// Drops the oldest whole messages until at least `over` bytes are freed or none
+    /// is left to drop; how many were dropped. Never a message the socket has taken
+    /// part of (the front chunk once written into), never anything but a whole data
+    /// message (a control frame, the rest of a frame, merged small frames stay).
+    fn drop_oldest(&mut self, over: usize) -> usize {
+        let (mut freed, mut owned, mut count, mut index) = (0, 0, 0, 0);
+        let front_sent = self.front_sent;
+        self.chunks.retain(|chunk| {
+            let first = index == 0;
+            index += 1;
+            let whole = matches!(chunk, Chunk::Whole(_) | Chunk::Shared(_));
+            if freed >= over || !whole || (first && front_sent > 0) {
+                return true;
+            }
+            freed += chunk.bytes().len();
+            owned += chunk.owned_cost();
+            count += 1;
+            false
+        });
+        self.pending -= freed;
+        self.owned -= owned;
+        if count > 0 {
+            self.recount();
+        }
+        count
     }
 
     fn push_shared(&mut self, frame: &Arc<SharedFrame>) {
@@ -241,7 +298,7 @@ impl Queue {
             let chunk = self.chunks.pop_front();
             if let Some(chunk) = chunk {
                 self.owned -= chunk.owned_cost();
-                if let Chunk::Owned(mut buffer) = chunk {
+                if let Chunk::Owned(mut buffer) | Chunk::Whole(mut buffer) = chunk {
                     if buffer.capacity() <= RETAINED_CAPACITY
                         && buffer.capacity() > self.spare.capacity()
                     {
@@ -278,9 +335,10 @@ impl Outbox {
         self.queue.as_ref().map_or(0, |q| q.moved)
     }
 
-    /// Releases everything if nothing waits (for a connection that has gone quiet).
+    /// Releases everything if nothing waits (for a connection that has gone quiet),
+    /// and no drops wait to be reported.
     pub fn shed(&mut self) {
-        if self.pending() == 0 {
+        if self.pending() == 0 && self.queue.as_ref().is_none_or(|q| q.dropped == 0) {
             self.queue = None;
         }
     }
@@ -300,6 +358,8 @@ impl Outbox {
                 owned: 0,
                 counted: 0,
                 moved: meter.now(),
+                dropped: 0,
+                listed: false,
                 meter: meter.clone(),
             });
             queue.recount();
@@ -311,8 +371,58 @@ impl Outbox {
         self.queue(meter).push_owned(parts);
     }
 
+    /// Queues one whole data message as a chunk of its own, so that it can be dropped
+    /// whole later ([`drop_oldest`](Self::drop_oldest)).
+    pub fn push_whole(&mut self, meter: &Meter, parts: &[&[u8]]) {
+        self.queue(meter).push_whole(parts);
+    }
+
+    /// Queues a frame shared with other queues: one whole data message.
     pub fn push_shared(&mut self, meter: &Meter, frame: &Arc<SharedFrame>) {
         self.queue(meter).push_shared(frame);
+    }
+
+    /// Drops the oldest whole messages waiting (queued with
+    /// [`push_whole`](Self::push_whole) or shared) until `over` bytes are freed or
+    /// none is left; how many were dropped. See [`Queue::drop_oldest`].
+    pub fn drop_oldest(&mut self, over: usize) -> usize {
+        match &mut self.queue {
+            Some(queue) if over > 0 => queue.drop_oldest(over),
+            _ => 0,
+        }
+    }
+
+    /// Notes `count` messages the connection missed, to be counted and reported.
+    pub fn note_dropped(&mut self, meter: &Meter, count: usize) {
+        if count > 0 {
+            let queue = self.queue(meter);
+            queue.dropped = queue
+                .dropped
+                .saturating_add(count.min(u32::MAX as usize) as u32);
+        }
+    }
+
+    /// Whether drops are noted that the loop has not listed for reporting yet; true
+    /// once until they are taken.
+    pub fn take_unlisted_drops(&mut self) -> bool {
+        match &mut self.queue {
+            Some(queue) if queue.dropped > 0 && !queue.listed => {
+                queue.listed = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The drops noted since the last call.
+    pub fn take_dropped(&mut self) -> u64 {
+        match &mut self.queue {
+            Some(queue) => {
+                queue.listed = false;
+                std::mem::take(&mut queue.dropped) as u64
+            }
+            None => 0,
+        }
     }
 
     /// Writes as much as the socket takes; `Ok(true)` once the queue is empty.
@@ -456,6 +566,115 @@ mod tests {
         assert_eq!(meter.get(), kept);
         socket.room = 1000;
         assert!(out.write_to(&mut socket).unwrap());
+        out.shed();
+        assert_eq!(meter.get(), 0);
+    }
+
+    /// Writes everything the queue holds into a byte vector.
+    fn drain(out: &mut Outbox) -> Vec<u8> {
+        let mut socket = Trickle {
+            taken: Vec::new(),
+            room: usize::MAX,
+            calls: 0,
+        };
+        while !out.write_to(&mut socket).unwrap() {
+            socket.room = usize::MAX;
+        }
+        socket.taken
+    }
+
+    #[test]
+    fn drop_oldest_drops_whole_messages_oldest_first_and_only_as_many_as_needed() {
+        let meter = Meter::default();
+        let mut out = Outbox::default();
+        let shared = SharedFrame::new(b"[s]".to_vec(), &meter);
+        out.push_whole(&meter, &[b"[1", b"]"]);
+        out.push(&meter, &[b"<ping>"]);
+        out.push_shared(&meter, &shared);
+        out.push_whole(&meter, &[b"[2]"]);
+        out.push_whole(&meter, &[b"[3]"]);
+        assert_eq!(out.pending(), 3 + 6 + 3 + 3 + 3);
+        // 4 bytes over: two 3-byte messages go, the oldest ones ([1], then the shared
+        // frame); the control frame between them stays.
+        assert_eq!(out.drop_oldest(4), 2);
+        assert_eq!(out.pending(), 6 + 3 + 3);
+        assert_eq!(drain(&mut out), b"<ping>[2][3]");
+        // Nothing to drop: zero, and nothing changes.
+        assert_eq!(out.drop_oldest(100), 0);
+        drop(shared);
+        out.clear();
+        assert_eq!(meter.get(), 0);
+    }
+
+    #[test]
+    fn drop_oldest_never_drops_a_message_the_socket_took_part_of() {
+        let meter = Meter::default();
+        let mut out = Outbox::default();
+        out.push_whole(&meter, &[b"[first]"]);
+        out.push_whole(&meter, &[b"[second]"]);
+        let mut socket = Trickle {
+            taken: Vec::new(),
+            room: 3,
+            calls: 0,
+        };
+        assert!(!out.write_to(&mut socket).unwrap());
+        assert_eq!(socket.taken, b"[fi");
+        // Everything asked for: only the untouched message goes.
+        assert_eq!(out.drop_oldest(usize::MAX), 1);
+        assert_eq!(out.pending(), 4);
+        socket.room = 100;
+        assert!(out.write_to(&mut socket).unwrap());
+        assert_eq!(socket.taken, b"[first]");
+    }
+
+    /// What a queued message costs a queue beside its bytes (the README's sizing
+    /// advice for fan-out counts on it).
+    #[test]
+    fn a_chunk_is_small() {
+        assert!(std::mem::size_of::<Chunk>() <= 32);
+    }
+
+    #[test]
+    fn merged_small_frames_are_never_dropped() {
+        let meter = Meter::default();
+        let mut out = Outbox::default();
+        // The default policy's pushes: appended into one buffer, no boundaries kept.
+        out.push(&meter, &[b"[a]"]);
+        out.push(&meter, &[b"[b]"]);
+        assert_eq!(out.drop_oldest(usize::MAX), 0);
+        assert_eq!(drain(&mut out), b"[a][b]");
+    }
+
+    #[test]
+    fn the_meter_gives_back_what_dropped_messages_held() {
+        let meter = Meter::default();
+        let mut out = Outbox::default();
+        out.push_whole(&meter, &[&[0; 100_000]]);
+        out.push_whole(&meter, &[&[1; 10]]);
+        let before = meter.get();
+        assert_eq!(out.drop_oldest(1), 1);
+        assert!(before - meter.get() >= 100_000);
+        assert_eq!(drain(&mut out), [1; 10]);
+    }
+
+    #[test]
+    fn drops_noted_are_listed_once_and_taken_once() {
+        let meter = Meter::default();
+        let mut out = Outbox::default();
+        assert!(!out.take_unlisted_drops());
+        assert_eq!(out.take_dropped(), 0);
+        out.note_dropped(&meter, 2);
+        out.note_dropped(&meter, 0);
+        assert!(out.take_unlisted_drops());
+        out.note_dropped(&meter, 1);
+        assert!(!out.take_unlisted_drops());
+        // A queue with drops to report is kept though empty.
+        out.shed();
+        assert_eq!(out.take_dropped(), 3);
+        assert_eq!(out.take_dropped(), 0);
+        out.note_dropped(&meter, 1);
+        assert!(out.take_unlisted_drops());
+        assert_eq!(out.take_dropped(), 1);
         out.shed();
         assert_eq!(meter.get(), 0);
     }

@@ -40,6 +40,15 @@ pub struct Stats {
     /// outgoing budget had no room, or the connection was closing. Broadcast and
     /// publish receivers count one by one.
     pub sends_refused: u64,
+    /// Data messages an open connection missed because its queue was full: sends
+    /// refused at `max_send_queue` or for the outgoing budget (in-loop, fan-out and
+    /// `Handle` sends alike), and whole messages dropped from queues by
+    /// `QueuePolicy::DropOldest` or discarded by `QueuePolicy::Close`. Counted at the
+    /// end of the turn, when `Handler::on_dropped` is told.
+    pub messages_dropped: u64,
+    /// Connections closed (1008) by `QueuePolicy::Close` because a send would have
+    /// taken their queue past `max_send_queue`.
+    pub queue_full_closes: u64,
     /// Connections closed (1013) to make room in the incoming budget, or because the
     /// room they needed was not there.
     pub incoming_budget_closes: u64,
@@ -162,6 +171,8 @@ impl Stats {
         Counter protocol_errors: "Connections failed because the peer broke the protocol.";
         Counter handler_panics: "Handler panics caught (in a connection's callback it closed the connection with 1011; in a server-level timer or deferred closure it was logged).";
         Counter sends_refused: "Sends refused (queue over max_send_queue, outgoing budget full, or closing).";
+        Counter messages_dropped: "Data messages an open connection missed for a full queue (refused, or dropped by its queue policy).";
+        Counter queue_full_closes: "Connections closed (1008) by the Close queue policy for a full send queue.";
         Counter incoming_budget_closes: "Connections closed (1013) to make room in the incoming budget.";
         Counter outgoing_budget_closes: "Connections dropped (1008) because their queues took the outgoing budget.";
         Counter message_timeouts: "Connections closed (1008) because a half-received message stopped growing.";
@@ -383,6 +394,8 @@ mod tests {
                 "protocol_errors" => stats.protocol_errors = value,
                 "handler_panics" => stats.handler_panics = value,
                 "sends_refused" => stats.sends_refused = value,
+                "messages_dropped" => stats.messages_dropped = value,
+                "queue_full_closes" => stats.queue_full_closes = value,
                 "incoming_budget_closes" => stats.incoming_budget_closes = value,
                 "outgoing_budget_closes" => stats.outgoing_budget_closes = value,
                 "message_timeouts" => stats.message_timeouts = value,
@@ -507,7 +520,7 @@ mod tests {
             "# HELP wsreactor_open_connections WebSocket connections open right now."
         );
         assert!(text
-            .contains("# TYPE wsreactor_open_connections gauge\nwsreactor_open_connections 117\n"));
+            .contains("# TYPE wsreactor_open_connections gauge\nwsreactor_open_connections 119\n"));
         // Every metric: HELP then TYPE then its one sample, in METRICS order.
         let mut at = 0;
         for metric in Stats::METRICS {
@@ -572,8 +585,8 @@ mod tests {
             json.starts_with("{\"accepted\":100,\"refused\":101,"),
             "{json}"
         );
-        assert!(json.contains(",\"closes\":{\"1000\":2,\"1006\":1},\"open_connections\":117,"));
-        assert!(json.contains(",\"inflaters_lent\":123,"), "{json}");
+        assert!(json.contains(",\"closes\":{\"1000\":2,\"1006\":1},\"open_connections\":119,"));
+        assert!(json.contains(",\"inflaters_lent\":125,"), "{json}");
         let zeros = |n: usize| vec!["0"; n].join(",");
         assert!(
             json.ends_with(&format!(

@@ -36,6 +36,12 @@ impl Clock {
     pub fn now(&self) -> Millis {
         self.epoch.elapsed().as_millis() as Millis + 1
     }
+
+    /// Microseconds since the same epoch, read now (not once per turn): for the
+    /// keepalive round trip, which the turn's millisecond would blur.
+    pub fn micros(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
+    }
 }
 
 /// A moment on the loop clock, or none, in 8 bytes instead of `Option<u64>`'s 16:

@@ -42,7 +42,7 @@ impl<S> Conn<S> {
         let header_len = header.encode(&mut bytes);
         let header = bytes;
         let total = header_len + payload.len();
-        if self.out.pending() + total > max_queue {
+        if self.out.pending() + total > max_queue && !self.make_room(io, token, total, max_queue) {
             return SendStatus::Refused;
         }
         self.send_parts(io, token, &header[..header_len], payload, true)
@@ -58,7 +58,9 @@ impl<S> Conn<S> {
         max_queue: usize,
     ) -> SendStatus {
         let bytes = frame.bytes();
-        if self.out.pending() + bytes.len() > max_queue {
+        if self.out.pending() + bytes.len() > max_queue
+            && !self.make_room(io, token, bytes.len(), max_queue)
+        {
             return SendStatus::Refused;
         }
         if self.writable_interest && self.may_write() {
@@ -89,10 +91,17 @@ impl<S> Conn<S> {
             return SendStatus::Refused;
         }
         let total = first.len() + second.len();
+        // A connection whose policy may drop queued messages keeps each whole one
+        // apart (frames, not HTTP: those are not corked).
+        let whole = cork && self.flow.whole_messages() && self.may_drop(first);
         if cork && total <= CORK_LIMIT && !self.writable_interest {
             // Cork: small frames wait in the queue until the loop settles this
             // connection, so the replies to many frames of one read leave in one write.
-            self.out.push(&io.meter, &[first, second]);
+            if whole {
+                self.out.push_whole(&io.meter, &[first, second]);
+            } else {
+                self.out.push(&io.meter, &[first, second]);
+            }
             self.unflushed = true;
             return SendStatus::Written;
         }
@@ -128,7 +137,9 @@ impl<S> Conn<S> {
         if written == total {
             return SendStatus::Written;
         }
-        if written < first.len() {
+        if written == 0 && whole {
+            self.out.push_whole(&io.meter, &[first, second]);
+        } else if written < first.len() {
             self.out.push(&io.meter, &[&first[written..], second]);
         } else {
             self.out
@@ -188,5 +199,24 @@ impl<S> Conn<S> {
             Ok(()) => self.writable_interest = writable,
             Err(e) => self.fail_io(e),
         }
+    }
+}
+
+impl<S> Conn<S> {
+    /// Whether the frame that starts with `frame` may be dropped whole from the queue
+    /// by a queue policy: an unfragmented text or binary frame (never a control frame),
+    /// and not one compressed with server context takeover, whose successors the peer
+    /// can only inflate after it.
+    fn may_drop(&self, frame: &[u8]) -> bool {
+        let Some(&b0) = frame.first() else {
+            return false;
+        };
+        let (fin, rsv1, opcode) = (b0 & 0x80 != 0, b0 & 0x40 != 0, b0 & 0x0f);
+        let data = opcode == Opcode::Text as u8 || opcode == Opcode::Binary as u8;
+        let chained = rsv1
+            && self
+                .deflate()
+                .is_some_and(|d| !d.params.server_no_context_takeover);
+        fin && data && !chained
     }
 }

@@ -23,26 +23,40 @@ pub enum KeepaliveDue {
     PongOverdue,
 }
 
+/// Bytes of a keepalive ping's payload: the moment it was sent, in microseconds on
+/// the caller's clock, big-endian (see [`Keepalive::stamp`]).
+pub const PING_PAYLOAD_LEN: usize = 8;
+
 /// The keepalive state of one connection: 16 bytes.
 ///
-/// One timestamp suffices, because which one matters depends on whether a ping is out:
-/// while none is, the next ping is due `idle` after the peer was last heard from; while
-/// one is, only the time of that ping counts.
+/// One timestamp suffices for the timeouts, because which one matters depends on
+/// whether a ping is out: while none is, the next ping is due `idle` after the peer
+/// was last heard from; while one is, only the time of that ping counts.
+///
+/// The round trip is measured without a timestamp of its own: the ping carries its
+/// send time in its payload (µs), the pong echoes it, and only the low 32 bits of the
+/// latest stamp are kept, to recognize the echo of that ping and no other.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Keepalive(Since);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Since {
-    /// No ping is out; the peer was last heard from at this moment.
-    Heard(u64),
-    /// Our ping went out at this moment and nothing has been heard since.
-    Pinged(u64),
+pub struct Keepalive {
+    /// While `pinged`, when our ping went out and nothing has been heard since;
+    /// otherwise when the peer was last heard from.
+    at: u64,
+    /// The low 32 bits of the latest keepalive ping's stamp (µs), while `stamped`.
+    stamp: u32,
+    pinged: bool,
+    /// A stamped ping is out whose echo has not come back.
+    stamped: bool,
 }
 
 impl Keepalive {
     /// A connection that opened at `now`: the opening counts as hearing from the peer.
     pub fn new(now: u64) -> Keepalive {
-        Keepalive(Since::Heard(now))
+        Keepalive {
+            at: now,
+            stamp: 0,
+            pinged: false,
+            stamped: false,
+        }
     }
 
     /// Something arrived from the peer at `now`: it is alive, so an outstanding ping
@@ -50,10 +64,8 @@ impl Keepalive {
     /// earlier than one already heard (a caller's clock that stepped back) does not
     /// move the idle deadline earlier.
     pub fn heard(&mut self, now: u64) {
-        self.0 = match self.0 {
-            Since::Heard(last) => Since::Heard(last.max(now)),
-            Since::Pinged(_) => Since::Heard(now),
-        };
+        self.at = if self.pinged { now } else { self.at.max(now) };
+        self.pinged = false;
     }
 
     /// Our keepalive ping went out at `now`; the pong timeout runs from it. The caller
@@ -62,15 +74,40 @@ impl Keepalive {
     /// chose to wait for (but, as in [`heard`](Self::heard), never from an earlier
     /// moment than one already recorded).
     pub fn ping_sent(&mut self, now: u64) {
-        self.0 = match self.0 {
-            Since::Heard(_) => Since::Pinged(now),
-            Since::Pinged(at) => Since::Pinged(at.max(now)),
-        };
+        self.at = if self.pinged { self.at.max(now) } else { now };
+        self.pinged = true;
+    }
+
+    /// The payload for a keepalive ping sent at `micros` (the caller's microsecond
+    /// clock): that moment, big-endian. Remembered, so that the pong echoing it gives
+    /// the round trip ([`pong`](Self::pong)); a newer stamp replaces an older one.
+    pub fn stamp(&mut self, micros: u64) -> [u8; PING_PAYLOAD_LEN] {
+        self.stamp = micros as u32;
+        self.stamped = true;
+        micros.to_be_bytes()
+    }
+
+    /// A pong with `payload` arrived at `micros`: the round trip in microseconds if it
+    /// echoes the latest stamped ping, once; `None` for any other pong.
+    ///
+    /// A peer may send any pong (unsolicited, a guess, a replay), so the payload is
+    /// checked: 8 bytes, a moment not in the future, less than 2³² µs (71 minutes) ago,
+    /// whose low 32 bits are those of the latest stamp. In that window only one moment
+    /// has those bits, so the echo is exactly the stamp we sent: a pong for an older
+    /// ping, a forged or shifted time, or the same pong again gives nothing.
+    pub fn pong(&mut self, payload: &[u8], micros: u64) -> Option<u64> {
+        let sent = u64::from_be_bytes(payload.try_into().ok()?);
+        let age = micros.checked_sub(sent)?;
+        if !self.stamped || sent as u32 != self.stamp || age >> 32 != 0 {
+            return None;
+        }
+        self.stamped = false;
+        Some(age)
     }
 
     /// Whether a ping is out and unanswered.
     pub fn awaiting_pong(&self) -> bool {
-        matches!(self.0, Since::Pinged(_))
+        self.pinged
     }
 
     /// When the next keepalive step is due, and which, given the idle and pong
@@ -81,9 +118,10 @@ impl Keepalive {
     /// `u64::MAX` instead of wrapping, so no timeout makes one fall in the past.
     pub fn next(&self, idle: Option<u64>, pong: Option<u64>) -> Option<(u64, KeepaliveDue)> {
         let idle = idle?;
-        match self.0 {
-            Since::Heard(at) => Some((at.saturating_add(idle), KeepaliveDue::Ping)),
-            Since::Pinged(at) => Some((at.saturating_add(pong?), KeepaliveDue::PongOverdue)),
+        if self.pinged {
+            Some((self.at.saturating_add(pong?), KeepaliveDue::PongOverdue))
+        } else {
+            Some((self.at.saturating_add(idle), KeepaliveDue::Ping))
         }
     }
 }
@@ -100,6 +138,59 @@ mod tests {
     #[test]
     fn is_sixteen_bytes() {
         assert_eq!(std::mem::size_of::<Keepalive>(), 16);
+    }
+
+    #[test]
+    fn the_echo_of_the_latest_stamp_gives_the_round_trip_once() {
+        let mut ka = Keepalive::new(0);
+        let payload = ka.stamp(5_000_123);
+        assert_eq!(payload.len(), PING_PAYLOAD_LEN);
+        assert_eq!(ka.pong(&payload, 5_000_400), Some(277));
+        // The same pong again (a replay) gives nothing.
+        assert_eq!(ka.pong(&payload, 5_000_500), None);
+        // An echo that comes at once: zero, not nothing.
+        let payload = ka.stamp(6_000_000);
+        assert_eq!(ka.pong(&payload, 6_000_000), Some(0));
+    }
+
+    #[test]
+    fn a_forged_or_stale_pong_gives_nothing() {
+        let mut ka = Keepalive::new(0);
+        // Nothing stamped yet.
+        assert_eq!(ka.pong(&1_000u64.to_be_bytes(), 2_000), None);
+        let old = ka.stamp(1_000_000);
+        ka.stamp(2_000_000);
+        let now = 2_000_050;
+        // The echo of an older ping.
+        assert_eq!(ka.pong(&old, now), None);
+        // A moment in the future, even with the stamp's bits.
+        let future = ka.stamp(now + 10);
+        assert_eq!(ka.pong(&future, now), None);
+        // The right low 32 bits, but 2^32 µs off: outside the window.
+        let far = 5 << 32 | 777;
+        let stamped = ka.stamp(far);
+        assert_eq!(ka.pong(&(far - (1 << 32)).to_be_bytes(), far + 50), None);
+        assert_eq!(ka.pong(&stamped, far + (1 << 32)), None);
+        assert_eq!(ka.pong(&stamped, far + 60), Some(60));
+        let latest = ka.stamp(2_000_000);
+        // Wrong lengths, an empty payload, text.
+        assert_eq!(ka.pong(&latest[..7], now), None);
+        assert_eq!(ka.pong(&[], now), None);
+        assert_eq!(ka.pong(b"keepalive", now), None);
+        // None of that spent the stamp: the real echo still counts.
+        assert_eq!(ka.pong(&latest, now), Some(50));
+    }
+
+    #[test]
+    fn stamps_do_not_touch_the_timeouts() {
+        let mut ka = Keepalive::new(1_000);
+        ka.ping_sent(31_000);
+        let payload = ka.stamp(31_000_000);
+        ka.heard(31_010);
+        assert!(!ka.awaiting_pong());
+        // A pong that comes after other frames still gives the round trip.
+        assert_eq!(ka.pong(&payload, 31_010_000), Some(10_000));
+        assert_eq!(ka.next(IDLE, PONG), Some((61_010, KeepaliveDue::Ping)));
     }
 
     #[test]

@@ -137,6 +137,7 @@ impl<S> Core<S> {
             if self.io.meter.get() <= target {
                 break;
             }
+            self.count_unreported_drops(slot);
             let conn = &mut self.conns[slot];
             log::debug!(
                 "{}: dropped: its send queue took the outgoing budget",

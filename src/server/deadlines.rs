@@ -78,7 +78,7 @@ impl<S> Core<S> {
                 conn.abort();
             }
             Wait::Idle => {
-                conn.ping(&self.io, Token(slot), now);
+                conn.ping(&self.io, Token(slot), now, self.clock.micros());
                 // Quiet for a whole idle period: give back the buffers its last
                 // messages left (they are kept while traffic flows, so that the
                 // echo path allocates nothing per message).

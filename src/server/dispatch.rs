@@ -29,6 +29,7 @@ impl<H: Handler> Server<H> {
             // Edge-triggered: input that waited meanwhile raises no new event.
             core.backlog.push(slot);
         }
+        self.drained(slot);
     }
 
     /// Reads until the socket is drained, the per-turn cap, or backpressure.
@@ -202,7 +203,10 @@ pub(super) fn on_event<H: Handler>(
                 payload,
                 core.config.max_send_queue,
             );
+            // Room for the pong may have been made by dropping messages.
+            core.list_drops(slot);
         }
+        Event::Pong(payload) if open => super::flow::pong(core, handler, slot, payload),
         Event::Ping(_) | Event::Pong(_) => {}
         Event::Close(frame) => {
             if open {

@@ -83,6 +83,9 @@ impl<S> Core<S> {
 pub struct Fanout {
     /// Receivers whose socket took the frame or who queued it.
     pub sent: usize,
-    /// Receivers that refused it (queue over the cap); they miss this message.
+    /// Receivers that refused it (queue over the cap, or the outgoing budget full);
+    /// they miss this message. A receiver whose [`QueuePolicy`](crate::QueuePolicy)
+    /// made room by dropping older messages counts as sent (the drops are reported by
+    /// [`Handler::on_dropped`](crate::Handler::on_dropped)).
     pub refused: usize,
 }

@@ -67,7 +67,13 @@ impl<H: Handler> Server<H> {
         if conn.is_unflushed() {
             core.stats.flush_bytes.record(conn.out.pending() as u64);
             conn.flush(&core.io, Token(slot));
+            // The socket took bytes: a drain owed may be due.
+            self.drained(slot);
         }
+        let core = &mut self.core;
+        let Some(conn) = core.conns.get_mut(slot) else {
+            return;
+        };
         if let Some(session) = conn.take_ended() {
             let reason = conn.take_close_reason().unwrap_or(CloseReason::Abnormal);
             // No on_timer after on_close.
@@ -90,6 +96,9 @@ impl<H: Handler> Server<H> {
             if matches!(reason, CloseReason::Protocol(_)) {
                 core.stats.protocol_errors += 1;
             }
+            if matches!(reason, CloseReason::QueueFull) {
+                core.stats.queue_full_closes += 1;
+            }
             let handler = &mut self.handler;
             let started = core.stalls.start();
             let result = catch_unwind(AssertUnwindSafe(|| handler.on_close(id, session, &reason)));
@@ -107,6 +116,7 @@ impl<H: Handler> Server<H> {
             core.handshaking -= 1;
         }
         if conn.is_closed() {
+            core.count_unreported_drops(slot);
             let mut conn = core.conns.remove(slot);
             core.timers.remove(slot);
             // The slot's next connection starts with no timers.

@@ -22,6 +22,7 @@
 //! | `lifecycle` | settling a connection after anything happened; shutdown |
 //! | `commands` | the `Handle`'s inbox |
 //! | `nesting` | driven from another event loop: the poller's descriptor, the next timeout |
+//! | `flow` | drain, dropped messages and pongs for the handler |
 //! | `stalls` | loop-stall warnings: callbacks and turns over `stall_threshold` |
 //! | `ctx` | `Ctx`, the handler's view of the loop |
 
@@ -32,6 +33,7 @@ mod ctx;
 mod deadlines;
 mod dispatch;
 mod fanout;
+mod flow;
 mod lifecycle;
 mod nesting;
 mod stalls;
@@ -114,6 +116,8 @@ pub struct Loop<S = ()> {
     touched: Vec<usize>,
     /// Connections that may have unread input left when their turn ended.
     backlog: Vec<usize>,
+    /// Connections with drops to report at the end of the turn (`on_dropped`).
+    dropped: Vec<usize>,
     /// Connections still in the handshake phase.
     handshaking: usize,
     shutdown_requested: bool,
@@ -221,6 +225,7 @@ impl<H: Handler> Server<H> {
                 now: clock.now(),
                 touched: Vec::new(),
                 backlog: Vec::new(),
+                dropped: Vec::new(),
                 handshaking: 0,
                 shutdown_requested: false,
                 compression: Compression::new(config.deflate_level),
@@ -359,6 +364,8 @@ impl<H: Handler> Server<H> {
         self.settle();
         self.fire_timers();
         self.core.enforce_outgoing_budget();
+        self.settle();
+        self.report_drops();
         self.settle();
         self.core.update_gauges();
         self.core.stalls.turn_done(&mut self.core.stats);

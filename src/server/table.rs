@@ -75,6 +75,7 @@ impl<S> Core<S> {
                 }
             }
         }
+        self.note_flow(slot, status);
     }
 
     /// Every connection's slot: a copy, so the table can change while they are visited.

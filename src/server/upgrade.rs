@@ -7,6 +7,7 @@ use super::accept::busy_response;
 use super::dispatch::{frames, guard};
 use super::{Core, Server};
 use crate::config::Config;
+use crate::conn::QueuePolicy;
 use crate::conn::{ConnDeflate, Handshake};
 use crate::handler::{Decision, Handler};
 use crate::proto::deflate::{self, DeflateParams};
@@ -138,6 +139,7 @@ pub(super) fn upgrade<H: Handler>(
     if let Some(protocol) = accepted.protocol {
         conn.extras_mut().protocol = Some(protocol.into_boxed_str());
     }
+    conn.set_queue_policy(accepted.queue_policy);
     if let Some(params) = accepted.deflate {
         conn.rx.enable_deflate(params.client_no_context_takeover);
         conn.extras_mut().deflate = Some(ConnDeflate {
@@ -160,6 +162,7 @@ pub(super) struct Accepted<S> {
     protocol: Option<String>,
     session: S,
     deflate: Option<DeflateParams>,
+    queue_policy: QueuePolicy,
 }
 
 /// Decides the HTTP answer to a complete request head: a 101 (with the subprotocol
@@ -221,6 +224,7 @@ pub(super) fn answer<H: Handler>(
             protocol,
             session,
             compress,
+            queue_policy,
         }) => {
             let deflate = compress
                 .then(|| deflate::negotiate(&offers, config.deflate_policy()))
@@ -234,6 +238,7 @@ pub(super) fn answer<H: Handler>(
                 protocol,
                 session,
                 deflate,
+                queue_policy: queue_policy.unwrap_or(config.queue_policy),
             };
             (response, Some(accepted))
         }

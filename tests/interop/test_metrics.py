@@ -83,7 +83,8 @@ def test_metrics_count_known_traffic(servers):
     for counter in ("accepted", "refused", "handshakes", "http_responses", "messages_in",
                     "messages_out", "bytes_in", "bytes_out", "fanout_frames_encoded",
                     "fanout_deliveries", "protocol_errors", "handler_panics",
-                    "sends_refused", "incoming_budget_closes", "outgoing_budget_closes",
+                    "sends_refused", "messages_dropped", "queue_full_closes",
+                    "incoming_budget_closes", "outgoing_budget_closes",
                     "message_timeouts", "loop_stalls", "closes"):
         assert types.get(f"wsreactor_{counter}") == "counter", counter
     for gauge in ("open_connections", "handshakes_in_progress", "deadline_entries",
