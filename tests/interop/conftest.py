@@ -34,6 +34,7 @@ BINARIES = {
     "embed": RELEASE / "examples" / "embed",
     "reject": RELEASE / "examples" / "reject",
     "echo-example": RELEASE / "examples" / "echo",
+    "ticker": RELEASE / "examples" / "ticker",
 }
 
 HOST = "127.0.0.1"

@@ -1,4 +1,4 @@
-"""The example binaries (chat, embed, reject) against the `websockets` client."""
+"""The example binaries (chat, embed, reject, ticker) against the `websockets` client."""
 
 from __future__ import annotations
 
@@ -187,3 +187,37 @@ def test_reject_refuses(servers, subprotocols, origin, status):
         assert e.value.response.status_code == status, e.value
 
     run(go(), 15)
+
+
+# ticker ------------------------------------------------------------------------------
+
+
+def test_ticker_publishes_from_a_loop_timer_and_reports_round_trips(servers):
+    import json
+
+    ticker = servers("ticker", None, "--every", "50")
+
+    async def go():
+        # websockets answers the server's keepalive pings itself, as browsers do.
+        async with client(ticker.ws("/prices")) as ws:
+            started = time.monotonic()
+            prices, rtt = [], None
+            async with asyncio.timeout(10):
+                while rtt is None or len(prices) < 20:
+                    update = json.loads(await ws.recv())
+                    if update["type"] == "price":
+                        prices.append(update)
+                    elif update["type"] == "rtt":
+                        rtt = update["micros"]
+            elapsed = time.monotonic() - started
+            seqs = [p["seq"] for p in prices]
+            # In order, none missed by a client that keeps up.
+            assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), seqs
+            assert all(p["symbol"] == "WSR" and p["price"] >= 1.0 for p in prices)
+            # Every 50 ms: 20 updates take about a second, not a burst.
+            assert len(prices) / elapsed < 40, (len(prices), elapsed)
+            # A ping after 1 s of silence, its round trip reported at the 2 s timer:
+            # loopback, answered at once.
+            assert 0 < rtt < 1_000_000, rtt
+
+    run(go(), 20)
