@@ -37,6 +37,7 @@ Knobs (environment):
                       `example` (examples/broadcast.rs: every message to every connection,
                       the same thing for one topic), `auto` (binary if its --help mentions
                       /topic/, else example)
+  BENCH_FANOUT_WSREACTOR_ARGS=""   (f): more arguments for that server (e.g. "--threads 2")
   BENCH_FANOUT_BATCH=0     1 adds the peers' tuned variants (tokio-tungstenite-batch,
                       fastwebsockets-batch: every waiting message in one write) to (f)
   BENCH_CRITERION=1   0 skips the criterion benches   BENCH_ALLOCS=1   0 skips the alloc count
@@ -131,6 +132,7 @@ FANOUT_TOPIC = "/topic/bench"
 FANOUT_BATCH = os.environ.get("BENCH_FANOUT_BATCH", "0") not in ("", "0")
 WSREACTOR_BIN = os.path.join(ROOT_TARGET, "release", "wsreactor")
 BROADCAST_EXAMPLE = os.path.join(ROOT_TARGET, "release", "examples", "broadcast")
+FANOUT_WSREACTOR_ARGS = os.environ.get("BENCH_FANOUT_WSREACTOR_ARGS", "").split()
 
 
 def wsreactor_fanout_mode():
@@ -155,9 +157,11 @@ def fanout_servers(mode):
     peer = lambda binary, *extra: (lambda port: [os.path.join(BENCH_TARGET, "release", binary),
                                                  "--listen", f"127.0.0.1:{port}", *extra])
     servers = {
-        "wsreactor": ((lambda port: [WSREACTOR_BIN, "--listen", f"127.0.0.1:{port}"])
+        "wsreactor": ((lambda port: [WSREACTOR_BIN, "--listen", f"127.0.0.1:{port}",
+                                     *FANOUT_WSREACTOR_ARGS])
                       if mode == "binary" else
-                      (lambda port: [BROADCAST_EXAMPLE, f"127.0.0.1:{port}"])),
+                      (lambda port: [BROADCAST_EXAMPLE, f"127.0.0.1:{port}",
+                                     *FANOUT_WSREACTOR_ARGS])),
         "tokio-tungstenite": peer("tokio-tungstenite-pubsub"),
         "fastwebsockets": peer("fastwebsockets-pubsub"),
     }

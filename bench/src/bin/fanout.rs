@@ -289,8 +289,10 @@ impl Gen {
             self.live += 1;
         }
         if !self.conns[slot].carry.is_empty() {
-            let carry = std::mem::take(&mut self.conns[slot].carry);
-            self.frames(slot, &carry, Instant::now())?;
+            let mut carry = std::mem::take(&mut self.conns[slot].carry);
+            let used = self.frames(slot, &carry, Instant::now())?;
+            carry.drain(..used);
+            self.conns[slot].carry = carry;
         }
         Ok(())
     }
