@@ -696,7 +696,11 @@ def main():
             "N subscribers only (the publisher's own copies are read but not counted); "
             "latency is publish→deliver over every delivery in the window; ×best peer = "
             "wsreactor's server CPU per delivery ÷ the lowest peer's (target ≤ 0.5×); "
-            "missed = sequence gaps summed over subscribers and runs.",
+            "missed = sequence gaps summed over subscribers and runs. "
+            + ("The -batch rows are the peers' tuned variants (every waiting message in one "
+               "write), not the usual pattern." if FANOUT_BATCH else
+               "BENCH_FANOUT_BATCH=1 adds the peers' tuned variants that batch their writes "
+               "as wsreactor does (bench/README.md: parity)."),
             "",
             fanout_table(results, fanout_names),
             "",
