@@ -100,23 +100,16 @@ struct Gen {
     buf: Vec<u8>,
     epoch: Instant,
     size: usize,
-    window: u64,
     mask: [u8; 4],
     filler: Vec<u8>,
     /// Masked frames not yet written to the publisher's socket.
     out: Vec<u8>,
     out_written: usize,
     out_writable_interest: bool,
-    /// Messages published (the last sequence number sent).
-    published: u64,
-    /// Every sequence number up to this one was delivered to (or skipped by) every
-    /// subscriber that was live when it was sent.
-    frontier: u64,
+    win: Window,
+    /// When the window's frontier last moved (for `--stall`).
     frontier_moved: Instant,
-    /// Per sequence number in the window (`seq % ring`): subscribers done with it, and
-    /// how many must be.
-    seen: Vec<u32>,
-    need: Vec<u32>,
+    /// Subscribers open and not failed.
     live: u32,
     opened: usize,
     in_handshake: usize,
@@ -139,10 +132,6 @@ impl Gen {
         if self.error_samples.len() < 5 {
             self.error_samples.push(why);
         }
-    }
-
-    fn ring(&self) -> u64 {
-        self.seen.len() as u64
     }
 
     fn connect(
@@ -189,15 +178,10 @@ impl Gen {
         match was {
             Phase::Connecting | Phase::Handshake => self.in_handshake -= 1,
             Phase::Open if slot != self.publisher => {
-                // It is done with everything outstanding; later messages do not wait
-                // for it.
-                let last = self.conns[slot].last_seq.max(self.frontier);
-                for seq in last + 1..=self.published {
-                    let at = (seq % self.ring()) as usize;
-                    self.seen[at] += 1;
-                }
                 self.live -= 1;
-                self.advance();
+                if self.win.left(self.conns[slot].last_seq) {
+                    self.frontier_moved = Instant::now();
+                }
             }
             _ => {}
         }
@@ -387,8 +371,11 @@ impl Gen {
         }
         let seq = u64::from_le_bytes(payload[..8].try_into().expect("8 bytes"));
         let sent_ns = u64::from_le_bytes(payload[8..16].try_into().expect("8 bytes"));
-        if seq == 0 || seq > self.published {
-            return Err(format!("sequence number {seq}, {} sent", self.published));
+        if seq == 0 || seq > self.win.published {
+            return Err(format!(
+                "sequence number {seq}, {} sent",
+                self.win.published
+            ));
         }
         let conn = &mut self.conns[slot];
         let last = conn.last_seq;
@@ -411,43 +398,21 @@ impl Gen {
                 self.samples_us.push(us.min(u64::from(u32::MAX)) as u32);
             }
         }
-        // Done with everything up to `seq` that the window still waits for.
-        let ring = self.ring();
-        for s in last.max(self.frontier) + 1..=seq {
-            self.seen[(s % ring) as usize] += 1;
-        }
-        self.advance();
-        Ok(())
-    }
-
-    /// Moves the frontier over every message every subscriber is done with.
-    fn advance(&mut self) {
-        let ring = self.ring();
-        while self.frontier < self.published {
-            let at = ((self.frontier + 1) % ring) as usize;
-            if self.seen[at] < self.need[at] {
-                break;
-            }
-            self.seen[at] = 0;
-            self.frontier += 1;
+        if self.win.delivered(last, seq) {
             self.frontier_moved = Instant::now();
         }
+        Ok(())
     }
 
     /// Gives up on the oldest message if it has waited longer than `stall`.
     fn check_stall(&mut self, stall: Duration) {
-        if self.frontier < self.published && self.frontier_moved.elapsed() > stall {
-            let seq = self.frontier + 1;
-            let at = (seq % self.ring()) as usize;
-            let (seen, need) = (self.seen[at], self.need[at]);
+        if self.win.outstanding() > 0 && self.frontier_moved.elapsed() > stall {
+            let (seq, seen, need) = self.win.give_up();
             self.given_up += 1;
             self.error(format!(
                 "message {seq} reached {seen} of {need} subscribers within {stall:?}; given up"
             ));
-            self.seen[at] = 0;
-            self.frontier = seq;
             self.frontier_moved = Instant::now();
-            self.advance();
         }
     }
 
@@ -457,15 +422,10 @@ impl Gen {
         if self.stopping || self.conns[self.publisher].phase != Phase::Open {
             return Ok(());
         }
-        let ring = self.ring();
-        let before = self.published;
-        while self.published - self.frontier < self.window && *due > 0 {
+        let before = self.win.published;
+        while self.win.has_room() && *due > 0 {
             *due -= 1;
-            self.published += 1;
-            let seq = self.published;
-            let at = (seq % ring) as usize;
-            self.seen[at] = 0;
-            self.need[at] = self.live;
+            let seq = self.win.publish(self.live);
             let sent_ns = self.epoch.elapsed().as_nanos() as u64;
             let mut payload = std::mem::take(&mut self.filler);
             payload[..8].copy_from_slice(&seq.to_le_bytes());
@@ -477,7 +437,7 @@ impl Gen {
                 self.m_published += 1;
             }
         }
-        if self.published != before {
+        if self.win.published != before {
             self.flush_out()?;
         }
         Ok(())
@@ -518,6 +478,99 @@ impl Gen {
             self.out_writable_interest = false;
         }
         Ok(())
+    }
+}
+
+/// The publisher's window: which messages every subscriber is done with (delivered,
+/// or skipped by a gap), so that at most `size` are outstanding.
+struct Window {
+    size: u64,
+    /// Messages published (the last sequence number sent).
+    published: u64,
+    /// Every sequence number up to this one was delivered to (or skipped by) every
+    /// subscriber that was live when it was sent.
+    frontier: u64,
+    /// Per sequence number past the frontier (`seq % ring`): subscribers done with it,
+    /// and how many must be. A subscriber's next message is never more than `size`
+    /// past the frontier (nothing past `published` exists), so a ring over `size`
+    /// never wraps onto a live slot.
+    seen: Vec<u32>,
+    need: Vec<u32>,
+}
+
+impl Window {
+    fn new(size: u64) -> Window {
+        let ring = (size as usize + 1).next_power_of_two() * 2;
+        Window {
+            size,
+            published: 0,
+            frontier: 0,
+            seen: vec![0; ring],
+            need: vec![0; ring],
+        }
+    }
+
+    fn slot(&self, seq: u64) -> usize {
+        (seq % self.seen.len() as u64) as usize
+    }
+
+    fn outstanding(&self) -> u64 {
+        self.published - self.frontier
+    }
+
+    fn has_room(&self) -> bool {
+        self.outstanding() < self.size
+    }
+
+    /// Takes the next sequence number, to be done by `live` subscribers.
+    fn publish(&mut self, live: u32) -> u64 {
+        debug_assert!(self.has_room());
+        self.published += 1;
+        let at = self.slot(self.published);
+        self.seen[at] = 0;
+        self.need[at] = live;
+        self.published
+    }
+
+    /// A subscriber whose last message was `last` (0: none) got `seq`: it is done with
+    /// everything up to `seq`. Whether the frontier moved.
+    fn delivered(&mut self, last: u64, seq: u64) -> bool {
+        for s in last.max(self.frontier) + 1..=seq.min(self.published) {
+            let at = self.slot(s);
+            self.seen[at] += 1;
+        }
+        self.advance()
+    }
+
+    /// A subscriber whose last message was `last` is gone: no message it had not got
+    /// waits for it (later ones were never counted on it: `live` drops).
+    fn left(&mut self, last: u64) -> bool {
+        self.delivered(last, self.published)
+    }
+
+    /// Treats the oldest outstanding message as done; returns it, and how many of how
+    /// many subscribers had it.
+    fn give_up(&mut self) -> (u64, u32, u32) {
+        let seq = self.frontier + 1;
+        let at = self.slot(seq);
+        let got = (seq, self.seen[at], self.need[at]);
+        self.seen[at] = 0;
+        self.frontier = seq;
+        self.advance();
+        got
+    }
+
+    fn advance(&mut self) -> bool {
+        let before = self.frontier;
+        while self.frontier < self.published {
+            let at = self.slot(self.frontier + 1);
+            if self.seen[at] < self.need[at] {
+                break;
+            }
+            self.seen[at] = 0;
+            self.frontier += 1;
+        }
+        self.frontier != before
     }
 }
 
@@ -673,7 +726,7 @@ fn run_until(
 ) -> Result<(), String> {
     loop {
         let now = Instant::now();
-        if now >= until || (drain && gen.frontier >= gen.published) {
+        if now >= until || (drain && gen.win.outstanding() == 0) {
             return Ok(());
         }
         let mut due = pace.due(now);
@@ -757,9 +810,6 @@ fn run(options: &Options) -> Result<u64, String> {
         ));
     }
     let mut rng = Rng::from_time(7);
-    // Ring of per-message counters: more than the window (a subscriber's next message
-    // is never more than a window past the frontier).
-    let ring = (options.window as usize + 1).next_power_of_two() * 2;
     let mut gen = Gen {
         poll: Poll::new().map_err(|e| format!("poll: {e}"))?,
         conns: Vec::with_capacity(options.subscribers + 1),
@@ -767,17 +817,13 @@ fn run(options: &Options) -> Result<u64, String> {
         buf: vec![0; READ_BUF],
         epoch: Instant::now(),
         size: options.size,
-        window: options.window,
         mask: rng.mask_key(),
         filler: (0..options.size).map(|i| b'a' + (i % 26) as u8).collect(),
         out: Vec::new(),
         out_written: 0,
         out_writable_interest: false,
-        published: 0,
-        frontier: 0,
+        win: Window::new(options.window),
         frontier_moved: Instant::now(),
-        seen: vec![0; ring],
-        need: vec![0; ring],
         live: 0,
         opened: 0,
         in_handshake: 0,
@@ -853,7 +899,7 @@ fn run(options: &Options) -> Result<u64, String> {
     let undelivered: u64 = open_subs
         .iter()
         .filter(|c| c.last_seq > 0)
-        .map(|c| gen.published - c.last_seq)
+        .map(|c| gen.win.published - c.last_seq)
         .sum();
     let dead_subs = subs.iter().filter(|c| c.phase == Phase::Dead).count();
     let publisher_missed = gen.conns[gen.publisher].missed;
@@ -915,7 +961,7 @@ fn run(options: &Options) -> Result<u64, String> {
         (client1 - client0) as f64 / 1e6 / elapsed,
         opt(server_wait),
         opt(client_wait),
-        gen.published,
+        gen.win.published,
         gen.publisher_copies,
         gen.given_up,
         gen.errors,
@@ -929,4 +975,69 @@ fn run(options: &Options) -> Result<u64, String> {
     drop(gen);
     println!("{line}");
     Ok(errors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Window;
+
+    #[test]
+    fn the_window_opens_when_every_subscriber_is_done() {
+        let mut w = Window::new(2);
+        assert_eq!(w.publish(2), 1);
+        assert_eq!(w.publish(2), 2);
+        assert!(!w.has_room());
+        // Subscriber A gets 1 and 2; B gets 1: only 1 is done.
+        assert!(!w.delivered(0, 1));
+        assert!(!w.delivered(1, 2));
+        assert!(w.delivered(0, 1));
+        assert_eq!((w.frontier, w.outstanding()), (1, 1));
+        assert!(w.has_room());
+        assert!(w.delivered(1, 2));
+        assert_eq!(w.outstanding(), 0);
+    }
+
+    #[test]
+    fn a_gap_counts_as_done_and_a_subscriber_that_leaves_is_not_waited_for() {
+        let mut w = Window::new(4);
+        for _ in 0..3 {
+            w.publish(2);
+        }
+        // A skips 1 and 2 (a lagging receiver): done with all three.
+        assert!(!w.delivered(0, 3));
+        // B got 1, then leaves: 2 and 3 no longer wait for it.
+        assert!(w.delivered(0, 1));
+        assert_eq!(w.frontier, 1);
+        assert!(w.left(1));
+        assert_eq!(w.outstanding(), 0);
+        // Messages sent after it left count one subscriber.
+        let seq = w.publish(1);
+        assert!(w.delivered(3, seq));
+        assert_eq!(w.outstanding(), 0);
+    }
+
+    #[test]
+    fn giving_up_moves_past_the_oldest_and_the_ring_is_reused() {
+        let mut w = Window::new(3);
+        for _ in 0..3 {
+            w.publish(2);
+        }
+        // A has all three; B nothing: 1 is given up on, 2 and 3 still wait for B.
+        assert!(!w.delivered(0, 3));
+        assert_eq!(w.give_up(), (1, 1, 2));
+        assert_eq!((w.frontier, w.outstanding()), (1, 2));
+        // B's first message is 3: done with 2 and 3 (1 is not counted twice).
+        assert!(w.delivered(0, 3));
+        assert_eq!(w.outstanding(), 0);
+        // Many turns of the ring stay consistent.
+        let mut last = 3;
+        for _ in 0..100 {
+            while w.has_room() {
+                w.publish(1);
+            }
+            assert!(w.delivered(last, w.published));
+            last = w.published;
+            assert_eq!(w.outstanding(), 0);
+        }
+    }
 }
