@@ -11,7 +11,11 @@ messages per server-CPU-second come from it, and stay comparable when the client
 the bottleneck.
 
 Workloads: (a) 100 conns x 20 B, (b) 500 x 512 B, (c) 10 x 64 KiB, (d) 1 x 16 MiB,
-(e) 10,000 idle connections -> server VmRSS per connection.
+(e) 10,000 idle connections -> server VmRSS per connection, (f) fan-out: 1 publisher and
+1,000 / 10,000 subscribers on one topic, 100 B messages (bench/src/bin/fanout.rs), against
+wsreactor's pub/sub endpoint and the tokio-tungstenite and fastwebsockets pub/sub peers
+(bench/src/bin/*-pubsub.rs) -> deliveries/s, server CPU per delivery, publish->deliver
+latency, messages missed.
 
 Then the criterion micro benches (short times) and the allocation count per echoed
 message (benches/alloc_per_message.rs).
@@ -23,8 +27,19 @@ Knobs (environment):
   BENCH_QUICK=1       1 run x 1 s, 1,000 idle connections, very short criterion
   BENCH_SERVERS=wsreactor,rawecho,tokio-tungstenite,fastwebsockets
   BENCH_BASELINE=PATH another wsreactor binary, run side by side as server "baseline"
-  BENCH_WORKLOADS=a,b,c,d,e
+  BENCH_WORKLOADS=a,b,c,d,e,f
   BENCH_IDLE_CONNS=10000
+  BENCH_FANOUT_SUBS=1000,10000   (f): subscriber counts, one row each
+  BENCH_FANOUT_RUNS=3 BENCH_FANOUT_SECONDS=3 BENCH_FANOUT_WARMUP=1   (f)'s own (1 x 1 s
+                      with BENCH_QUICK=1; never more than BENCH_RUNS / BENCH_SECONDS)
+  BENCH_FANOUT_WINDOW=16   (f): messages in flight (not yet delivered to every subscriber)
+  BENCH_FANOUT_WSREACTOR=auto   (f): `binary` (the wsreactor binary's /topic/NAME endpoint),
+                      `example` (examples/broadcast.rs: every message to every connection,
+                      the same thing for one topic), `auto` (binary if its --help mentions
+                      /topic/, else example)
+  BENCH_FANOUT_WSREACTOR_ARGS=""   (f): more arguments for that server (e.g. "--threads 2")
+  BENCH_FANOUT_BATCH=0     1 adds the peers' tuned variants (tokio-tungstenite-batch,
+                      fastwebsockets-batch: every waiting message in one write) to (f)
   BENCH_CRITERION=1   0 skips the criterion benches   BENCH_ALLOCS=1   0 skips the alloc count
   BENCH_BUILD=1       0 skips the cargo builds (use what is built)
   BENCH_SERVER_CPU=0  BENCH_CLIENT_CPU=1   the cores to pin to
@@ -70,6 +85,7 @@ CARGO = os.environ.get("CARGO", "cargo")
 ROOT_TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
 BENCH_TARGET = os.path.join(BENCH, "target")
 LOADGEN = os.path.join(BENCH_TARGET, "release", "loadgen")
+FANOUT = os.path.join(BENCH_TARGET, "release", "fanout")
 
 # name -> (argv builder, the server echoes raw bytes)
 SERVERS = {
@@ -105,13 +121,67 @@ if BASELINE:
         False,
     )
 
+FANOUT_SUBS = [int(n) for n in os.environ.get("BENCH_FANOUT_SUBS", "1000,10000").split(",")
+               if n.strip()]
+FANOUT_RUNS = min(RUNS, env_num("BENCH_FANOUT_RUNS", 1 if QUICK else 3, int))
+FANOUT_SECONDS = min(SECONDS, env_num("BENCH_FANOUT_SECONDS", 1.0 if QUICK else 3.0))
+FANOUT_WARMUP = env_num("BENCH_FANOUT_WARMUP", 0.3 if QUICK else 1.0)
+FANOUT_WINDOW = env_num("BENCH_FANOUT_WINDOW", 16, int)
+FANOUT_SIZE = 100
+FANOUT_TOPIC = "/topic/bench"
+FANOUT_BATCH = os.environ.get("BENCH_FANOUT_BATCH", "0") not in ("", "0")
+WSREACTOR_BIN = os.path.join(ROOT_TARGET, "release", "wsreactor")
+BROADCAST_EXAMPLE = os.path.join(ROOT_TARGET, "release", "examples", "broadcast")
+FANOUT_WSREACTOR_ARGS = os.environ.get("BENCH_FANOUT_WSREACTOR_ARGS", "").split()
+
+
+def wsreactor_fanout_mode():
+    """Which wsreactor server (f) runs: the binary's /topic/NAME endpoint, or, until it
+    exists, examples/broadcast.rs (every message to every connection on any path: for
+    a single topic, the same thing)."""
+    mode = os.environ.get("BENCH_FANOUT_WSREACTOR", "auto")
+    if mode not in ("auto", "binary", "example"):
+        sys.exit(f"run.py: BENCH_FANOUT_WSREACTOR={mode!r}: auto, binary or example")
+    if mode != "auto":
+        return mode
+    try:
+        out = subprocess.run([WSREACTOR_BIN, "--help"], capture_output=True, text=True,
+                             timeout=10)
+        return "binary" if "/topic/" in out.stdout + out.stderr else "example"
+    except (OSError, subprocess.TimeoutExpired):
+        return "example"
+
+
+def fanout_servers(mode):
+    """name -> argv builder of the pub/sub server (f) runs for it."""
+    peer = lambda binary, *extra: (lambda port: [os.path.join(BENCH_TARGET, "release", binary),
+                                                 "--listen", f"127.0.0.1:{port}", *extra])
+    servers = {
+        "wsreactor": ((lambda port: [WSREACTOR_BIN, "--listen", f"127.0.0.1:{port}",
+                                     *FANOUT_WSREACTOR_ARGS])
+                      if mode == "binary" else
+                      (lambda port: [BROADCAST_EXAMPLE, f"127.0.0.1:{port}",
+                                     *FANOUT_WSREACTOR_ARGS])),
+        "tokio-tungstenite": peer("tokio-tungstenite-pubsub"),
+        "fastwebsockets": peer("fastwebsockets-pubsub"),
+    }
+    if FANOUT_BATCH:
+        servers["tokio-tungstenite-batch"] = peer("tokio-tungstenite-pubsub", "--batch")
+        servers["fastwebsockets-batch"] = peer("fastwebsockets-pubsub", "--batch")
+    return servers
+
+
 WORKLOADS = {
     "a": {"label": "(a) 100 conns × 20 B", "conns": 100, "size": 20},
     "b": {"label": "(b) 500 conns × 512 B", "conns": 500, "size": 512},
     "c": {"label": "(c) 10 conns × 64 KiB", "conns": 10, "size": 64 * 1024},
     "d": {"label": "(d) 1 conn × 16 MiB", "conns": 1, "size": 16 * 1024 * 1024},
     "e": {"label": f"(e) {IDLE_CONNS:,} idle conns", "conns": IDLE_CONNS, "idle": True},
+    # (f) is one row per subscriber count: the keys f1000, f10000, ... (CASES below).
+    "f": {"label": "(f) fan-out", "fanout": True},
 }
+FANOUT_CASES = {f"f{n}": {"label": f"(f) 1 → {n:,} subs × {FANOUT_SIZE} B", "subs": n,
+                          "fanout": True} for n in FANOUT_SUBS}
 
 
 def pick(env, known):
@@ -124,6 +194,9 @@ def pick(env, known):
 
 SERVER_NAMES = pick("BENCH_SERVERS", list(SERVERS))
 WORKLOAD_NAMES = pick("BENCH_WORKLOADS", list(WORKLOADS))
+# The echo workloads, then (f)'s rows.
+ECHO_NAMES = [w for w in WORKLOAD_NAMES if w != "f"]
+FANOUT_NAMES = list(FANOUT_CASES) if "f" in WORKLOAD_NAMES else []
 
 def raise_nofile():
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -136,8 +209,10 @@ def pinned(cpu, argv):
     return prefix + ["taskset", "-c", cpu] + argv
 
 
-def start_server(name, logdir, tag):
-    argv_of, raw = SERVERS[name]
+def start_server(name, logdir, tag, argv_of=None):
+    raw = False
+    if argv_of is None:
+        argv_of, raw = SERVERS[name]
     proc, port = processes.start_server(lambda port: pinned(SERVER_CPU, argv_of(port)),
                                         os.path.join(logdir, f"{name}-{tag}.log"),
                                         raise_nofile)
@@ -162,6 +237,14 @@ def pid_cpu_ticks(pid):
 
 
 def run_loadgen(name, workload, port, pid, raw):
+    if workload.get("fanout"):
+        argv = [FANOUT, "--addr", f"127.0.0.1:{port}", "--path", FANOUT_TOPIC,
+                "--subscribers", str(workload["subs"]), "--size", str(FANOUT_SIZE),
+                "--window", str(FANOUT_WINDOW), "--seconds", str(FANOUT_SECONDS),
+                "--warmup", str(FANOUT_WARMUP), "--server-pid", str(pid),
+                "--drain", "5", "--stall", "10", "--connect-timeout", "60"]
+        return run_client(pinned(CLIENT_CPU, argv), pid,
+                          FANOUT_SECONDS + FANOUT_WARMUP + 90)
     argv = pinned(CLIENT_CPU, [LOADGEN, "--addr", f"127.0.0.1:{port}",
                                "--conns", str(workload["conns"]), "--server-pid", str(pid)])
     if workload.get("idle"):
@@ -173,6 +256,12 @@ def run_loadgen(name, workload, port, pid, raw):
         timeout = SECONDS + WARMUP + 90
     if raw:
         argv.append("--raw")
+    return run_client(argv, pid, timeout)
+
+
+def run_client(argv, pid, timeout):
+    """Runs a load generator to its end; its JSON line, with the other load on the
+    machine meanwhile."""
     hz = os.sysconf("SC_CLK_TCK")
     busy0, _ = proc_stat_cpu()
     server0 = pid_cpu_ticks(pid)
@@ -182,7 +271,7 @@ def run_loadgen(name, workload, port, pid, raw):
         done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
                               timeout=timeout, text=True)
     except subprocess.TimeoutExpired:
-        return {"errors": 1, "error_samples": [f"loadgen timed out after {timeout} s"]}
+        return {"errors": 1, "error_samples": [f"load generator timed out after {timeout} s"]}
     wall = time.monotonic() - t0
     busy1, _ = proc_stat_cpu()
     server1 = pid_cpu_ticks(pid)
@@ -241,6 +330,11 @@ def summarize(runs):
         "minflt_per_msg": m("server_minflt_per_msg"),
         "ctxsw_per_msg": m("server_ctxsw_per_msg"),
         "errors": sum(int(r.get("errors") or 0) for r in runs),
+        # (f)
+        "publish_per_sec": m("publish_per_sec"),
+        "missed": sum(int(r.get("missed") or 0) for r in runs),
+        "undelivered": sum(int(r.get("undelivered_at_end") or 0) for r in runs),
+        "given_up": sum(int(r.get("given_up") or 0) for r in runs),
         "other_load": m("other_load_cores"),
         "max_other_load": max((r.get("other_load_cores") or 0.0 for r in runs), default=0.0),
     }
@@ -264,12 +358,49 @@ def ratio(results, wkey, server, base):
     return mine / theirs
 
 
+def best_peer(results, wkey):
+    """The peer (not wsreactor) with the lowest server CPU per delivery in (f) row
+    `wkey`, and that figure."""
+    peers = [(s["cpu_per_msg"], name) for (w, name), s in results.items()
+             if w == wkey and name != "wsreactor" and s.get("cpu_per_msg") is not None]
+    if not peers:
+        return None, None
+    cpu, name = min(peers)
+    return name, cpu
+
+
+def fanout_table(results, servers):
+    head = ("| workload | server | deliveries/s | published/s | latency p50 ms | p99 ms "
+            "| srv CPU µs/delivery | deliveries per srv-CPU-s | srv CPU | client CPU "
+            "| ×best peer | missed | errors |")
+    lines = [head, "|---|---|" + "---:|" * (head.count("|") - 3)]
+    ms = lambda us: "—" if us is None else f"{us / 1000:,.2f}"
+    pct = lambda v: "—" if v is None else f"{v * 100:.0f}%"
+    for wkey in FANOUT_NAMES:
+        _, best = best_peer(results, wkey)
+        for server in servers:
+            s = results.get((wkey, server))
+            if s is None:
+                continue
+            r = (s["cpu_per_msg"] / best if best and s["cpu_per_msg"] is not None
+                 and server == "wsreactor" else None)
+            lines.append("| " + " | ".join([
+                FANOUT_CASES[wkey]["label"], server,
+                fmt(s["msgs_per_sec"], 0), fmt(s["publish_per_sec"], 0),
+                ms(s["p50"]), ms(s["p99"]),
+                fmt(s["cpu_per_msg"], 3), fmt(s["msgs_per_cpu_sec"], 0),
+                pct(s["server_util"]), pct(s["client_util"]),
+                fmt_ratio(r), str(s["missed"]), str(s["errors"]),
+            ]) + " |")
+    return "\n".join(lines)
+
+
 def table(results):
     head = ("| workload | server | msgs/s | MB/s | RTT p50 µs | p99 µs | p99.9 µs "
             "| srv CPU µs/msg | msgs per srv-CPU-s | srv CPU | client CPU | idle RSS/conn "
             "| ×raw | ×fws | errors |")
     lines = [head, "|---|---|" + "---:|" * (head.count("|") - 3)]
-    for wkey in WORKLOAD_NAMES:
+    for wkey in ECHO_NAMES:
         for server in SERVER_NAMES:
             s = results.get((wkey, server))
             if s is None:
@@ -324,12 +455,19 @@ def targets(results):
     if rss is not None:
         check(f"{WORKLOADS['e']['label']}: ≤ 256 B of RSS per idle connection: {rss:,.0f} B",
               rss <= 256)
+    for w in FANOUT_NAMES:
+        mine = get(w, "wsreactor", "cpu_per_msg")
+        peer, best = best_peer(results, w)
+        if mine is not None and best:
+            check(f"{FANOUT_CASES[w]['label']}: server CPU per delivery ≤ 0.5× the best "
+                  f"peer's ({peer}, {best:.3f} µs): {mine:.3f} µs = {mine / best:.2f}×",
+                  mine <= 0.5 * best)
     return out
 
 
 def diagnostics(results):
     out = []
-    for wkey in WORKLOAD_NAMES:
+    for wkey in ECHO_NAMES:
         if WORKLOADS[wkey].get("idle"):
             continue
         cells = []
@@ -344,7 +482,8 @@ def diagnostics(results):
 
 def build():
     log("== build (release): wsreactor, bench crate")
-    subprocess.run([CARGO, "build", "--release", "--features", "cli", "--bin", "wsreactor"],
+    subprocess.run([CARGO, "build", "--release", "--features", "cli", "--bin", "wsreactor"]
+                   + (["--example", "broadcast"] if FANOUT_NAMES else []),
                    cwd=ROOT, check=True)
     subprocess.run([CARGO, "build", "--release", "--manifest-path",
                     os.path.join(BENCH, "Cargo.toml")], cwd=ROOT, check=True)
@@ -452,8 +591,15 @@ def main():
     os.makedirs(outdir, exist_ok=True)
     if BUILD:
         build()
-    for name in SERVER_NAMES:
-        path = SERVERS[name][0](0)[0]
+    fanout_mode = wsreactor_fanout_mode() if FANOUT_NAMES else None
+    fanout_argv = fanout_servers(fanout_mode) if FANOUT_NAMES else {}
+    # (f) runs the selected servers that have a pub/sub side (not rawecho), and the
+    # peers' batch variants when asked for.
+    fanout_names = [n for n in fanout_argv if n.removesuffix("-batch") in SERVER_NAMES]
+    checks = [SERVERS[name][0](0)[0] for name in SERVER_NAMES if ECHO_NAMES]
+    checks += [fanout_argv[name](0)[0] for name in fanout_names]
+    checks += [FANOUT] if FANOUT_NAMES else []
+    for path in checks:
         if not os.access(path, os.X_OK):
             sys.exit(f"run.py: {path} is missing (BENCH_BUILD=0 without a build?)")
     raise_nofile()
@@ -461,27 +607,43 @@ def main():
     if "e" in WORKLOAD_NAMES and soft < IDLE_CONNS + 100:
         sys.exit(f"run.py: RLIMIT_NOFILE hard limit {soft} is too low for "
                  f"{IDLE_CONNS} idle connections (set BENCH_IDLE_CONNS lower)")
+    if FANOUT_NAMES and soft < max(FANOUT_SUBS) + 100:
+        sys.exit(f"run.py: RLIMIT_NOFILE hard limit {soft} is too low for "
+                 f"{max(FANOUT_SUBS)} subscribers (set BENCH_FANOUT_SUBS lower)")
 
     log(f"== load: servers {', '.join(SERVER_NAMES)}; workloads {', '.join(WORKLOAD_NAMES)}; "
         f"{RUNS} run(s) x {SECONDS:g} s (+{WARMUP:g} s warm-up); server on CPU {SERVER_CPU}, "
         f"loadgen on CPU {CLIENT_CPU}; nice {NICE}; loadavg {open('/proc/loadavg').read().split()[0]}")
     raw_runs = {}
     all_runs = []
+    plan = [(w, RUNS, SERVER_NAMES, WORKLOADS[w]) for w in ECHO_NAMES]
+    plan += [(w, FANOUT_RUNS, fanout_names, FANOUT_CASES[w]) for w in FANOUT_NAMES]
+    if FANOUT_NAMES:
+        log(f"== (f): wsreactor side = {fanout_mode}; {FANOUT_RUNS} run(s) x {FANOUT_SECONDS:g} s "
+            f"(+{FANOUT_WARMUP:g} s warm-up) per server and subscriber count; window "
+            f"{FANOUT_WINDOW}; servers {', '.join(fanout_names)}")
     try:
-        for wkey in WORKLOAD_NAMES:
-            for run in range(RUNS):
-                for name in SERVER_NAMES:
+        for wkey, runs, names, workload in plan:
+            for run in range(runs):
+                for name in names:
                     tag = f"{wkey}{run}"
-                    proc, port, raw = start_server(name, outdir, tag)
+                    proc, port, raw = start_server(name, outdir, tag, fanout_argv.get(name)
+                                                   if workload.get("fanout") else None)
                     try:
-                        result = run_loadgen(name, WORKLOADS[wkey], port, proc.pid, raw)
+                        result = run_loadgen(name, workload, port, proc.pid, raw)
                     finally:
                         stop(proc)
                     result.update({"server": name, "workload": wkey, "run": run})
                     all_runs.append(result)
                     raw_runs.setdefault((wkey, name), []).append(result)
-                    if WORKLOADS[wkey].get("idle"):
+                    if workload.get("idle"):
                         brief = f"{fmt(result.get('rss_per_conn'), 0)} B/conn"
+                    elif workload.get("fanout"):
+                        lat = result.get("latency_us") or {}
+                        brief = (f"{fmt(result.get('deliveries_per_sec'), 0)} deliveries/s, "
+                                 f"{fmt(result.get('server_cpu_us_per_delivery'), 3)} "
+                                 f"CPU-µs/delivery, p50 {fmt(lat.get('p50'))} µs, p99 "
+                                 f"{fmt(lat.get('p99'))} µs, missed {result.get('missed')}")
                     else:
                         brief = (f"{fmt(result.get('msgs_per_sec'), 0)} msgs/s, "
                                  f"{fmt(result.get('server_cpu_us_per_msg'), 2)} CPU-µs/msg, "
@@ -489,7 +651,7 @@ def main():
                     errs = result.get("errors") or 0
                     if errs:
                         brief += f"; ERRORS {errs}: {result.get('error_samples')}"
-                    log(f"   {WORKLOADS[wkey]['label']:<26} {name:<18} run {run + 1}: {brief}")
+                    log(f"   {workload['label']:<26} {name:<18} run {run + 1}: {brief}")
     finally:
         stop_all()
         with open(os.path.join(outdir, "runs.json"), "w") as f:
@@ -504,6 +666,9 @@ def main():
     report = [
         f"## make bench — {date}, {machine()}, {measured}",
         "",
+    ]
+    if ECHO_NAMES:
+        report += [
         f"Medians of {RUNS} run(s) of {SECONDS:g} s (after {WARMUP:g} s of warm-up) per server "
         f"and workload; server pinned to CPU {SERVER_CPU}, load generator (closed loop, one "
         f"message in flight per connection, every echo verified) to CPU {CLIENT_CPU}"
@@ -516,7 +681,30 @@ def main():
         "",
         table(results),
         "",
-    ]
+        ]
+    if FANOUT_NAMES:
+        wsr = ("examples/broadcast.rs (every message to every connection: one topic)"
+               if fanout_mode == "example" else "the wsreactor binary's /topic/NAME endpoint")
+        report += [
+            f"(f) fan-out: medians of {FANOUT_RUNS} run(s) of {FANOUT_SECONDS:g} s (after "
+            f"{FANOUT_WARMUP:g} s) per server and row; 1 publisher + N subscribers on "
+            f"{FANOUT_TOPIC}, {FANOUT_SIZE} B binary messages, at most {FANOUT_WINDOW} messages "
+            f"not yet delivered to every subscriber (closed loop; bench/src/bin/fanout.rs). "
+            f"wsreactor side: {wsr}. Peers: tokio-tungstenite-pubsub and fastwebsockets-pubsub "
+            "(a tokio broadcast channel per topic, a forwarding task per connection, one "
+            "write per message per subscriber; current-thread runtime). Deliveries count the "
+            "N subscribers only (the publisher's own copies are read but not counted); "
+            "latency is publish→deliver over every delivery in the window; ×best peer = "
+            "wsreactor's server CPU per delivery ÷ the lowest peer's (target ≤ 0.5×); "
+            "missed = sequence gaps summed over subscribers and runs. "
+            + ("The -batch rows are the peers' tuned variants (every waiting message in one "
+               "write), not the usual pattern." if FANOUT_BATCH else
+               "BENCH_FANOUT_BATCH=1 adds the peers' tuned variants that batch their writes "
+               "as wsreactor does (bench/README.md: parity)."),
+            "",
+            fanout_table(results, fanout_names),
+            "",
+        ]
     if other:
         report.append(f"Other load on the machine during the runs (not ours): median "
                       f"{statistics.median(other):.2f} cores, max {max(other):.2f} cores.")
@@ -527,7 +715,7 @@ def main():
                    "minor page faults / context switches):", ""] + diag + [""]
     checks = targets(results)
     if checks:
-        report += ["Targets (issue 3) for wsreactor in this run:", ""] + checks + [""]
+        report += ["Targets (issue 3; (f): issue 13) for wsreactor in this run:", ""] + checks + [""]
     if criterion:
         report += ["Micro benches (criterion medians, short runs):", ""] + criterion_lines(criterion) + [""]
     if allocs:

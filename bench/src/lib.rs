@@ -796,9 +796,118 @@ pub fn peer_server_args(name: &str, default_listen: &str) -> (std::net::SocketAd
     (listen, path)
 }
 
+/// What the publish/subscribe peers of workload (f) share: their flags, the topic in a
+/// request path, and the registry of topics (one `tokio::sync::broadcast` channel each).
+pub mod pubsub {
+    use super::Args;
+    use std::collections::HashMap;
+    use tokio::sync::broadcast;
+
+    /// The most topic names a peer keeps (they are never removed); past it, 503.
+    pub const MAX_TOPICS: usize = 1024;
+
+    /// A peer's flags: `--listen ADDR [--capacity N] [--batch]`.
+    pub struct PubSubArgs {
+        pub listen: std::net::SocketAddr,
+        /// Messages a topic's channel keeps for receivers that are behind.
+        pub capacity: usize,
+        /// Write every message already waiting for a subscriber at once.
+        pub batch: bool,
+    }
+
+    /// Parses a peer's flags; prints a usage line and exits with 2 on bad ones.
+    pub fn pubsub_server_args(name: &str, default_listen: &str) -> PubSubArgs {
+        let usage = |why: &str| -> ! {
+            eprintln!("{name}: {why}\nusage: {name} --listen ADDR [--capacity 1024] [--batch]");
+            std::process::exit(2)
+        };
+        let args = Args::parse(&["--batch"])
+            .and_then(|a| a.only(&["--listen", "--capacity", "--batch"]).map(|()| a))
+            .unwrap_or_else(|e| usage(&e));
+        let listen = args
+            .get("--listen", default_listen.parse().expect("a valid default"))
+            .unwrap_or_else(|e| usage(&e));
+        let capacity = args
+            .get("--capacity", 1024usize)
+            .unwrap_or_else(|e| usage(&e));
+        if capacity == 0 {
+            usage("--capacity must be positive");
+        }
+        PubSubArgs {
+            listen,
+            capacity,
+            batch: args.has("--batch"),
+        }
+    }
+
+    /// The topic of a request path `/topic/NAME` (NAME not empty, no further `/`).
+    pub fn topic_of(path: &str) -> Option<&str> {
+        let name = path.strip_prefix("/topic/")?;
+        (!name.is_empty() && !name.contains('/')).then_some(name)
+    }
+
+    /// Topic name -> its broadcast channel.
+    pub struct Topics<T> {
+        capacity: usize,
+        channels: HashMap<String, broadcast::Sender<T>>,
+    }
+
+    impl<T: Clone> Topics<T> {
+        pub fn new(capacity: usize) -> Topics<T> {
+            Topics {
+                capacity,
+                channels: HashMap::new(),
+            }
+        }
+
+        /// Subscribes to `name` (creating it): the topic's sender, to publish, and a
+        /// receiver that gets everything published from now on. `None` past
+        /// [`MAX_TOPICS`].
+        pub fn join(
+            &mut self,
+            name: &str,
+        ) -> Option<(broadcast::Sender<T>, broadcast::Receiver<T>)> {
+            if let Some(tx) = self.channels.get(name) {
+                return Some((tx.clone(), tx.subscribe()));
+            }
+            if self.channels.len() >= MAX_TOPICS {
+                return None;
+            }
+            let (tx, rx) = broadcast::channel(self.capacity);
+            self.channels.insert(name.to_owned(), tx.clone());
+            Some((tx, rx))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn topic_paths() {
+        assert_eq!(pubsub::topic_of("/topic/bench"), Some("bench"));
+        assert_eq!(pubsub::topic_of("/topic/"), None);
+        assert_eq!(pubsub::topic_of("/topic/a/b"), None);
+        assert_eq!(pubsub::topic_of("/echo"), None);
+    }
+
+    #[test]
+    fn topics_share_a_channel_per_name_and_are_bounded() {
+        let mut topics = pubsub::Topics::<u32>::new(4);
+        let (tx, mut rx) = topics.join("a").unwrap();
+        let (_tx2, mut rx2) = topics.join("a").unwrap();
+        let (_tx3, mut other) = topics.join("b").unwrap();
+        tx.send(7).unwrap();
+        assert_eq!(rx.try_recv().unwrap(), 7);
+        assert_eq!(rx2.try_recv().unwrap(), 7);
+        assert!(other.try_recv().is_err());
+        for i in 2..pubsub::MAX_TOPICS {
+            assert!(topics.join(&i.to_string()).is_some());
+        }
+        assert!(topics.join("one-too-many").is_none());
+        assert!(topics.join("a").is_some());
+    }
 
     #[test]
     fn response_check() {
