@@ -165,7 +165,7 @@ test-browser: venv-test
 # Performance: bench/ is its own workspace (load generator, raw TCP echo ceiling,
 # tokio-tungstenite and fastwebsockets peers), so `make test` never builds it.
 #
-#   make bench                    full run: one markdown table of medians (~10 min)
+#   make bench                    full run: markdown tables of medians (~13 min)
 #   make bench BENCH_QUICK=1      1 run x 1 s per cell, 1,000 idle connections
 #   make bench BENCH_SECONDS=3 BENCH_RUNS=5 BENCH_WORKLOADS=a,b BENCH_SERVERS=wsreactor,rawecho
 #
