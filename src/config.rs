@@ -26,6 +26,20 @@ pub struct Config {
     /// refused with close code 1009 as soon as a frame header announces them, before
     /// any of their payload is buffered. Default: 16 MiB. Must not be zero.
     pub max_message_size: usize,
+    /// Hand every connection's data messages to [`Handler::on_part`](crate::Handler::on_part)
+    /// in parts as they arrive, instead of whole to `on_message` (one connection can
+    /// choose with [`Ctx::receive_in_parts`](crate::Ctx::receive_in_parts)). Parts
+    /// are never assembled, so a message costs the server no memory whatever its
+    /// size; `max_streamed_message_size` limits it instead of `max_message_size`.
+    /// Default: false.
+    pub message_parts: bool,
+    /// The largest message a peer may send to a connection that receives in parts
+    /// (all fragments together, inflated if compressed); a larger one is refused with
+    /// 1009 as soon as a frame header announces it (or, compressed, as soon as
+    /// inflating passes it). Nothing is buffered, so this guards the application, not
+    /// the server's memory. Default: 1 GiB; at most 4 GiB − 1 (larger values are
+    /// capped there).
+    pub max_streamed_message_size: u64,
     /// The largest HTTP request head (request line and headers) accepted for the
     /// upgrade; a larger one gets `431` and the connection is closed. Default: 16 KiB,
     /// several times what browsers send, small enough that half-sent heads are cheap.
@@ -161,6 +175,8 @@ impl Default for Config {
     fn default() -> Config {
         Config {
             max_message_size: 16 << 20,
+            message_parts: false,
+            max_streamed_message_size: 1 << 30,
             max_header_bytes: 16 << 10,
             read_buffer_size: 128 << 10,
             write_high_water: 1 << 20,

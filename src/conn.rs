@@ -105,6 +105,10 @@ pub(crate) struct Extras {
     pub topics: Vec<Box<str>>,
     /// How the WebSocket ended, once it has; reported to the handler when set.
     pub close_reason: Option<CloseReason>,
+    /// A message sent in parts is open (`Some(true)` for text): no other message
+    /// may start until it is finished. Here rather than in `Conn`, which has no
+    /// byte to spare, as only connections that stream pay for it.
+    pub sending_part: Option<bool>,
 }
 
 impl Extras {
@@ -114,6 +118,7 @@ impl Extras {
             && self.deflate.is_none()
             && self.topics.capacity() == 0
             && self.close_reason.is_none()
+            && self.sending_part.is_none()
     }
 }
 
@@ -193,6 +198,19 @@ impl<S: Default> Conn<S> {
 }
 
 impl<S> Conn<S> {
+    /// The message sent in parts that is open on this connection, if any: whether
+    /// it is text.
+    pub fn sending_part(&self) -> Option<bool> {
+        self.extras.as_ref()?.sending_part
+    }
+
+    /// Opens (`Some(is_text)`) or finishes (`None`) a message sent in parts.
+    pub fn set_sending_part(&mut self, open: Option<bool>) {
+        if open.is_some() || self.extras.is_some() {
+            self.extras_mut().sending_part = open;
+        }
+    }
+
     /// Bytes the socket has not taken yet: the backlog a slow reader causes. Small
     /// frames corked for the write at the end of the event are not a backlog.
     pub fn backlog(&self) -> usize {

@@ -89,6 +89,6 @@ pub use handle::{Handle, HandleError};
 pub use handler::{CloseReason, ConnId, Ctx, Decision, Handler, SendStatus};
 pub use proto::handshake::Request;
 pub use proto::http::{HttpResponse, InvalidResponse, StatusCode};
-pub use proto::{CloseCode, InvalidCloseCode, Message};
-pub use server::{serve, Fanout, Server};
+pub use proto::{CloseCode, InvalidCloseCode, Message, Part};
+pub use server::{serve, Fanout, PartError, Server};
 pub use stats::{Metric, MetricKind, Stats};

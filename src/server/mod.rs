@@ -31,6 +31,7 @@ mod deadlines;
 mod dispatch;
 mod fanout;
 mod lifecycle;
+mod parts;
 mod stalls;
 mod table;
 mod topics;
@@ -38,6 +39,7 @@ mod upgrade;
 
 pub use ctx::Ctx;
 pub use fanout::Fanout;
+pub use parts::PartError;
 
 use crate::compression::Compression;
 use crate::config::{Config, Timeouts};
@@ -98,6 +100,9 @@ struct Core<S> {
     handshaking: usize,
     shutdown_requested: bool,
     compression: Compression,
+    /// The connection whose receiver `dispatch::frames` has taken out of the table
+    /// while the handler sees its events.
+    rx_lent: Option<usize>,
 }
 
 /// A WebSocket server: a listener, its connections, and the [`Handler`] they serve.
@@ -200,6 +205,7 @@ impl<H: Handler> Server<H> {
                 handshaking: 0,
                 shutdown_requested: false,
                 compression: Compression::new(config.deflate_level),
+                rx_lent: None,
                 config: config.clone(),
             },
             poll,
