@@ -11,8 +11,10 @@
 //! bound.
 
 use super::Ctx;
-use crate::handler::SendStatus;
+use crate::handle::Payload;
+use crate::handler::{CloseReason, SendStatus};
 use crate::proto::frame::{FrameHeader, Opcode};
+use crate::proto::CloseCode;
 use crate::proto::{Message, Part};
 use mio::Token;
 
@@ -136,6 +138,31 @@ impl<S> super::Core<S> {
         }
         self.count_part(slot, status, &part);
         Ok(status)
+    }
+
+    /// A part from a [`Handle`]: nobody can hear about a refusal or a misuse, and
+    /// the message it belongs to would arrive with a piece missing, so either ends the
+    /// connection (1011) rather than let the stream go on wrong.
+    pub(super) fn send_part_from_handle(
+        &mut self,
+        slot: usize,
+        payload: &Payload,
+        first: bool,
+        last: bool,
+    ) {
+        let data = match payload {
+            Payload::Text(text) => Message::Text(text),
+            Payload::Binary(bytes) => Message::Binary(bytes),
+        };
+        let outcome = self.send_part(slot, Part { data, first, last });
+        if !matches!(outcome, Ok(SendStatus::Written | SendStatus::Queued(_))) {
+            log::debug!(
+                "{}: a part sent through a Handle failed ({outcome:?}): closing with 1011",
+                self.id(slot)
+            );
+            let code = CloseCode::INTERNAL_ERROR;
+            self.close(slot, code, "message part lost", CloseReason::Local { code });
+        }
     }
 
     fn count_part(&mut self, slot: usize, status: SendStatus, part: &Part<'_>) {
