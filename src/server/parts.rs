@@ -53,11 +53,15 @@ impl<S> Ctx<'_, S> {
     /// nothing changes and `false` is returned.
     pub fn receive_in_parts(&mut self, on: bool) -> bool {
         let core = &mut *self.core;
+        if core.rx_lent == Some(self.slot) {
+            // Called for one of its messages: the receiver is out of the table.
+            return false;
+        }
         let rx = &mut core.conns[self.slot].rx;
         if rx.in_parts() == on {
             return true;
         }
-        if core.rx_lent == Some(self.slot) || rx.is_mid_message() || rx.data_received() != 0 {
+        if rx.is_mid_message() || rx.data_received() != 0 {
             return false;
         }
         let (parts, whole) = (
