@@ -298,7 +298,7 @@ fn a_message_sent_in_three_parts_reaches_a_real_client_with_a_ping_between() {
     ws.send(tungstenite::Message::text("stream")).unwrap();
     assert_eq!(
         ws.read().unwrap(),
-        tungstenite::Message::Ping(b"mid".to_vec().into())
+        tungstenite::Message::Ping(b"mid".to_vec())
     );
     assert_eq!(ws.read().unwrap(), tungstenite::Message::text("abcdefghi"));
     let report = ws.read().unwrap().into_text().unwrap().to_string();
