@@ -238,10 +238,6 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Options>, Str
             _ => return Err(format!("unknown option: {flag}")),
         }
     }
-    // The echo streams (see `Echo::on_part`); --max-message-size keeps its meaning
-    // as the largest message echoed.
-    options.config.message_parts = true;
-    options.config.max_streamed_message_size = options.config.max_message_size as u64;
     Ok(Some(options))
 }
 
@@ -317,6 +313,11 @@ fn main() -> ExitCode {
             None
         }
     };
+    let mut options = options;
+    // The echo streams (see `Echo::on_part`); --max-message-size keeps its meaning as
+    // the largest message echoed.
+    options.config.message_parts = true;
+    options.config.max_streamed_message_size = options.config.max_message_size as u64;
     let page = DEMO_PAGE.replace("__ECHO_PATH__", &options.path);
     let handler = Echo {
         path: options.path.clone(),
