@@ -150,6 +150,12 @@ enum PartAt {
     CodePoint(usize),
     /// The inflater's output chunk, this many bytes.
     Inflated(usize),
+    /// Text not validated yet, in `input[start..end]`: validated where the part is
+    /// made, once (an unfinished code point at its end is held back then). Only for
+    /// 4 bytes or more, whose valid prefix cannot be empty.
+    InputText(usize, usize),
+    /// Text not validated yet, the first this many bytes of the inflater's output.
+    InflatedText(usize),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -554,6 +560,8 @@ impl Receiver {
                 .complete(chunk)
                 .map_err(|_| ProtocolError::InvalidUtf8)?;
             done.map(|code_point| PartAt::CodePoint(code_point.len()))
+        } else if take >= 4 {
+            Some(PartAt::InputText(0, take))
         } else {
             let valid = self
                 .utf8
@@ -653,7 +661,10 @@ impl Receiver {
             self.compressed = false;
         }
         let output = inflater.output(prefix_len + step.produced);
-        let valid = if text {
+        let valid = if text && output.len() >= 4 {
+            let at = PartAt::InflatedText(output.len());
+            return Ok((used, Some(self.found(at, kind, done))));
+        } else if text {
             self.utf8
                 .split(output)
                 .map_err(|_| ProtocolError::InvalidUtf8)?
@@ -686,18 +697,43 @@ impl Receiver {
     /// Parts mode: the event for a part `read_part` found, borrowed from `input`
     /// (where that read began), the validator's code point or the inflater's output.
     fn part_event<'a>(
-        &'a self,
+        &'a mut self,
         found: FoundPart,
         input: &'a [u8],
     ) -> Result<Event<'a>, ProtocolError> {
+        let unvalidated: Option<&'a [u8]> = match found.at {
+            PartAt::InputText(start, end) => Some(&input[start..end]),
+            PartAt::InflatedText(len) => {
+                Some(self.inflater.as_deref().map_or(&[][..], |i| i.output(len)))
+            }
+            _ => None,
+        };
+        if let Some(bytes) = unvalidated {
+            // The one validation of these bytes; an unfinished code point at the end
+            // is held for the next part.
+            let text = self
+                .utf8
+                .split(bytes)
+                .map_err(|_| ProtocolError::InvalidUtf8)?;
+            if found.last && self.utf8.holds() {
+                return Err(ProtocolError::InvalidUtf8);
+            }
+            return Ok(Event::Part(Part {
+                data: Message::Text(text),
+                first: found.first,
+                last: found.last,
+            }));
+        }
         let bytes: &'a [u8] = match found.at {
-            PartAt::Input(start, end) => &input[start..end],
+            PartAt::Input(start, end) | PartAt::InputText(start, end) => &input[start..end],
             PartAt::CodePoint(len) => self.utf8.completed(len),
-            PartAt::Inflated(len) => self.inflater.as_deref().map_or(&[][..], |i| i.output(len)),
+            PartAt::Inflated(len) | PartAt::InflatedText(len) => {
+                self.inflater.as_deref().map_or(&[][..], |i| i.output(len))
+            }
         };
         let data = match found.kind {
-            // Validated in `read_part`; checked again (the prefix only) to stay free
-            // of `unsafe`.
+            // Short pieces and code points validated in `read_part`; checked again
+            // (at most a few bytes) to stay free of `unsafe`.
             DataKind::Text => {
                 Message::Text(std::str::from_utf8(bytes).map_err(|_| ProtocolError::InvalidUtf8)?)
             }
