@@ -55,7 +55,7 @@ pub struct Config {
     /// While more than this many bytes wait in a connection's send queue, the server
     /// stops reading from it, so a peer that sends without reading feels TCP
     /// backpressure instead of growing our memory. Reading resumes once the queue
-    /// drains to half of this. Default: 1 MiB. Zero stops reading whenever anything
+    /// has drained (not at some lower mark: see the measurement in `conn.rs`). Default: 1 MiB. Zero stops reading whenever anything
     /// is queued. At most `max_send_queue` (above it, the queue could never reach it).
     pub write_high_water: usize,
     /// A send that would take a connection's queue past this many bytes is refused

@@ -24,7 +24,7 @@ impl<H: Handler> Server<H> {
         };
         conn.flush(&core.io, Token(slot));
         let config = &core.config;
-        if conn.queue_drained(config.max_send_queue, config.write_high_water) {
+        if conn.queue_drained(config.max_send_queue) {
             // Edge-triggered: input that waited meanwhile raises no new event.
             core.backlog.push(slot);
         }
