@@ -479,3 +479,30 @@ fn close_reasons_are_unchanged_by_parts_mode() {
     raw.send(true, CONTINUATION, &[0xF4, 0x90, 0x80, 0x80]);
     raw.expect_close(1007);
 }
+
+#[test]
+fn a_keepalive_ping_goes_out_between_the_parts_of_an_open_message() {
+    let addr = serve(
+        Config {
+            idle_timeout: Duration::from_millis(200),
+            ..Config::default()
+        },
+        Streamer,
+    );
+    let mut raw = Raw::open(addr);
+    raw.send(true, TEXT, b"begin");
+    let first = raw.read_frame();
+    assert_eq!((first.fin, first.opcode), (false, BINARY));
+    // Silent past the idle timeout with the message open: the keepalive ping still
+    // goes out, between the fragments.
+    let ping = raw.read_frame();
+    assert_eq!(ping.opcode, PING);
+    raw.send(true, PONG, &ping.payload);
+    raw.send(true, TEXT, b"end");
+    let last = raw.read_frame();
+    assert_eq!(
+        (last.fin, last.opcode, last.payload.as_slice()),
+        (true, CONTINUATION, &b"-last"[..])
+    );
+    raw.close_cleanly();
+}
