@@ -26,6 +26,20 @@ pub struct Config {
     /// refused with close code 1009 as soon as a frame header announces them, before
     /// any of their payload is buffered. Default: 16 MiB. Must not be zero.
     pub max_message_size: usize,
+    /// Hand every connection's data messages to [`Handler::on_part`](crate::Handler::on_part)
+    /// in parts as they arrive, instead of whole to `on_message` (one connection can
+    /// choose with [`Ctx::receive_in_parts`](crate::Ctx::receive_in_parts)). Parts
+    /// are never assembled, so a message costs the server no memory whatever its
+    /// size; `max_streamed_message_size` limits it instead of `max_message_size`.
+    /// Default: false.
+    pub message_parts: bool,
+    /// The largest message a peer may send to a connection that receives in parts
+    /// (all fragments together, inflated if compressed); a larger one is refused with
+    /// 1009 as soon as a frame header announces it (or, compressed, as soon as
+    /// inflating passes it). Nothing is buffered, so this guards the application, not
+    /// the server's memory. Default: 1 GiB; at most 4 GiB − 1 (larger values are
+    /// capped there).
+    pub max_streamed_message_size: u64,
     /// The largest HTTP request head (request line and headers) accepted for the
     /// upgrade; a larger one gets `431` and the connection is closed. Default: 16 KiB,
     /// several times what browsers send, small enough that half-sent heads are cheap.
@@ -41,10 +55,12 @@ pub struct Config {
     /// While more than this many bytes wait in a connection's send queue, the server
     /// stops reading from it, so a peer that sends without reading feels TCP
     /// backpressure instead of growing our memory. Reading resumes once the queue
-    /// drains to half of this, which is also where a drain owed is paid
-    /// ([`Handler::on_drain`](crate::Handler::on_drain)). Default: 1 MiB. Zero stops
-    /// reading whenever anything is queued. At most `max_send_queue` (above it, the
-    /// queue could never reach it).
+    /// has drained completely (not at a lower mark: resuming at half made a streamed
+    /// echo read ~0.5 MiB per pause, too little for the kernel to reopen the peer's TCP
+    /// window, and the transfer stalled on zero-window probes). A drain owed
+    /// ([`Handler::on_drain`](crate::Handler::on_drain)) is paid earlier, at half of
+    /// this. Default: 1 MiB. Zero stops reading whenever anything is queued. At most
+    /// `max_send_queue` (above it, the queue could never reach it).
     pub write_high_water: usize,
     /// A send that would take a connection's queue past this many bytes is refused
     /// ([`SendStatus::Refused`](crate::SendStatus::Refused)): the most memory one slow
@@ -184,6 +200,8 @@ impl Default for Config {
     fn default() -> Config {
         Config {
             max_message_size: 16 << 20,
+            message_parts: false,
+            max_streamed_message_size: 1 << 30,
             max_header_bytes: 16 << 10,
             read_buffer_size: 128 << 10,
             write_high_water: 1 << 20,

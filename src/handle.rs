@@ -24,6 +24,8 @@ pub(crate) enum Payload {
 #[derive(Debug)]
 pub(crate) enum Command {
     Send(ConnId, Payload),
+    /// One part of a message sent in parts: `first`, `last`.
+    SendPart(ConnId, Payload, bool, bool),
     Broadcast(Payload),
     Publish(String, Payload),
     Close(ConnId, CloseCode, String),
@@ -216,6 +218,46 @@ impl Handle {
     pub fn send_binary(&self, to: ConnId, bytes: impl Into<Vec<u8>>) -> Result<(), HandleError> {
         self.inbox
             .push(Command::Send(to, Payload::Binary(bytes.into())))
+    }
+
+    /// Sends one part of a text message sent in parts to a connection: the
+    /// [`Handle`]'s [`Ctx::send_part`](crate::Ctx::send_part). `first` begins the message, `last` finishes
+    /// it; each part is one frame, and other messages to the connection are
+    /// refused ([`SendStatus::Busy`](crate::SendStatus::Busy)) until the last part is sent.
+    ///
+    /// What happens on the loop cannot be reported back: a part that is refused (the
+    /// connection's queue is over its cap) or out of order closes the connection with
+    /// 1011, since its message could only arrive with a piece missing. Send parts
+    /// from one thread, in order.
+    pub fn send_part_text(
+        &self,
+        to: ConnId,
+        text: impl Into<String>,
+        first: bool,
+        last: bool,
+    ) -> Result<(), HandleError> {
+        self.inbox.push(Command::SendPart(
+            to,
+            Payload::Text(text.into()),
+            first,
+            last,
+        ))
+    }
+
+    /// [`send_part_text`](Handle::send_part_text) for a binary message.
+    pub fn send_part_binary(
+        &self,
+        to: ConnId,
+        bytes: impl Into<Vec<u8>>,
+        first: bool,
+        last: bool,
+    ) -> Result<(), HandleError> {
+        self.inbox.push(Command::SendPart(
+            to,
+            Payload::Binary(bytes.into()),
+            first,
+            last,
+        ))
     }
 
     /// Sends a text message to every open connection (encoded once).

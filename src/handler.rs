@@ -3,7 +3,7 @@
 use crate::conn::QueuePolicy;
 use crate::proto::handshake::Request;
 use crate::proto::http::{HttpResponse, StatusCode};
-use crate::proto::{CloseCode, Message, ProtocolError};
+use crate::proto::{CloseCode, Message, Part, ProtocolError};
 use crate::stats::Stats;
 use std::net::SocketAddr;
 
@@ -164,6 +164,11 @@ pub enum SendStatus {
     /// Nothing was sent: the connection is closing or its queue is over
     /// [`Config::max_send_queue`](crate::Config::max_send_queue).
     Refused,
+    /// Nothing was sent: a message sent in parts ([`Ctx::send_part`]) is open on the
+    /// connection, and no other message may start until its last part is sent
+    /// (interleaving them would corrupt the stream). Pings and closes are not
+    /// affected.
+    Busy,
 }
 
 /// Why a WebSocket connection ended, as reported to [`Handler::on_close`].
@@ -288,6 +293,23 @@ pub trait Handler: 'static {
     /// A complete message arrived. It borrows the reactor's buffers: copy what must
     /// outlive the call.
     fn on_message(&mut self, cx: &mut Ctx<'_, Self::Session>, message: Message<'_>);
+
+    /// A part of a message arrived, on a connection that receives messages in parts
+    /// ([`Config::message_parts`](crate::Config::message_parts), or
+    /// [`Ctx::receive_in_parts`] in `on_open`) instead of whole through
+    /// [`on_message`](Handler::on_message).
+    ///
+    /// Parts are handed on as they arrive, borrowed from the read buffer (or, for a
+    /// compressed message, from the inflater's output), so the server holds no copy
+    /// of the message whatever its size: limited by
+    /// [`Config::max_streamed_message_size`](crate::Config::max_streamed_message_size)
+    /// instead of `max_message_size`. Every message gives at least one part, the
+    /// first with [`Part::first`] set and the last with [`Part::last`] (one part may
+    /// be both); only a last part may be empty. A text part is valid UTF-8 on its own.
+    /// The default drops the part.
+    fn on_part(&mut self, cx: &mut Ctx<'_, Self::Session>, part: Part<'_>) {
+        let _ = (cx, part);
+    }
 
     /// A timer this connection set with [`Ctx::set_timer`] is due; `token` is what
     /// it was set with. Not called once the connection is closing. A panic closes

@@ -95,6 +95,6 @@ pub use handler::{CloseReason, ConnId, Ctx, Decision, Handler, SendStatus, Sessi
 pub use histogram::Histogram;
 pub use proto::handshake::Request;
 pub use proto::http::{HttpResponse, InvalidResponse, StatusCode};
-pub use proto::{CloseCode, InvalidCloseCode, Message};
-pub use server::{serve, Fanout, Loop, Server, TimerError, TimerId};
+pub use proto::{CloseCode, InvalidCloseCode, Message, Part};
+pub use server::{serve, Fanout, Loop, PartError, Server, TimerError, TimerId};
 pub use stats::{HistogramMetric, Metric, MetricKind, Stats};

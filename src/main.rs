@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use wsreactor::{
-    Config, Ctx, Decision, Handler, HttpResponse, Message, Request, Stats, StatusCode,
+    CloseCode, Config, Ctx, Decision, Handler, HttpResponse, Message, Part, Request, SendStatus,
+    Stats, StatusCode,
 };
 
 const DEMO_PAGE: &str = include_str!("demo.html");
@@ -27,7 +28,8 @@ OPTIONS:
   --path PATH                WebSocket echo path             [default: /echo]
   --allowed-origin ORIGIN    403 for browser pages from any other origin; repeat
                              for more                        [default: any origin]
-  --max-message-size BYTES   largest message accepted (1009) [default: 16777216]
+  --max-message-size BYTES   largest message accepted (1009); echoed in parts as it
+                             arrives, never held whole      [default: 16777216]
   --max-header-bytes BYTES   largest upgrade request head    [default: 16384]
   --read-buffer-size BYTES   the loop's shared read buffer   [default: 131072]
   --write-high-water BYTES   stop reading a peer whose send queue is over this
@@ -159,6 +161,29 @@ impl Handler for Echo {
         // Queued bytes are bounded by the reactor's read backpressure; a refusal here
         // can only mean the connection is closing.
         let _ = cx.send(message);
+    }
+
+    /// Streams: each part goes back out as it arrives, so a connection costs no
+    /// memory for the size of its messages, and the echo of a large message starts
+    /// before its last byte is in. Reading pauses while more than `write_high_water`
+    /// waits to be sent, which bounds what a peer that does not read makes us queue.
+    fn on_part(&mut self, cx: &mut Ctx<'_, Role>, part: Part<'_>) {
+        if *cx.session() == Role::StatsViewer {
+            return;
+        }
+        if part.first && part.last {
+            // A message in one piece goes out as one (compressed if negotiated).
+            let _ = cx.send(part.data);
+            return;
+        }
+        match cx.send_part(part) {
+            Ok(SendStatus::Written | SendStatus::Queued(_)) => {}
+            // Closing already, or the queue over its cap (which backpressure keeps
+            // from happening): the echo would be missing a piece, so end it.
+            Ok(_) | Err(_) => {
+                let _ = cx.close(CloseCode::POLICY_VIOLATION, "echo could not keep up");
+            }
+        }
     }
 }
 
@@ -324,6 +349,11 @@ fn main() -> ExitCode {
             None
         }
     };
+    let mut options = options;
+    // The echo streams (see `Echo::on_part`); --max-message-size keeps its meaning as
+    // the largest message echoed.
+    options.config.message_parts = true;
+    options.config.max_streamed_message_size = options.config.max_message_size as u64;
     let page = DEMO_PAGE.replace("__ECHO_PATH__", &options.path).replace(
         "__STATS_STREAM_PATH__",
         if options.stats_endpoints {

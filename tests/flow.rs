@@ -113,6 +113,7 @@ impl Handler for Flow {
                         SendStatus::Written => written += 1,
                         SendStatus::Queued(_) => queued += 1,
                         SendStatus::Refused => refused += 1,
+                        SendStatus::Busy => panic!("no message in parts is open here"),
                     }
                     if refused > 0 && command == "fill-until" {
                         break;

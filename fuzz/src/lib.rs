@@ -117,6 +117,14 @@ pub fn check_event(event: &Event<'_>, max_message_size: u64) {
                 assert!(std::str::from_utf8(text.as_bytes()).is_ok());
             }
         }
+        Event::Part(part) => {
+            assert!(
+                part.len() as u64 <= max_message_size,
+                "part of {} bytes over the limit {max_message_size}",
+                part.len()
+            );
+            assert!(part.last || !part.is_empty(), "an empty part that is not last");
+        }
         Event::Ping(payload) | Event::Pong(payload) => {
             assert!(
                 payload.len() <= MAX_CONTROL_PAYLOAD,

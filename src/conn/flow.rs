@@ -129,7 +129,7 @@ impl Flow {
 }
 
 /// The queue length at or under which a drain owed is paid: half of
-/// `write_high_water`, the same point where a read paused for backpressure resumes.
+/// `write_high_water` (a read paused for backpressure resumes later, at empty).
 pub(crate) fn low_water(write_high_water: usize) -> usize {
     write_high_water / 2
 }

@@ -328,11 +328,98 @@ impl Inflater {
         Ok(())
     }
 
+    /// Parts mode: one step of inflating, producing at most one chunk of output, so
+    /// that a message can be handed on piece by piece with no buffer of its own.
+    ///
+    /// `prefix` (at most 4 bytes: the unfinished code point of a text message) is put
+    /// before the output, which is then [`output`](Self::output)`(prefix.len() +
+    /// produced)`. With `tail`, `input` is our own sync-flush tail (see
+    /// [`step_tail`](Self::step_tail)).
+    pub fn step(
+        &mut self,
+        input: &[u8],
+        prefix: &[u8],
+        tail: bool,
+    ) -> Result<InflateStep, InflateError> {
+        if self.stream_ended {
+            return if input.is_empty() || tail {
+                Ok(InflateStep {
+                    consumed: input.len(),
+                    produced: 0,
+                    full: false,
+                })
+            } else {
+                Err(InflateError::Corrupt)
+            };
+        }
+        self.chunk[..prefix.len()].copy_from_slice(prefix);
+        let room = &mut self.chunk[prefix.len()..];
+        let space = room.len();
+        let (in_before, out_before) = (self.decompress.total_in(), self.decompress.total_out());
+        let status = self
+            .decompress
+            .decompress(input, room, FlushDecompress::None)
+            .map_err(|_| InflateError::Corrupt)?;
+        let mut consumed = (self.decompress.total_in() - in_before) as usize;
+        let produced = (self.decompress.total_out() - out_before) as usize;
+        if status == Status::StreamEnd {
+            self.stream_ended = true;
+            if consumed < input.len() {
+                if !tail {
+                    return Err(InflateError::Corrupt);
+                }
+                consumed = input.len();
+            }
+        } else if consumed == 0 && produced == 0 && !input.is_empty() {
+            return Err(InflateError::Corrupt);
+        }
+        Ok(InflateStep {
+            consumed,
+            produced,
+            full: produced == space,
+        })
+    }
+
+    /// Parts mode: one step of ending a message, `fed` bytes of the sync-flush tail
+    /// fed so far. Done when the whole tail is fed and the step's output was not full;
+    /// then call [`end_message`](Self::end_message).
+    pub fn step_tail(&mut self, fed: usize, prefix: &[u8]) -> Result<InflateStep, InflateError> {
+        self.step(&SYNC_TAIL[fed.min(SYNC_TAIL.len())..], prefix, true)
+    }
+
+    /// The length of the sync-flush tail that [`step_tail`](Self::step_tail) feeds.
+    pub const TAIL_LEN: usize = SYNC_TAIL.len();
+
+    /// Parts mode: the message has ended; resets for the next one when the sender
+    /// does not keep its context (or its stream ended with a final block).
+    pub fn end_message(&mut self, reset: bool) {
+        if reset || self.stream_ended {
+            self.reset();
+        }
+    }
+
+    /// The first `len` bytes of the output chunk, as the last [`step`](Self::step)
+    /// left it.
+    pub fn output(&self, len: usize) -> &[u8] {
+        &self.chunk[..len]
+    }
+
     /// Forgets any context, e.g. before lending the inflater to another connection.
     pub fn reset(&mut self) {
         self.stream_ended = false;
         self.decompress.reset(false);
     }
+}
+
+/// What one [`Inflater::step`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InflateStep {
+    /// Input bytes taken.
+    pub consumed: usize,
+    /// Bytes of output produced (after the prefix).
+    pub produced: usize,
+    /// The output chunk is full: more output may be waiting, even with no more input.
+    pub full: bool,
 }
 
 /// An output sink that appends to `out` and fails once it would pass `limit` bytes.

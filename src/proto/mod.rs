@@ -27,5 +27,5 @@ pub use closing::{CloseHandshake, CloseState};
 pub use error::ProtocolError;
 pub use frame::{FrameHeader, Opcode};
 pub use keepalive::{Keepalive, KeepaliveDue};
-pub use message::{Event, Message, OwnedEvent};
+pub use message::{Event, Message, OwnedEvent, Part};
 pub use receiver::Receiver;

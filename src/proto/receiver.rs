@@ -12,13 +12,19 @@
 //! a single frame wholly inside that buffer is handed out as a slice of it; only
 //! fragmented messages, and frames that straddle reads, are copied, into the
 //! per-connection assembly buffer.
+//!
+//! Parts mode ([`Receiver::receive_in_parts`]) does without that buffer altogether:
+//! each data frame's payload is handed out as [`Event::Part`]s as it arrives — slices
+//! of the caller's buffer, or of the inflater's output chunk for a compressed message
+//! — so a message of any size costs the receiver nothing but the few bytes of a code
+//! point split between reads.
 
 use super::close::parse_close_payload;
-use super::deflate::{InflateError, Inflater};
+use super::deflate::{InflateError, InflateStep, Inflater};
 use super::error::ProtocolError;
 use super::frame::{FrameHeader, Opcode, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN};
 use super::mask;
-use super::message::{Event, Message};
+use super::message::{Event, Message, Part};
 use super::utf8::Utf8Validator;
 
 /// Assembly buffers larger than this are released after their message is delivered,
@@ -109,6 +115,55 @@ pub struct Receiver {
     data_received: u32,
     /// Keep the assembly buffer, whatever its size, for the next message.
     keep_buffers: bool,
+    /// Parts mode: data messages are handed out as parts, never assembled, and
+    /// `max_message_size` is the limit of a streamed message.
+    parts: bool,
+    /// Parts mode: no part of the message in progress was handed out yet.
+    part_first: bool,
+    /// Parts mode, compressed message: `INFLATE_*`.
+    inflating: u8,
+    /// Parts mode: bytes of the message in progress so far (the declared lengths of
+    /// its frames, or what was inflated), against the limit.
+    streamed: u32,
+}
+
+/// Parts mode, compressed message: [`Receiver::inflating`] values.
+const INFLATE_IDLE: u8 = 0;
+/// The inflater's last step filled its output chunk: more output may wait for no
+/// more input.
+const INFLATE_PENDING: u8 = 1;
+/// Ending the message: feeding the sync-flush tail, `INFLATE_FINISHING + n` once `n`
+/// of its bytes are fed.
+const INFLATE_FINISHING: u8 = 2;
+
+/// Parts mode: compressed input is unmasked and fed to the inflater this much at a
+/// time; what one step leaves unread is masked again (XOR is its own inverse), so
+/// this bounds that rework per step.
+const PART_INFLATE_INPUT: usize = 16 * 1024;
+
+/// Where a part found by `read_part` lies, to be borrowed once the loop is left.
+#[derive(Debug, Clone, Copy)]
+enum PartAt {
+    /// `input[start..end]`, relative to where the read began.
+    Input(usize, usize),
+    /// The code point the UTF-8 validator just completed, this many bytes.
+    CodePoint(usize),
+    /// The inflater's output chunk, this many bytes.
+    Inflated(usize),
+    /// Text not validated yet, in `input[start..end]`: validated where the part is
+    /// made, once (an unfinished code point at its end is held back then). Only for
+    /// 4 bytes or more, whose valid prefix cannot be empty.
+    InputText(usize, usize),
+    /// Text not validated yet, the first this many bytes of the inflater's output.
+    InflatedText(usize),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct FoundPart {
+    at: PartAt,
+    kind: DataKind,
+    first: bool,
+    last: bool,
 }
 
 /// How inflating works on this connection.
@@ -137,6 +192,38 @@ impl Receiver {
             max_message_size: u32::try_from(max_message_size).unwrap_or(u32::MAX),
             ..Receiver::default()
         }
+    }
+
+    /// Parts mode: from now on data messages are handed out as [`Event::Part`]s as
+    /// they arrive, never assembled, and `max_streamed_message_size` (capped at
+    /// 4 GiB − 1) replaces the message size limit. Call it before the first frame
+    /// (the connection's mode is chosen when it opens).
+    ///
+    /// In parts mode, after a call that returns an event, call [`read`](Self::read)
+    /// again while [`has_pending`](Self::has_pending) says so, even with no input:
+    /// a compressed message may have more inflated output waiting.
+    pub fn receive_in_parts(&mut self, max_streamed_message_size: u64) {
+        self.parts = true;
+        self.max_message_size = u32::try_from(max_streamed_message_size).unwrap_or(u32::MAX);
+    }
+
+    /// Switches between parts mode (`parts`, see
+    /// [`receive_in_parts`](Self::receive_in_parts)) and whole messages, with the
+    /// limit that goes with the mode. Call it before the first frame.
+    pub fn set_mode(&mut self, parts: bool, max_size: u64) {
+        self.parts = parts;
+        self.max_message_size = u32::try_from(max_size).unwrap_or(u32::MAX);
+    }
+
+    /// Whether data messages are handed out in parts.
+    pub fn in_parts(&self) -> bool {
+        self.parts
+    }
+
+    /// Parts mode: inflated output may be waiting, so [`read`](Self::read) has more
+    /// to hand out even with no more input (and a message may end with no more input).
+    pub fn has_pending(&self) -> bool {
+        self.inflating != INFLATE_IDLE
     }
 
     /// Keeps the assembly buffer for the next message whatever its size, instead of
@@ -227,6 +314,8 @@ impl Receiver {
         self.frame = None;
         self.compressed = false;
         self.delivered_from_buffers = false;
+        self.inflating = INFLATE_IDLE;
+        self.streamed = 0;
         let mut inflater = self.inflater.take()?;
         inflater.reset();
         Some(inflater)
@@ -263,6 +352,23 @@ impl Receiver {
         }
         let mut pos = 0;
         loop {
+            if self.parts && self.parts_due(input.len() - pos) {
+                let (used, found) = self.read_part(&mut input[pos..], memory)?;
+                pos += used;
+                if let Some(found) = found {
+                    return Ok(Progress {
+                        consumed: pos,
+                        event: Some(self.part_event(found, &input[pos - used..])?),
+                    });
+                }
+                if pos == input.len() && !self.has_pending() {
+                    return Ok(Progress {
+                        consumed: pos,
+                        event: None,
+                    });
+                }
+                continue;
+            }
             let frame = match self.frame {
                 Some(frame) => frame,
                 None => match self.read_header(&input[pos..])? {
@@ -279,6 +385,10 @@ impl Receiver {
                     }
                 },
             };
+            if self.parts && !frame.opcode.is_control() {
+                // A data frame in parts mode: `read_part` takes it from here.
+                continue;
+            }
             let available = input.len() - pos;
             // Zero copy: the whole frame is here and nothing of it was buffered before.
             let whole_frame_here = !frame.started && frame.remaining <= available as u64;
@@ -398,6 +508,244 @@ impl Receiver {
         }
     }
 
+    /// Parts mode: whether `read_part` has something to do, with `available` bytes
+    /// of input left: a data frame in progress, inflated output that may be
+    /// waiting, or a compressed message to end.
+    fn parts_due(&self, available: usize) -> bool {
+        match self.inflating {
+            INFLATE_IDLE => self.frame.is_some_and(|f| !f.opcode.is_control()),
+            INFLATE_PENDING => available == 0 || self.frame.is_none_or(|f| !f.opcode.is_control()),
+            _ => true,
+        }
+    }
+
+    /// Parts mode: takes what it can of the data frame in progress (or of the
+    /// inflater's waiting output) and says where the part it makes lies, if any.
+    /// Returns the input bytes used.
+    fn read_part(
+        &mut self,
+        input: &mut [u8],
+        memory: &mut dyn MemoryGrant,
+    ) -> Result<(usize, Option<FoundPart>), ProtocolError> {
+        let kind = self.message.unwrap_or(DataKind::Binary);
+        if self.compressed {
+            return self.inflate_part(kind, input, memory);
+        }
+        let Some(frame) = self.frame else {
+            return Ok((0, None));
+        };
+        let text = kind == DataKind::Text;
+        let mut take = frame.remaining.min(input.len() as u64) as usize;
+        if text && self.utf8.holds() {
+            // Just what finishes the held code point: it becomes a part of its own,
+            // and the rest of the input stays where it is.
+            take = take.min(self.utf8.needs());
+        }
+        let chunk = &mut input[..take];
+        mask::apply(chunk, frame.mask, usize::from(frame.mask_phase));
+        self.data_received = self.data_received.wrapping_add(take as u32);
+        let remaining = frame.remaining - take as u64;
+        let last = remaining == 0 && frame.fin;
+        self.frame = (remaining > 0).then_some(FrameInProgress {
+            remaining,
+            started: true,
+            mask_phase: ((usize::from(frame.mask_phase) + take) % 4) as u8,
+            ..frame
+        });
+        let at = if !text {
+            (take > 0 || last).then_some(PartAt::Input(0, take))
+        } else if self.utf8.holds() {
+            let (_, done) = self
+                .utf8
+                .complete(chunk)
+                .map_err(|_| ProtocolError::InvalidUtf8)?;
+            done.map(|code_point| PartAt::CodePoint(code_point.len()))
+        } else if take >= 4 {
+            Some(PartAt::InputText(0, take))
+        } else {
+            let valid = self
+                .utf8
+                .split(chunk)
+                .map_err(|_| ProtocolError::InvalidUtf8)?
+                .len();
+            (valid > 0 || last).then_some(PartAt::Input(0, valid))
+        };
+        if last && self.utf8.holds() {
+            return Err(ProtocolError::InvalidUtf8);
+        }
+        Ok((take, at.map(|at| self.found(at, kind, last))))
+    }
+
+    /// Parts mode, compressed message: one inflater step, on the frame in progress,
+    /// on no input (output waiting), or on the sync-flush tail (ending the message).
+    fn inflate_part(
+        &mut self,
+        kind: DataKind,
+        input: &mut [u8],
+        memory: &mut dyn MemoryGrant,
+    ) -> Result<(usize, Option<FoundPart>), ProtocolError> {
+        if self.inflater.is_none() && !memory.grant(self.held(), INFLATER_BYTES) {
+            return Err(ProtocolError::OverBudget);
+        }
+        let text = kind == DataKind::Text;
+        // A code point split by the inflater's chunk goes before the next output, so
+        // that every text part is whole code points with nothing copied but it.
+        let mut prefix = [0u8; 4];
+        let prefix_len = if text {
+            let held = self.utf8.held();
+            prefix[..held.len()].copy_from_slice(held);
+            held.len()
+        } else {
+            0
+        };
+        self.utf8.reset();
+        let prefix = &prefix[..prefix_len];
+        let inflater = self.inflater.get_or_insert_with(Box::default);
+        let finishing = self.inflating >= INFLATE_FINISHING;
+        let (used, step): (usize, InflateStep) = if finishing {
+            let fed = usize::from(self.inflating - INFLATE_FINISHING);
+            let step = inflater.step_tail(fed, prefix).map_err(inflate_error)?;
+            self.inflating =
+                INFLATE_FINISHING + (fed + step.consumed).min(Inflater::TAIL_LEN) as u8;
+            (0, step)
+        } else if let Some(frame) = self.frame.filter(|f| !f.opcode.is_control()) {
+            let take = frame
+                .remaining
+                .min(input.len() as u64)
+                .min(PART_INFLATE_INPUT as u64) as usize;
+            let chunk = &mut input[..take];
+            let phase = usize::from(frame.mask_phase);
+            mask::apply(chunk, frame.mask, phase);
+            let step = inflater.step(chunk, prefix, false).map_err(inflate_error)?;
+            let used = step.consumed;
+            // What the inflater did not take is read again next time: mask it back.
+            mask::apply(&mut chunk[used..], frame.mask, (phase + used) % 4);
+            self.data_received = self.data_received.wrapping_add(used as u32);
+            let remaining = frame.remaining - used as u64;
+            self.frame = (remaining > 0).then_some(FrameInProgress {
+                remaining,
+                started: true,
+                mask_phase: ((phase + used) % 4) as u8,
+                ..frame
+            });
+            self.inflating = if remaining == 0 && frame.fin {
+                INFLATE_FINISHING
+            } else if step.full {
+                INFLATE_PENDING
+            } else {
+                INFLATE_IDLE
+            };
+            (used, step)
+        } else {
+            // Between frames, with output waiting.
+            let step = inflater.step(&[], prefix, false).map_err(inflate_error)?;
+            self.inflating = if step.full {
+                INFLATE_PENDING
+            } else {
+                INFLATE_IDLE
+            };
+            (0, step)
+        };
+        let streamed = u64::from(self.streamed) + step.produced as u64;
+        if streamed > u64::from(self.max_message_size) {
+            return Err(ProtocolError::MessageTooBig);
+        }
+        self.streamed = streamed as u32;
+        let done = finishing
+            && usize::from(self.inflating - INFLATE_FINISHING) == Inflater::TAIL_LEN
+            && !step.full;
+        if done {
+            let reset = self.deflate.is_some_and(|mode| mode.reset_each_message);
+            inflater.end_message(reset);
+            self.inflating = INFLATE_IDLE;
+            self.compressed = false;
+        }
+        let output = inflater.output(prefix_len + step.produced);
+        let valid = if text && output.len() >= 4 {
+            let at = PartAt::InflatedText(output.len());
+            return Ok((used, Some(self.found(at, kind, done))));
+        } else if text {
+            self.utf8
+                .split(output)
+                .map_err(|_| ProtocolError::InvalidUtf8)?
+                .len()
+        } else {
+            output.len()
+        };
+        if done && self.utf8.holds() {
+            return Err(ProtocolError::InvalidUtf8);
+        }
+        let at = (valid > 0 || done).then_some(PartAt::Inflated(valid));
+        Ok((used, at.map(|at| self.found(at, kind, done))))
+    }
+
+    /// Parts mode: a part is handed out; the message ends with its last.
+    fn found(&mut self, at: PartAt, kind: DataKind, last: bool) -> FoundPart {
+        let first = std::mem::replace(&mut self.part_first, false);
+        if last {
+            self.message = None;
+            self.streamed = 0;
+        }
+        FoundPart {
+            at,
+            kind,
+            first,
+            last,
+        }
+    }
+
+    /// Parts mode: the event for a part `read_part` found, borrowed from `input`
+    /// (where that read began), the validator's code point or the inflater's output.
+    fn part_event<'a>(
+        &'a mut self,
+        found: FoundPart,
+        input: &'a [u8],
+    ) -> Result<Event<'a>, ProtocolError> {
+        let unvalidated: Option<&'a [u8]> = match found.at {
+            PartAt::InputText(start, end) => Some(&input[start..end]),
+            PartAt::InflatedText(len) => {
+                Some(self.inflater.as_deref().map_or(&[][..], |i| i.output(len)))
+            }
+            _ => None,
+        };
+        if let Some(bytes) = unvalidated {
+            // The one validation of these bytes; an unfinished code point at the end
+            // is held for the next part.
+            let text = self
+                .utf8
+                .split(bytes)
+                .map_err(|_| ProtocolError::InvalidUtf8)?;
+            if found.last && self.utf8.holds() {
+                return Err(ProtocolError::InvalidUtf8);
+            }
+            return Ok(Event::Part(Part {
+                data: Message::Text(text),
+                first: found.first,
+                last: found.last,
+            }));
+        }
+        let bytes: &'a [u8] = match found.at {
+            PartAt::Input(start, end) | PartAt::InputText(start, end) => &input[start..end],
+            PartAt::CodePoint(len) => self.utf8.completed(len),
+            PartAt::Inflated(len) | PartAt::InflatedText(len) => {
+                self.inflater.as_deref().map_or(&[][..], |i| i.output(len))
+            }
+        };
+        let data = match found.kind {
+            // Short pieces and code points validated in `read_part`; checked again
+            // (at most a few bytes) to stay free of `unsafe`.
+            DataKind::Text => {
+                Message::Text(std::str::from_utf8(bytes).map_err(|_| ProtocolError::InvalidUtf8)?)
+            }
+            DataKind::Binary => Message::Binary(bytes),
+        };
+        Ok(Event::Part(Part {
+            data,
+            first: found.first,
+            last: found.last,
+        }))
+    }
+
     /// Decodes the next header from the stashed bytes plus `input`, validates it against
     /// the connection's state, and returns the bytes of `input` it used.
     fn read_header(
@@ -455,9 +803,18 @@ impl Receiver {
             self.compressed
         };
         if !header.opcode.is_control() && !compressed {
-            let total = self.assembled.len() as u64 + header.payload_len;
+            let so_far = if self.parts {
+                u64::from(self.streamed)
+            } else {
+                self.assembled.len() as u64
+            };
+            let total = so_far + header.payload_len;
             if total > u64::from(self.max_message_size) {
                 return Err(ProtocolError::MessageTooBig);
+            }
+            if self.parts {
+                // Within the u32 limit, just checked.
+                self.streamed = total as u32;
             }
         }
         match header.opcode {
@@ -472,6 +829,7 @@ impl Receiver {
                 // that can be delivered without assembly.
                 self.message = Some(kind);
                 self.compressed = rsv1;
+                self.part_first = true;
             }
             Opcode::Close | Opcode::Ping | Opcode::Pong => self.control = None,
             Opcode::Continuation => {}

@@ -73,6 +73,70 @@ impl Utf8Validator {
         }
     }
 
+    /// Whether bytes of an unfinished code point are held (at most three).
+    pub fn holds(&self) -> bool {
+        self.partial_len > 0
+    }
+
+    /// How many more bytes the held code point needs (0 if none is held).
+    pub fn needs(&self) -> usize {
+        if self.partial_len == 0 {
+            0
+        } else {
+            sequence_width(self.partial[0]) - usize::from(self.partial_len)
+        }
+    }
+
+    /// Parts mode: feeds the start of `bytes` to the held code point, taking at most
+    /// [`needs`](Self::needs) bytes. Returns how many were taken and, once the code
+    /// point is complete, the code point itself (up to 4 bytes), so that it can be
+    /// handed on as a part of its own without copying anything else.
+    pub fn complete(&mut self, bytes: &[u8]) -> Result<(usize, Option<&str>), Utf8Error> {
+        let have = usize::from(self.partial_len);
+        let want = sequence_width(self.partial[0]);
+        let take = (want - have).min(bytes.len());
+        self.partial[have..have + take].copy_from_slice(&bytes[..take]);
+        self.partial_len += take as u8;
+        match str::from_utf8(&self.partial[..usize::from(self.partial_len)]) {
+            Ok(text) => {
+                self.partial_len = 0;
+                Ok((take, Some(text)))
+            }
+            Err(e) if e.error_len().is_none() => Ok((take, None)),
+            Err(_) => Err(Utf8Error),
+        }
+    }
+
+    /// The first `len` bytes of the held code point: after [`complete`](Self::complete)
+    /// finished one, the code point it returned.
+    pub fn completed(&self, len: usize) -> &[u8] {
+        &self.partial[..len.min(4)]
+    }
+
+    /// The bytes of the unfinished code point held now.
+    pub fn held(&self) -> &[u8] {
+        &self.partial[..usize::from(self.partial_len)]
+    }
+
+    /// Parts mode: validates `bytes` (nothing may be held) and returns its longest
+    /// valid prefix, holding the rest — at most three bytes of a code point that is
+    /// valid so far — for [`complete`](Self::complete) to finish.
+    pub fn split<'b>(&mut self, bytes: &'b [u8]) -> Result<&'b str, Utf8Error> {
+        debug_assert!(self.partial_len == 0);
+        match str::from_utf8(bytes) {
+            Ok(text) => Ok(text),
+            Err(e) if e.error_len().is_none() => {
+                let (valid, rest) = bytes.split_at(e.valid_up_to());
+                self.partial[..rest.len()].copy_from_slice(rest);
+                self.partial_len = rest.len() as u8;
+                // Checked valid just above; the standard library gives no safe way
+                // to keep that knowledge, so ask again (only the prefix, once).
+                str::from_utf8(valid).map_err(|_| Utf8Error)
+            }
+            Err(_) => Err(Utf8Error),
+        }
+    }
+
     /// Forgets any unfinished code point, ready for a new message.
     pub fn reset(&mut self) {
         self.partial_len = 0;

@@ -19,6 +19,12 @@ impl<H: Handler> Server<H> {
                         core.touched.push(slot);
                     }
                 }
+                Command::SendPart(id, payload, first, last) => {
+                    if let Some(slot) = core.slot_of(id) {
+                        core.send_part_from_handle(slot, &payload, first, last);
+                        core.touched.push(slot);
+                    }
+                }
                 Command::Broadcast(payload) => {
                     let (opcode, bytes) = payload.parts();
                     core.broadcast_frame(opcode, bytes);

@@ -25,7 +25,7 @@ impl<H: Handler> Server<H> {
         core.stats.flush_bytes.record(conn.out.pending() as u64);
         conn.flush(&core.io, Token(slot));
         let config = &core.config;
-        if conn.queue_drained(config.max_send_queue, config.write_high_water) {
+        if conn.queue_drained(config.max_send_queue) {
             // Edge-triggered: input that waited meanwhile raises no new event.
             core.backlog.push(slot);
         }
@@ -135,12 +135,15 @@ pub(super) fn frames<H: Handler>(
     input: &mut [u8],
 ) {
     let mut rx = std::mem::take(&mut core.conns[slot].rx);
+    core.rx_lent = Some(slot);
     let (held, had_inflater) = (rx.held(), rx.holds_inflater());
     core.compression.lend_inflater(&mut rx);
     core.adjust_incoming(held, rx.held());
     let parsing = |core: &Core<H::Session>| core.conns[slot].parses_frames();
     let mut pos = 0;
-    while pos < input.len() && parsing(core) {
+    // In parts mode a compressed message may have inflated output waiting when the
+    // input is used up: the receiver is asked again until it has none.
+    while (pos < input.len() || rx.has_pending()) && parsing(core) {
         // What `core.incoming` counts for this receiver. Every growth asks the budget
         // first (which may close others to make room), after counting what the
         // receiver freed meanwhile (the buffer of the message it delivered last).
@@ -175,6 +178,7 @@ pub(super) fn frames<H: Handler>(
     }
     core.adjust_incoming(held, rx.held());
     core.conns[slot].rx = rx;
+    core.rx_lent = None;
 }
 
 pub(super) fn on_event<H: Handler>(
@@ -193,8 +197,15 @@ pub(super) fn on_event<H: Handler>(
                 handler.on_message(cx, message)
             });
         }
+        Event::Part(part) if open => {
+            core.stats.bytes_in += part.len() as u64;
+            if part.last {
+                core.stats.messages_in += 1;
+            }
+            guard(core, slot, "on_part", |cx| handler.on_part(cx, part));
+        }
         // After our close, data is read and dropped until the peer's close arrives.
-        Event::Message(_) => {}
+        Event::Message(_) | Event::Part(_) => {}
         Event::Ping(payload) if open => {
             let _ = conn.send_frame(
                 &core.io,

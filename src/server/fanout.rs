@@ -58,14 +58,18 @@ impl<S> Core<S> {
                 _ => &plain,
             };
             let behind = conn.out.pending() > 0;
-            let status = if behind && !self.outgoing_room(slot, frame.bytes().len()) {
+            let status = if conn.sending_part().is_some() {
+                // Its own message in parts is open: refused, not held back (see
+                // `parts`), and counted as any refusal.
+                SendStatus::Busy
+            } else if behind && !self.outgoing_room(slot, frame.bytes().len()) {
                 SendStatus::Refused
             } else {
                 let max_queue = self.config.max_send_queue;
                 self.conns[slot].send_shared(&self.io, Token(slot), frame, max_queue)
             };
             match status {
-                SendStatus::Refused => fanout.refused += 1,
+                SendStatus::Refused | SendStatus::Busy => fanout.refused += 1,
                 _ => {
                     fanout.sent += 1;
                     self.stats.fanout_deliveries += 1;

@@ -30,10 +30,17 @@ impl<S> Core<S> {
                     conn.out.note_dropped(&self.io.meter, 1);
                 }
             }
+            // A message in parts is open on this connection: the other message is
+            // missed (a drop), but no queue has to drain for the next one.
+            SendStatus::Busy => {
+                if conn.is_open() {
+                    conn.out.note_dropped(&self.io.meter, 1);
+                }
+            }
         }
         // Drops are noted by a refusal, or by a policy that drops from the queue.
-        let may_have_dropped =
-            matches!(status, SendStatus::Refused) || conn.queue_policy() == QueuePolicy::DropOldest;
+        let may_have_dropped = matches!(status, SendStatus::Refused | SendStatus::Busy)
+            || conn.queue_policy() == QueuePolicy::DropOldest;
         if may_have_dropped {
             self.list_drops(slot);
         }

@@ -36,6 +36,7 @@ mod fanout;
 mod flow;
 mod lifecycle;
 mod nesting;
+mod parts;
 mod stalls;
 mod table;
 mod timers;
@@ -48,6 +49,7 @@ pub use ctx::Ctx;
 /// are the loop's internals, not its public face.
 pub(crate) type Core<S> = Loop<S>;
 pub use fanout::Fanout;
+pub use parts::PartError;
 pub use timers::{TimerError, TimerId};
 
 use crate::compression::Compression;
@@ -122,6 +124,9 @@ pub struct Loop<S = ()> {
     handshaking: usize,
     shutdown_requested: bool,
     compression: Compression,
+    /// The connection whose receiver `dispatch::frames` has taken out of the table
+    /// while the handler sees its events.
+    rx_lent: Option<usize>,
 }
 
 /// A WebSocket server: a listener, its connections, and the [`Handler`] they serve.
@@ -229,6 +234,7 @@ impl<H: Handler> Server<H> {
                 handshaking: 0,
                 shutdown_requested: false,
                 compression: Compression::new(config.deflate_level),
+                rx_lent: None,
                 config: config.clone(),
             },
             poll,

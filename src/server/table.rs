@@ -38,6 +38,11 @@ impl<S> Core<S> {
             self.stats.sends_refused += 1;
             return SendStatus::Refused;
         }
+        if self.conns[slot].sending_part().is_some() && !opcode.is_control() {
+            // A message sent in parts is open: another would land inside it.
+            self.count_send(slot, SendStatus::Busy, payload.len());
+            return SendStatus::Busy;
+        }
         // A connection that is behind queues whatever it is sent: it needs room in
         // the outgoing budget first. (One that is not writes through; what the socket
         // does not take is queued and the budget is enforced at the end of the turn.)
@@ -68,6 +73,7 @@ impl<S> Core<S> {
                 self.stats.messages_out += 1;
                 self.stats.bytes_out += len as u64;
             }
+            SendStatus::Busy => self.stats.sends_refused += 1,
             SendStatus::Refused => {
                 self.stats.sends_refused += 1;
                 if self.conns[slot].send_refused(self.now) {

@@ -147,6 +147,10 @@ pub(super) fn upgrade<H: Handler>(
             deflater: None,
         });
     }
+    if core.config.message_parts {
+        conn.rx
+            .receive_in_parts(core.config.max_streamed_message_size);
+    }
     core.stats.handshakes += 1;
     core.stats.open_connections += 1;
     log::debug!("{peer}: WebSocket open as {}", core.id(slot));

@@ -13,8 +13,10 @@
 //! number) at the front of an otherwise fixed per-connection pattern, so a late,
 //! duplicated or cross-wired echo is caught, and the echo is compared byte for byte,
 //! header included, as it streams in (nothing is buffered per connection, so 16 MiB
-//! messages cost no extra memory). A server must echo with the minimal length encoding
-//! and one unfragmented frame, as every server measured here does.
+//! messages cost no extra memory). The echo may come as one frame or as fragments (a
+//! server that streams its echo, as wsreactor's does, sends a large message in pieces
+//! as they arrive): each header is checked (unmasked, no RSV bits, Binary then
+//! Continuation, FIN on the last only) and the payloads are compared as they stream in.
 //!
 //! `--raw` (for the `rawecho` ceiling, which speaks just enough HTTP for the handshake
 //! and then echoes bytes verbatim): the echo is the masked frame exactly as sent,
@@ -117,6 +119,8 @@ struct Conn {
     seq: u64,
     written: usize,
     received: usize,
+    /// Pattern mode (not raw): the echo's frames as they arrive.
+    echo: EchoFrames,
     in_flight: bool,
     sent_at: Instant,
     writable_interest: bool,
@@ -237,6 +241,108 @@ impl MsgConn {
             ));
         }
         Ok((payload.len(), compressed))
+    }
+}
+
+/// The echo of one message in pattern mode, frame by frame as its bytes arrive: one
+/// frame, or fragments, all compared with the payload sent.
+#[derive(Default)]
+struct EchoFrames {
+    /// The header being read (at most 10 bytes: servers do not mask).
+    header: Vec<u8>,
+    /// Payload bytes left in the current frame (`None`: a header comes next).
+    left: Option<u64>,
+    fin: bool,
+    frames: u64,
+    /// Payload bytes of the message received so far.
+    payload: usize,
+}
+
+impl EchoFrames {
+    /// Takes the next echo bytes; true once the message is complete. Bytes past its
+    /// end are an error (one message is in flight at a time).
+    fn feed(&mut self, mut bytes: &[u8], sent: &[u8]) -> Result<bool, String> {
+        while !bytes.is_empty() {
+            let Some(left) = self.left else {
+                let ext = |b1: u8| match b1 & 0x7f {
+                    126 => 2,
+                    127 => 8,
+                    _ => 0,
+                };
+                let need = match self.header.get(1) {
+                    None => 2,
+                    Some(&b1) => 2 + ext(b1),
+                };
+                let take = (need - self.header.len()).min(bytes.len());
+                self.header.extend_from_slice(&bytes[..take]);
+                bytes = &bytes[take..];
+                if self.header.len() < need || self.header.len() < 2 + ext(self.header[1]) {
+                    continue;
+                }
+                let Some(len) = frame_len(&self.header) else {
+                    continue;
+                };
+                let (b0, b1) = (self.header[0], self.header[1]);
+                let opcode = if self.frames == 0 {
+                    Opcode::Binary as u8
+                } else {
+                    0
+                };
+                if b1 & 0x80 != 0 {
+                    return Err("the server masked its frame".into());
+                }
+                if b0 & 0x70 != 0 || b0 & 0x0f != opcode {
+                    return Err(format!(
+                        "echo frame {} starts {b0:#04x} (want opcode {opcode:#x}, no RSV)",
+                        self.frames
+                    ));
+                }
+                let len = len - self.header.len() as u64;
+                self.header.clear();
+                self.frames += 1;
+                self.fin = b0 & 0x80 != 0;
+                self.left = Some(len);
+                if len == 0 && self.fin {
+                    return self.end(bytes, sent);
+                }
+                continue;
+            };
+            let take = (left.min(bytes.len() as u64)) as usize;
+            let at = self.payload;
+            if at + take > sent.len() {
+                return Err(format!("echo longer than the {} bytes sent", sent.len()));
+            }
+            if bytes[..take] != sent[at..at + take] {
+                let i = bytes
+                    .iter()
+                    .zip(&sent[at..])
+                    .position(|(a, b)| a != b)
+                    .unwrap_or(0);
+                return Err(format!("echo differs at payload byte {}", at + i));
+            }
+            self.payload += take;
+            bytes = &bytes[take..];
+            let left = left - take as u64;
+            self.left = (left > 0).then_some(left);
+            if left == 0 && self.fin {
+                return self.end(bytes, sent);
+            }
+        }
+        Ok(false)
+    }
+
+    fn end(&self, rest: &[u8], sent: &[u8]) -> Result<bool, String> {
+        if self.payload != sent.len() {
+            return Err(format!(
+                "echo of {} bytes, sent {}",
+                self.payload,
+                sent.len()
+            ));
+        }
+        if !rest.is_empty() {
+            return Err(format!("{} bytes after the echo", rest.len()));
+        }
+        Ok(true)
     }
 }
 
@@ -415,6 +521,7 @@ impl Gen {
             seq: 0,
             written: 0,
             received: 0,
+            echo: EchoFrames::default(),
             in_flight: false,
             sent_at: Instant::now(),
             writable_interest: true,
@@ -570,6 +677,22 @@ impl Gen {
             let Some(n) = read_echo(conn, &mut self.buf, self.stopping)? else {
                 return Ok(());
             };
+            if !self.raw {
+                let payload = &conn.expected[conn.expected_payload_at..];
+                if conn.echo.feed(&self.buf[..n], payload)? {
+                    let now = Instant::now();
+                    conn.in_flight = false;
+                    conn.echo = EchoFrames::default();
+                    self.stats.echoed(self.size, conn.sent_at, now);
+                    if !self.stopping && !self.idle {
+                        start_message(conn, registry, &mut self.shared, slot, self.raw, now)?;
+                    }
+                }
+                if n < self.buf.len() && !self.drain {
+                    return Ok(());
+                }
+                continue;
+            }
             let want = conn.expected.len() - conn.received;
             if n > want {
                 return Err(format!("{} bytes more than the echo", n - want));
@@ -716,6 +839,7 @@ fn start_message(
     }
     conn.written = 0;
     conn.received = 0;
+    conn.echo = EchoFrames::default();
     conn.in_flight = true;
     conn.sent_at = now;
     write_frame(conn, registry, slot)

@@ -9,6 +9,7 @@ use proptest::prelude::*;
 
 mod deflate;
 mod memory;
+mod parts;
 
 /// A client frame: masked with a key derived from the payload length.
 ///
