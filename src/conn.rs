@@ -64,7 +64,16 @@ pub(crate) enum Wait {
     MessageProgress,
     /// The peer's side of the close (`close_timeout`).
     Close,
+    /// A relay paused for a full queue, for a peer that reads none of it
+    /// ([`RELAY_PATIENCE`]; see [`Conn::is_relaying`]).
+    RelayStuck,
 }
+
+/// How long a relay paused for a full queue waits for its peer to read before it
+/// reads on (see [`Conn::is_relaying`]): long enough for a reading peer to show it
+/// reads (any write the socket takes restarts it), short next to a whole message's
+/// transfer.
+pub(crate) const RELAY_PATIENCE: Millis = 100;
 
 /// permessage-deflate state of one connection.
 #[derive(Debug)]
@@ -112,6 +121,9 @@ pub(crate) struct Extras {
     /// may start until it is finished. Here rather than in `Conn`, which has no
     /// byte to spare, as only connections that stream pay for it.
     pub sending_part: Option<bool>,
+    /// The message being relayed (see [`Conn::is_relaying`]) is read on whatever its
+    /// echo's queue holds: the peer did not read while we waited.
+    pub relay_unpaused: bool,
 }
 
 impl Extras {
@@ -122,6 +134,7 @@ impl Extras {
             && self.topics.capacity() == 0
             && self.close_reason.is_none()
             && self.sending_part.is_none()
+            && !self.relay_unpaused
     }
 }
 
@@ -212,10 +225,46 @@ impl<S> Conn<S> {
         self.extras.as_ref()?.sending_part
     }
 
+    /// Whether a message is half received while one sent in parts is open: the
+    /// pattern of a streaming echo or proxy, relaying a message as it arrives.
+    ///
+    /// Reading pauses above `write_high_water` as usual, which keeps memory flat for
+    /// a peer that reads while it writes. But most clients write a whole message
+    /// before they read anything: paused in the middle, we would wait for a reader
+    /// that waits for us. So a relay whose output has not moved for
+    /// [`RELAY_PATIENCE`] while reading is paused is read on
+    /// ([`unpause_relay`](Self::unpause_relay)) until its message ends, bounded by
+    /// `max_send_queue` (which refuses a part): such a peer makes us hold one
+    /// message's output, as much as assembling the message whole would.
+    pub fn is_relaying(&self) -> bool {
+        self.rx.is_mid_message() && self.sending_part().is_some()
+    }
+
+    /// Whether reading may pause for a full queue: not while relaying a message
+    /// whose peer was found not to read (see [`is_relaying`](Self::is_relaying)).
+    pub fn may_pause_reading(&self) -> bool {
+        !(self.is_relaying() && self.extras.as_ref().is_some_and(|e| e.relay_unpaused))
+    }
+
+    /// Since when a relay has waited, paused, for a peer that takes none of its
+    /// output (`None` if it is not such a relay).
+    pub fn relay_waiting_since(&self) -> Option<Millis> {
+        (self.is_read_paused() && self.is_relaying() && self.may_pause_reading())
+            .then(|| self.out.last_moved())
+    }
+
+    /// Reads on to the end of the message being relayed, whatever its echo queues.
+    pub fn unpause_relay(&mut self) {
+        self.extras_mut().relay_unpaused = true;
+        self.flow.set_read_paused(false);
+    }
+
     /// Opens (`Some(is_text)`) or finishes (`None`) a message sent in parts.
     pub fn set_sending_part(&mut self, open: Option<bool>) {
         if open.is_some() || self.extras.is_some() {
-            self.extras_mut().sending_part = open;
+            let extras = self.extras_mut();
+            extras.sending_part = open;
+            extras.relay_unpaused = false;
         }
     }
 
@@ -561,7 +610,10 @@ impl<S> Conn<S> {
                     }
                     _ => None,
                 };
-                [keepalive, stall, message]
+                let relay = self
+                    .relay_waiting_since()
+                    .map(|since| (since.saturating_add(RELAY_PATIENCE), Wait::RelayStuck));
+                [keepalive, stall, message, relay]
                     .into_iter()
                     .flatten()
                     .min_by_key(|(at, _)| *at)

@@ -399,14 +399,14 @@ fn status_kib(pid: u32, field: &str) -> u64 {
         .unwrap()
 }
 
-#[test]
-fn the_echo_binary_streams_a_large_message_with_flat_memory() {
+/// The echo binary as a child process, for messages of up to 64 MiB.
+fn spawn_echo_binary() -> (std::process::Child, SocketAddr) {
     let port = {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         probe.local_addr().unwrap().port()
     };
     let listen = format!("127.0.0.1:{port}");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wsreactor"))
+    let child = Command::new(env!("CARGO_BIN_EXE_wsreactor"))
         .args(["--listen", &listen, "--max-message-size", "67108864"])
         .args(["--max-send-queue", "134217728"])
         .env("RUST_LOG", "warn")
@@ -418,6 +418,62 @@ fn the_echo_binary_streams_a_large_message_with_flat_memory() {
     wait_until("the child to listen", || {
         std::net::TcpStream::connect(addr).is_ok()
     });
+    (child, addr)
+}
+
+/// Most clients (tungstenite's blocking API, the Autobahn suite) write a whole
+/// message before they read: the streaming echo, paused for the echo it queued,
+/// must read on rather than wait for a reader that waits for it.
+#[test]
+fn the_echo_binary_serves_a_client_that_writes_the_whole_message_before_reading() {
+    let (mut child, addr) = spawn_echo_binary();
+    let mut raw = Raw::open(addr);
+    // Small client buffers, so that the kernel's (autotuned up to 32 MiB on each
+    // side of loopback) cannot absorb the whole exchange and hide a deadlock.
+    for option in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
+        use std::os::fd::AsRawFd;
+        let size: libc::c_int = 64 * 1024;
+        // SAFETY: setsockopt reads `size` (a c_int that outlives the call) for the
+        // descriptor of a socket this test owns.
+        let set = unsafe {
+            libc::setsockopt(
+                raw.stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                option,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(set, 0, "setsockopt");
+    }
+    // Bounded: without the fix the write blocks for good on a full TCP window.
+    raw.stream
+        .set_write_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    raw.stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    // Larger than what the kernel's socket buffers on both sides hold (loopback
+    // autotunes them up to a few tens of MiB).
+    let message = pattern(3, 64 << 20);
+    raw.write(&frame(true, BINARY, &message));
+    let mut echoed = Vec::new();
+    loop {
+        let frame = raw.read_frame();
+        echoed.extend_from_slice(&frame.payload);
+        if frame.fin {
+            break;
+        }
+    }
+    assert!(echoed == message, "the echo differs");
+    raw.close_cleanly();
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn the_echo_binary_streams_a_large_message_with_flat_memory() {
+    let (mut child, addr) = spawn_echo_binary();
     let pid = child.id();
     let mut raw = Raw::open(addr);
     raw.stream

@@ -3,7 +3,7 @@
 //! message that stopped growing, the peer's side of the close.
 
 use super::{Core, Server};
-use crate::conn::Wait;
+use crate::conn::{Wait, RELAY_PATIENCE};
 use crate::handler::{CloseReason, Handler};
 use crate::proto::CloseCode;
 use mio::Token;
@@ -92,6 +92,16 @@ impl<S> Core<S> {
             Wait::Close => {
                 log::debug!("{}: close timed out", conn.peer);
                 conn.abort();
+            }
+            Wait::RelayStuck => {
+                // The deadline moves as the socket takes output; here it did not.
+                let waited = conn.relay_waiting_since();
+                if waited.is_some_and(|since| since.saturating_add(RELAY_PATIENCE) <= now) {
+                    log::debug!("{}: relay reads on, the peer reads none of it", conn.peer);
+                    conn.unpause_relay();
+                    // Edge-triggered: the input that waited raises no new event.
+                    self.backlog.push(slot);
+                }
             }
         }
     }

@@ -78,7 +78,7 @@ impl<H: Handler> Server<H> {
             let Some(conn) = self.core.conns.get_mut(slot) else {
                 return;
             };
-            if conn.out.pending() > self.core.config.write_high_water {
+            if conn.out.pending() > self.core.config.write_high_water && conn.may_pause_reading() {
                 conn.pause_reading();
                 return;
             }
