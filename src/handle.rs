@@ -26,6 +26,10 @@ pub(crate) enum Command {
     Publish(String, Payload),
     Close(ConnId, CloseCode, String),
     Shutdown,
+    /// A message from another node (topic, or `None` for a broadcast): delivered
+    /// locally only, never published again.
+    #[cfg(feature = "cluster")]
+    FromBroker(Option<Box<str>>, Payload),
 }
 
 /// Why a [`Handle`] call did not queue its command.
@@ -86,7 +90,7 @@ impl Inbox {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn push(&self, command: Command) -> Result<(), HandleError> {
+    pub(crate) fn push(&self, command: Command) -> Result<(), HandleError> {
         let was_empty = {
             let mut state = self.lock();
             if state.closed {

@@ -33,6 +33,11 @@ impl<H: Handler> Server<H> {
                     }
                 }
                 Command::Shutdown => core.shutdown_requested = true,
+                #[cfg(feature = "cluster")]
+                Command::FromBroker(topic, payload) => {
+                    let (opcode, bytes) = payload.parts();
+                    core.deliver_from_broker(topic.as_deref(), opcode, bytes);
+                }
             }
         }
         // Settled once for the whole batch, so the sends queued for one connection

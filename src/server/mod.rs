@@ -20,11 +20,14 @@
 //! | `deadlines` | timeouts and keepalive |
 //! | `lifecycle` | settling a connection after anything happened; shutdown |
 //! | `commands` | the `Handle`'s inbox |
+//! | `cluster` | the loop's end of the Redis bridge (feature `cluster`) |
 //! | `stalls` | loop-stall warnings: callbacks and turns over `stall_threshold` |
 //! | `ctx` | `Ctx`, the handler's view of the loop |
 
 mod accept;
 mod budget;
+#[cfg(feature = "cluster")]
+mod cluster;
 mod commands;
 mod ctx;
 mod deadlines;
@@ -98,6 +101,9 @@ struct Core<S> {
     handshaking: usize,
     shutdown_requested: bool,
     compression: Compression,
+    /// The loop's end of the cluster bridge, once one is attached.
+    #[cfg(feature = "cluster")]
+    cluster: Option<crate::cluster::Link>,
 }
 
 /// A WebSocket server: a listener, its connections, and the [`Handler`] they serve.
@@ -200,6 +206,8 @@ impl<H: Handler> Server<H> {
                 handshaking: 0,
                 shutdown_requested: false,
                 compression: Compression::new(config.deflate_level),
+                #[cfg(feature = "cluster")]
+                cluster: None,
                 config: config.clone(),
             },
             poll,
@@ -324,6 +332,9 @@ impl<H: Handler> Server<H> {
         self.core.enforce_outgoing_budget();
         self.settle();
         self.core.update_gauges();
+        // The turn's publishes leave for the broker together.
+        #[cfg(feature = "cluster")]
+        self.core.flush_cluster();
         self.core.stalls.turn_done(&mut self.core.stats);
         Ok(())
     }
