@@ -177,7 +177,7 @@ test-interop: venv-test
 	$(CARGO) build --release --examples --bins $(FEATURES)
 	$(VENV)/bin/python -m pytest tests/interop -m "not browser" $(PYTEST_ARGS)
 
-test-browser: venv-test
+test-browser: venv-test redis-server
 	command -v chromium >/dev/null || \
 	  { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
 	$(CARGO) build --release --examples --bins $(FEATURES)

@@ -449,3 +449,53 @@ fn a_url_that_does_not_parse_is_an_error_and_a_second_attach_too() {
     ));
     drop(cluster);
 }
+
+/// Two `wsreactor --redis` processes: their `/topic/NAME` rooms are one room, the
+/// sender gets its own copy once, and `/stats` shows the bridge.
+#[cfg(feature = "cli")]
+#[test]
+fn two_binaries_with_redis_share_their_topic_rooms() {
+    let Some(redis) = Redis::start() else { return };
+    struct Child(std::process::Child);
+    impl Drop for Child {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let spawn = || {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_wsreactor"))
+            .args(["--listen", &addr.to_string(), "--redis", &redis.url()])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn wsreactor");
+        wait_until("the child to listen", || {
+            std::net::TcpStream::connect(addr).is_ok()
+        });
+        (Child(child), addr)
+    };
+    let ((_a, a), (_b, b)) = (spawn(), spawn());
+    let mut on_a = join(a, "/topic/lobby");
+    let mut on_b = join(b, "/topic/lobby");
+    let mut elsewhere = join(b, "/topic/other");
+    wait_until("both nodes subscribed", || {
+        redis.subscribers("lobby") == Some(2)
+    });
+    on_a.send(true, TEXT, b"hello from a");
+    on_b.send(true, TEXT, b"hello from b");
+    for raw in [&mut on_a, &mut on_b] {
+        let mut got = [read_text(raw), read_text(raw)];
+        got.sort();
+        assert_eq!(got, ["hello from a", "hello from b"]);
+        raw.expect_silence(Duration::from_millis(200));
+    }
+    elsewhere.expect_silence(Duration::from_millis(50));
+    // A name that is not one: 404.
+    let mut bad = Raw::connect(a);
+    bad.write(upgrade_request("/topic/a%20b", RFC_KEY, "").as_bytes());
+    assert_eq!(bad.read_http().status, 404);
+    // The stats stream's topic stays on its node.
+    assert!(!redis.channels().iter().any(|c| c.contains("stats")));
+}
