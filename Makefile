@@ -189,9 +189,16 @@ test-browser: venv-test redis-server
 #   make bench                    full run: one markdown table of medians (~10 min)
 #   make bench BENCH_QUICK=1      1 run x 1 s per cell, 1,000 idle connections
 #   make bench BENCH_SECONDS=3 BENCH_RUNS=5 BENCH_WORKLOADS=a,b BENCH_SERVERS=wsreactor,rawecho
+#   make bench-cluster            two nodes linked through redis-server (bench/cluster.py)
 #
 # bench/run.py lists every knob; results land in bench/target/results/.
-.PHONY: bench
+.PHONY: bench bench-cluster
 
 bench:
 	$(PYTHON) bench/run.py
+
+# Two `wsreactor --redis` nodes and a redis-server: 1,000 subscribers on each, one
+# publisher on A, a few publish rates (~10 s each); deliveries/s, latency local and
+# across the broker, CPU of each process. BENCH_SUBS, BENCH_RATES, BENCH_SECONDS.
+bench-cluster: redis-server
+	$(PYTHON) bench/cluster.py
