@@ -499,3 +499,62 @@ fn two_binaries_with_redis_share_their_topic_rooms() {
     // The stats stream's topic stays on its node.
     assert!(!redis.channels().iter().any(|c| c.contains("stats")));
 }
+
+/// A broker that stops answering (SIGSTOP: its connections stay up, its replies stop)
+/// fills the queue towards it and no more: past `queue_capacity` publishes are dropped
+/// and counted, local delivery goes on, and once it answers again the other node gets
+/// what was queued, in order, nothing twice.
+#[test]
+fn a_stalled_broker_meets_a_bounded_queue() {
+    let Some(redis) = Redis::start() else { return };
+    const CAPACITY: usize = 50;
+    let b = node(redis.url());
+    let mut server =
+        Server::bind("127.0.0.1:0".parse().unwrap(), Config::default(), Room).expect("bind");
+    let a_cluster = server
+        .attach_cluster(ClusterConfig {
+            queue_capacity: CAPACITY,
+            ..cluster_config(redis.url())
+        })
+        .unwrap();
+    let a_addr = server.local_addr();
+    let a_handle = server.handle();
+    std::thread::spawn(move || server.run());
+    assert!(a_cluster.wait_connected(Duration::from_secs(10)));
+    connected(&[&b]);
+    let mut publisher = join(a_addr, "/topic/q");
+    let mut remote = join(b.addr, "/topic/q");
+    wait_until("both nodes subscribed", || {
+        redis.subscribers("q") == Some(2)
+    });
+
+    let pid = redis.child.as_ref().unwrap().id().to_string();
+    let signal = |name: &str| {
+        let status = Command::new("kill").args([name, &pid]).status().unwrap();
+        assert!(status.success(), "kill {name} {pid}");
+    };
+    signal("-STOP");
+    const N: u32 = 1000;
+    sends(&mut publisher, "p", 0..N);
+    // Local delivery does not wait for the broker.
+    assert_eq!(
+        read_sequences(&mut publisher, N as usize)["p"],
+        (0..N).collect::<Vec<_>>()
+    );
+    // At most one batch in flight and a full queue behind it: the rest is dropped.
+    wait_until("the overflow counted", || {
+        a_cluster.stats().publishes_dropped >= u64::from(N) - 2 * CAPACITY as u64
+    });
+    signal("-CONT");
+    wait_until("everything accounted for", || {
+        let stats = a_cluster.stats();
+        stats.published + stats.publishes_dropped == u64::from(N)
+    });
+    let published = a_cluster.stats().published as usize;
+    assert!(published <= 2 * CAPACITY, "{published} published");
+    // What was published arrives, in order, once.
+    let seen = read_sequences(&mut remote, published)["p"].clone();
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
+    remote.expect_silence(Duration::from_millis(200));
+    let _ = a_handle.shutdown();
+}
