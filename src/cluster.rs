@@ -455,6 +455,18 @@ impl Link {
         }
         if !self.out.is_empty() {
             let mut queue = lock(&shared.queue);
+            // Checked again under the lock the publisher holds when it finds the broker
+            // gone and empties the queue: nothing enters it after that, so nothing
+            // published during an outage is sent when the broker is back.
+            if !shared.publisher_up.load(Ordering::Relaxed) {
+                let dropped = self.out.len() as u64;
+                shared
+                    .publishes_dropped
+                    .fetch_add(dropped, Ordering::Relaxed);
+                self.out.clear();
+                self.out_bytes = 0;
+                return;
+            }
             let was_empty = queue.messages.is_empty();
             queue.bytes += self.out_bytes;
             queue.messages.extend(self.out.drain(..));
@@ -646,7 +658,11 @@ fn run_publisher(shared: &Shared) {
     while let Some(mut con) = backoff.connect(shared) {
         let _ = con.set_write_timeout(Some(COMMAND_TIMEOUT));
         let _ = con.set_read_timeout(Some(COMMAND_TIMEOUT));
-        shared.publisher_up.store(true, Ordering::Relaxed);
+        {
+            // Under the queue's lock, as it went down (see `Link::flush`).
+            let _queue = lock(&shared.queue);
+            shared.publisher_up.store(true, Ordering::Relaxed);
+        }
         loop {
             {
                 let mut queue = lock(&shared.queue);
@@ -681,8 +697,8 @@ fn run_publisher(shared: &Shared) {
                     // At most once: what was in flight may or may not have been
                     // published; it is not sent again.
                     shared.publishes_dropped.fetch_add(sent, Ordering::Relaxed);
-                    shared.publisher_up.store(false, Ordering::Relaxed);
                     let mut queue = lock(&shared.queue);
+                    shared.publisher_up.store(false, Ordering::Relaxed);
                     let queued = queue.messages.len() as u64;
                     queue.messages.clear();
                     queue.bytes = 0;
