@@ -45,7 +45,7 @@
 //!   at least one local connection is subscribed to NAME (the loop tells it when a
 //!   topic gains its first member or loses its last), and `wsreactor:broadcast`
 //!   always. What it receives enters the loop through the same inbox as a
-//!   [`Handle`](crate::Handle)'s commands, and is fanned out locally, encoded once, and
+//!   [`Handle`]'s commands, and is fanned out locally, encoded once, and
 //!   never published again.
 //!
 //! # Guarantees

@@ -21,6 +21,8 @@
 //!   sockets produce.
 //! - [`Handler`] and [`Ctx`]: your code, and what it acts through.
 //! - [`Config`]: every limit, with its default and the reason for it.
+//! - `cluster` (feature `cluster`): topics and broadcast across server processes
+//!   through Redis pub/sub, with `Server::attach_cluster`.
 //!
 //! # Embedding
 //!
