@@ -67,7 +67,10 @@
 //! After an outage the bridge reconnects with exponential back-off (from
 //! [`ClusterConfig::reconnect_min`] to [`ClusterConfig::reconnect_max`]) and
 //! subscribes again to every topic that has local subscribers. Each outage is
-//! logged once when it starts and once when it ends, with what it dropped.
+//! logged once when it starts and once when it ends. A broker that does not answer a
+//! pipeline or a (un)subscribe within 5 s counts as lost (while it is merely slow, the
+//! bounded queue fills and then drops); a subscriber connection that has heard nothing
+//! for 30 s pings the broker, so a connection that died silently is replaced.
 //!
 //! # The envelope
 //!
@@ -107,6 +110,11 @@ const SUBSCRIBER_POLL: Duration = Duration::from_millis(10);
 
 /// How long a command to the broker may take before the connection counts as lost.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// After this long without a message, the subscriber pings the broker: a connection
+/// that died silently (a balancer's or NAT's idle timeout) is found and replaced
+/// rather than leaving the node deaf.
+const SUBSCRIBER_PING: Duration = Duration::from_secs(30);
 
 /// How a node joins the others: where the broker is, and the bounds of the queue
 /// towards it.
@@ -768,9 +776,16 @@ fn subscribe_and_listen(
     }
     pubsub.set_read_timeout(Some(SUBSCRIBER_POLL))?;
     shared.subscriber_up.store(true, Ordering::Relaxed);
+    let mut heard = Instant::now();
     loop {
         if shared.stopping() {
             return Ok(());
+        }
+        if heard.elapsed() >= SUBSCRIBER_PING {
+            pubsub.set_read_timeout(Some(COMMAND_TIMEOUT))?;
+            pubsub.ping::<redis::Value>()?;
+            pubsub.set_read_timeout(Some(SUBSCRIBER_POLL))?;
+            heard = Instant::now();
         }
         if shared.changed.load(Ordering::Acquire) {
             pubsub.set_read_timeout(Some(COMMAND_TIMEOUT))?;
@@ -785,7 +800,10 @@ fn subscribe_and_listen(
             pubsub.set_read_timeout(Some(SUBSCRIBER_POLL))?;
         }
         let message = match pubsub.get_message() {
-            Ok(message) => message,
+            Ok(message) => {
+                heard = Instant::now();
+                message
+            }
             Err(e) if e.is_timeout() => continue,
             Err(e) => return Err(Some(e)),
         };
