@@ -335,6 +335,12 @@ pub(crate) struct Shared {
     stop_wake: Condvar,
     publisher_up: AtomicBool,
     subscriber_up: AtomicBool,
+    /// Set by the subscriber when it lost the broker: the publisher's connection (idle,
+    /// maybe) is as dead, and is replaced before the next batch rather than by losing it.
+    reset_publisher: AtomicBool,
+    /// When the current outage began and the drops counted then; `None` while up.
+    outage: Mutex<Option<(Instant, u64)>>,
+    ever_connected: AtomicBool,
     published: AtomicU64,
     publishes_dropped: AtomicU64,
     received: AtomicU64,
@@ -379,6 +385,68 @@ impl Shared {
 
     fn stopping(&self) -> bool {
         self.stopping.load(Ordering::Relaxed)
+    }
+
+    /// Notes that a connection failed or could not be made. Logged once per outage,
+    /// whichever thread notices first; the rest at debug level.
+    fn went_down(&self, role: &str, error: &redis::RedisError) {
+        let mut outage = lock(&self.outage);
+        if outage.is_some() {
+            log::debug!("cluster: {role}: broker still away: {error}");
+            return;
+        }
+        *outage = Some((
+            Instant::now(),
+            self.publishes_dropped.load(Ordering::Relaxed),
+        ));
+        if self.ever_connected.load(Ordering::Relaxed) {
+            log::warn!(
+                "cluster: lost the broker at {} ({role}: {error}); serving locally only \
+                 (messages to other nodes are dropped and counted) until it is back",
+                self.url
+            );
+        } else {
+            log::warn!(
+                "cluster: cannot reach the broker at {} ({error}); serving locally only, \
+                 retrying in the background",
+                self.url
+            );
+        }
+    }
+
+    /// Marks the publisher down and drops (counted) what waits for it, under the
+    /// queue's lock (see `Link::flush`).
+    fn publisher_down(&self, queue: &mut Queue) {
+        self.publisher_up.store(false, Ordering::Relaxed);
+        let dropped = queue.messages.len() as u64;
+        queue.messages.clear();
+        queue.bytes = 0;
+        self.queued.store(0, Ordering::Relaxed);
+        self.queued_bytes.store(0, Ordering::Relaxed);
+        self.publishes_dropped.fetch_add(dropped, Ordering::Relaxed);
+    }
+
+    /// Marks one side up; once both are, ends the outage (logged with its length and
+    /// what it dropped).
+    fn came_up(&self, side: &AtomicBool) {
+        // Under the outage's lock: the two sides may come up at the same moment, and
+        // each must see the other's flag (relaxed stores alone could both miss).
+        let mut outage = lock(&self.outage);
+        side.store(true, Ordering::Relaxed);
+        if !self.connected() {
+            return;
+        }
+        let first = !self.ever_connected.swap(true, Ordering::Relaxed);
+        match outage.take() {
+            Some((since, dropped_before)) if !first => log::info!(
+                "cluster: the broker at {} is back after {:.1} s; {} publishes to other \
+                 nodes dropped meanwhile",
+                self.url,
+                since.elapsed().as_secs_f64(),
+                self.publishes_dropped.load(Ordering::Relaxed) - dropped_before
+            ),
+            _ => log::info!("cluster: connected to the broker at {}", self.url),
+        }
     }
 
     /// Sleeps `wait` unless stopped first; false if stopping.
@@ -534,6 +602,9 @@ pub(crate) fn start(
         stop_wake: Condvar::new(),
         publisher_up: AtomicBool::new(false),
         subscriber_up: AtomicBool::new(false),
+        reset_publisher: AtomicBool::new(false),
+        outage: Mutex::new(None),
+        ever_connected: AtomicBool::new(false),
         published: AtomicU64::new(0),
         publishes_dropped: AtomicU64::new(0),
         received: AtomicU64::new(0),
@@ -580,14 +651,10 @@ fn random_id() -> u64 {
     hasher.finish()
 }
 
-/// Connection attempts with exponential back-off, and the outage log: a warning when
-/// the broker is lost (or unreachable at start), one line when it is back.
+/// Connection attempts with exponential back-off.
 struct Backoff {
     role: &'static str,
     wait: Duration,
-    /// When the outage began, if the connection is down; logged once.
-    down_since: Option<Instant>,
-    first: bool,
 }
 
 impl Backoff {
@@ -595,8 +662,6 @@ impl Backoff {
         Backoff {
             role,
             wait: shared.reconnect.0,
-            down_since: None,
-            first: true,
         }
     }
 
@@ -611,20 +676,11 @@ impl Backoff {
                 .get_connection_with_timeout(Duration::from_secs(2));
             match attempt {
                 Ok(con) => {
-                    if let Some(since) = self.down_since.take() {
-                        log::info!(
-                            "cluster: {} reconnected to {} after {:.1} s",
-                            self.role,
-                            shared.url,
-                            since.elapsed().as_secs_f64()
-                        );
-                    }
                     self.wait = shared.reconnect.0;
-                    self.first = false;
                     return Some(con);
                 }
                 Err(e) => {
-                    self.lost(shared, &e);
+                    shared.went_down(self.role, &e);
                     if !shared.sleep(self.wait) {
                         return None;
                     }
@@ -632,30 +688,6 @@ impl Backoff {
                 }
             }
         }
-    }
-
-    /// Notes a failure; logged once per outage.
-    fn lost(&mut self, shared: &Shared, error: &redis::RedisError) {
-        if self.down_since.is_some() {
-            log::debug!("cluster: {}: still down: {error}", self.role);
-            return;
-        }
-        self.down_since = Some(Instant::now());
-        if self.first {
-            log::warn!(
-                "cluster: cannot reach the broker at {} ({error}); serving locally \
-                 only, retrying in the background",
-                shared.url
-            );
-        } else {
-            log::warn!(
-                "cluster: {} lost the broker at {} ({error}); serving locally only \
-                 (messages to other nodes are dropped and counted) until it is back",
-                self.role,
-                shared.url
-            );
-        }
-        self.first = false;
     }
 }
 
@@ -666,15 +698,19 @@ fn run_publisher(shared: &Shared) {
     while let Some(mut con) = backoff.connect(shared) {
         let _ = con.set_write_timeout(Some(COMMAND_TIMEOUT));
         let _ = con.set_read_timeout(Some(COMMAND_TIMEOUT));
+        shared.reset_publisher.store(false, Ordering::Relaxed);
         {
-            // Under the queue's lock, as it went down (see `Link::flush`).
+            // Under the queue's lock, as it goes down (see `Link::flush`).
             let _queue = lock(&shared.queue);
-            shared.publisher_up.store(true, Ordering::Relaxed);
+            shared.came_up(&shared.publisher_up);
         }
         loop {
             {
                 let mut queue = lock(&shared.queue);
-                while queue.messages.is_empty() && !shared.stopping() {
+                while queue.messages.is_empty()
+                    && !shared.stopping()
+                    && !shared.reset_publisher.load(Ordering::Relaxed)
+                {
                     queue = shared
                         .queue_ready
                         .wait(queue)
@@ -682,6 +718,10 @@ fn run_publisher(shared: &Shared) {
                 }
                 if shared.stopping() {
                     return;
+                }
+                if shared.reset_publisher.swap(false, Ordering::Relaxed) {
+                    shared.publisher_down(&mut queue);
+                    break;
                 }
                 std::mem::swap(&mut queue.messages, &mut batch);
                 queue.bytes = 0;
@@ -705,18 +745,8 @@ fn run_publisher(shared: &Shared) {
                     // At most once: what was in flight may or may not have been
                     // published; it is not sent again.
                     shared.publishes_dropped.fetch_add(sent, Ordering::Relaxed);
-                    let mut queue = lock(&shared.queue);
-                    shared.publisher_up.store(false, Ordering::Relaxed);
-                    let queued = queue.messages.len() as u64;
-                    queue.messages.clear();
-                    queue.bytes = 0;
-                    shared.queued.store(0, Ordering::Relaxed);
-                    shared.queued_bytes.store(0, Ordering::Relaxed);
-                    shared
-                        .publishes_dropped
-                        .fetch_add(queued, Ordering::Relaxed);
-                    drop(queue);
-                    backoff.lost(shared, &e);
+                    shared.publisher_down(&mut lock(&shared.queue));
+                    shared.went_down("publisher", &e);
                     break;
                 }
             }
@@ -747,7 +777,13 @@ fn run_subscriber(shared: &Shared, handle: &Handle) {
         match result {
             // Stopping, or the server is gone.
             Ok(()) | Err(None) => return,
-            Err(Some(e)) => backoff.lost(shared, &e),
+            Err(Some(e)) => {
+                shared.went_down("subscriber", &e);
+                // One broker: the publisher's connection is most likely gone too.
+                let _queue = lock(&shared.queue);
+                shared.reset_publisher.store(true, Ordering::Relaxed);
+                shared.queue_ready.notify_one();
+            }
         }
         if !shared.sleep(backoff.wait) {
             return;
@@ -775,7 +811,7 @@ fn subscribe_and_listen(
         pubsub.subscribe(shared.topic_channel(topic))?;
     }
     pubsub.set_read_timeout(Some(SUBSCRIBER_POLL))?;
-    shared.subscriber_up.store(true, Ordering::Relaxed);
+    shared.came_up(&shared.subscriber_up);
     let mut heard = Instant::now();
     loop {
         if shared.stopping() {
