@@ -191,6 +191,9 @@ impl std::error::Error for ClusterError {}
 pub struct ClusterStats {
     /// Messages written to the broker.
     pub published: u64,
+    /// Pipelined writes they took: one per loop turn that published, or fewer when
+    /// the broker is slower than the loop.
+    pub pipelines: u64,
     /// Publishes that did not reach the broker: the queue was full, the broker was
     /// away, or the write failed.
     pub publishes_dropped: u64,
@@ -342,6 +345,7 @@ pub(crate) struct Shared {
     outage: Mutex<Option<(Instant, u64)>>,
     ever_connected: AtomicBool,
     published: AtomicU64,
+    pipelines: AtomicU64,
     publishes_dropped: AtomicU64,
     received: AtomicU64,
     received_dropped: AtomicU64,
@@ -367,6 +371,7 @@ impl Shared {
     fn stats(&self) -> ClusterStats {
         ClusterStats {
             published: self.published.load(Ordering::Relaxed),
+            pipelines: self.pipelines.load(Ordering::Relaxed),
             publishes_dropped: self.publishes_dropped.load(Ordering::Relaxed),
             received: self.received.load(Ordering::Relaxed),
             received_dropped: self.received_dropped.load(Ordering::Relaxed),
@@ -606,6 +611,7 @@ pub(crate) fn start(
         outage: Mutex::new(None),
         ever_connected: AtomicBool::new(false),
         published: AtomicU64::new(0),
+        pipelines: AtomicU64::new(0),
         publishes_dropped: AtomicU64::new(0),
         received: AtomicU64::new(0),
         received_dropped: AtomicU64::new(0),
@@ -740,6 +746,7 @@ fn run_publisher(shared: &Shared) {
             match pipe.exec(&mut con) {
                 Ok(()) => {
                     shared.published.fetch_add(sent, Ordering::Relaxed);
+                    shared.pipelines.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(e) => {
                     // At most once: what was in flight may or may not have been

@@ -138,8 +138,11 @@ impl Drop for Redis {
 // ---------------------------------------------------------------------------------------
 
 /// `/topic/NAME`: subscribed to NAME, and each message is published to NAME (the
-/// sender gets its copy too). `/all`: each message is broadcast.
+/// sender gets its copy too). `/all`: each message is broadcast. `/burst/NAME`: each
+/// message is published to NAME `BURST` times, numbered, in one callback.
 struct Room;
+
+const BURST: u32 = 100;
 
 impl Handler for Room {
     /// The topic; empty for `/all`.
@@ -148,6 +151,9 @@ impl Handler for Room {
     fn on_request(&mut self, request: &Request<'_>, _peer: SocketAddr) -> Decision<String> {
         match request.path() {
             "/all" => Decision::accept(),
+            path if path.starts_with("/burst/") => {
+                Decision::accept_with(format!("burst:{}", &path["/burst/".len()..]))
+            }
             path => match path.strip_prefix("/topic/") {
                 Some(topic) if !topic.is_empty() => Decision::accept_with(topic.to_owned()),
                 _ => Decision::Reject(HttpResponse::not_found()),
@@ -157,13 +163,19 @@ impl Handler for Room {
 
     fn on_open(&mut self, cx: &mut Ctx<'_, String>) {
         let topic = cx.session().clone();
-        if !topic.is_empty() {
+        if !topic.is_empty() && !topic.starts_with("burst:") {
             cx.subscribe(&topic);
         }
     }
 
     fn on_message(&mut self, cx: &mut Ctx<'_, String>, message: Message<'_>) {
         let topic = cx.session().clone();
+        if let Some(topic) = topic.strip_prefix("burst:") {
+            for i in 0..BURST {
+                cx.publish(topic, Message::Text(&format!("burst {i}")));
+            }
+            return;
+        }
         if topic.is_empty() {
             cx.broadcast(message);
         } else {
@@ -557,4 +569,24 @@ fn a_stalled_broker_meets_a_bounded_queue() {
     assert!(seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
     remote.expect_silence(Duration::from_millis(200));
     let _ = a_handle.shutdown();
+}
+
+/// The publishes of one loop turn leave for the broker as one pipeline.
+#[test]
+fn one_turns_publishes_leave_in_one_pipeline() {
+    let Some(redis) = Redis::start() else { return };
+    let (a, b) = (node(redis.url()), node(redis.url()));
+    connected(&[&a, &b]);
+    let mut remote = join(b.addr, "/topic/burst");
+    wait_until("B subscribed", || redis.subscribers("burst") == Some(1));
+    let mut trigger = join(a.addr, "/burst/burst");
+    let before = a.cluster.stats();
+    trigger.send(true, TEXT, b"go");
+    let seen = read_sequences(&mut remote, BURST as usize);
+    assert_eq!(seen["burst"], (0..BURST).collect::<Vec<_>>());
+    wait_until("the burst counted", || {
+        a.cluster.stats().published == before.published + u64::from(BURST)
+    });
+    // One callback, one turn: one write to the broker.
+    assert_eq!(a.cluster.stats().pipelines, before.pipelines + 1);
 }
