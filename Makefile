@@ -1,7 +1,8 @@
 # Build, test and conformance entry points for wsreactor (GNU make).
 #
 #   make run [ARGS="--listen 127.0.0.1:9998 --path /echo"]   server on ws://127.0.0.1:9998/echo
-#   make test                                             cargo test (unit, integration, doc tests), then test-interop
+#   make test                                             cargo test (unit, integration, doc tests; the cluster
+#                                                         tests against a real redis-server), then test-interop
 #   make lint                                             rustfmt check + clippy -D warnings
 #   make venv                                             .venv with kosoku (the conformance suite)
 #   make conformance [CONFORMANCE_ARGS="--cases '6.*'"]   kosoku cases 1-10, then 12-13 with --deflate
@@ -13,8 +14,10 @@ VENV    := .venv
 ARGS    ?=
 CONFORMANCE_ARGS ?=
 # The binary's own dependencies (logger, signal handling) are behind the `cli`
-# feature, so that the library's users do not compile them.
-FEATURES ?= --features cli
+# feature, so that the library's users do not compile them; `cluster` (the Redis
+# bridge, the redis crate) gives the binary its --redis flag, and `make test` and
+# `make lint` cover it (its tests need Debian's redis-server: see redis-server below).
+FEATURES ?= --features cli,cluster
 CARGO_TARGET_DIR_RELEASE := $(or $(CARGO_TARGET_DIR),target)/release
 # Pinned so that a new kosoku release can't change verdicts under us; bumping
 # it changes the stamp name below, so the next `make venv` reinstalls.
@@ -26,15 +29,33 @@ KOSOKU_STAMP   := $(VENV)/.kosoku-$(KOSOKU_VERSION).stamp
 run:
 	$(CARGO) run --release $(FEATURES) -- $(ARGS)
 
-test:
-	$(CARGO) test $(FEATURES)
+# With redis-server installed, the cluster tests must run: they skip only where it
+# cannot be had (WSREACTOR_REQUIRE_REDIS unset).
+test: redis-server
+	if command -v redis-server >/dev/null; then export WSREACTOR_REQUIRE_REDIS=1; fi; \
+	  $(CARGO) test $(FEATURES)
 	$(MAKE) test-interop
 
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets $(FEATURES) -- -D warnings
-	# The library alone, as an embedder builds it (no features).
+	# The library alone, as an embedder builds it (no features; then with the cluster).
 	$(CARGO) clippy --lib -- -D warnings
+	$(CARGO) clippy --lib --features cluster -- -D warnings
+
+# The cluster tests start Debian's redis-server (7): install it when missing and we
+# can (root with apt), as python3-venv below; otherwise say so and go on (the
+# cluster tests then skip, saying why).
+.PHONY: redis-server
+redis-server:
+	@command -v redis-server >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "redis-server is missing: installing it (for the cluster tests)"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server \
+	      || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server; }; \
+	  else \
+	    echo "redis-server is missing: the cluster tests will skip (sudo apt-get install redis-server)"; \
+	  fi; }
 
 # bin/pip is the target rather than the directory: a `python3 -m venv` that
 # dies in ensurepip (Debian without python3-venv) leaves a venv without pip,
@@ -156,7 +177,7 @@ test-interop: venv-test
 	$(CARGO) build --release --examples --bins $(FEATURES)
 	$(VENV)/bin/python -m pytest tests/interop -m "not browser" $(PYTEST_ARGS)
 
-test-browser: venv-test
+test-browser: venv-test redis-server
 	command -v chromium >/dev/null || \
 	  { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
 	$(CARGO) build --release --examples --bins $(FEATURES)
@@ -168,9 +189,16 @@ test-browser: venv-test
 #   make bench                    full run: markdown tables of medians (~13 min)
 #   make bench BENCH_QUICK=1      1 run x 1 s per cell, 1,000 idle connections
 #   make bench BENCH_SECONDS=3 BENCH_RUNS=5 BENCH_WORKLOADS=a,b BENCH_SERVERS=wsreactor,rawecho
+#   make bench-cluster            two nodes linked through redis-server (bench/cluster.py)
 #
 # bench/run.py lists every knob; results land in bench/target/results/.
-.PHONY: bench
+.PHONY: bench bench-cluster
 
 bench:
 	$(PYTHON) bench/run.py
+
+# Two `wsreactor --redis` nodes and a redis-server: 1,000 subscribers on each, one
+# publisher on A, a few publish rates (~10 s each); deliveries/s, latency local and
+# across the broker, CPU of each process. BENCH_SUBS, BENCH_RATES, BENCH_SECONDS.
+bench-cluster: redis-server
+	$(PYTHON) bench/cluster.py

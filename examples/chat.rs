@@ -2,6 +2,16 @@
 //!
 //! `cargo run --example chat [ADDR]`, then open http://127.0.0.1:9998/ in two tabs.
 //! Names come from the upgrade request (`/chat?name=ada`), kept in the session.
+//!
+//! One conversation over two servers (feature `cluster`, a Redis on 6379):
+//!
+//! ```text
+//! cargo run --features cluster --example chat 127.0.0.1:9998 --redis redis://127.0.0.1:6379
+//! cargo run --features cluster --example chat 127.0.0.1:9999 --redis redis://127.0.0.1:6379
+//! ```
+//!
+//! then a browser on http://127.0.0.1:9998/ and another on http://127.0.0.1:9999/:
+//! every broadcast reaches every member on both.
 
 use std::net::SocketAddr;
 use wsreactor::{
@@ -73,11 +83,32 @@ impl Handler for Chat {
 
 fn main() -> std::io::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let addr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:9998".into());
+    let mut addr = "127.0.0.1:9998".to_owned();
+    let mut redis = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--redis" => redis = Some(args.next().expect("--redis needs a URL")),
+            _ => addr = arg,
+        }
+    }
     let addr = addr.parse().expect("an address like 127.0.0.1:9998");
     let mut server = Server::bind(addr, Config::default(), Chat { guests: 0 })?;
+    // Held until `run` returns: the node stays in the conversation while it serves.
+    #[cfg(feature = "cluster")]
+    let _cluster = match redis {
+        Some(url) => Some(
+            server
+                .attach_cluster(wsreactor::cluster::ClusterConfig::new(url))
+                .map_err(std::io::Error::other)?,
+        ),
+        None => None,
+    };
+    #[cfg(not(feature = "cluster"))]
+    if redis.is_some() {
+        eprintln!("chat: --redis needs the cluster feature (cargo run --features cluster ...)");
+        std::process::exit(2);
+    }
     println!("listening on http://{}/", server.local_addr());
     server.run()
 }

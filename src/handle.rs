@@ -33,6 +33,10 @@ pub(crate) enum Command {
     /// A [`Deferred`] closure for the server's handler type, type-erased so that
     /// `Handle` need not be generic over the handler.
     Defer(Box<dyn Any + Send>),
+    /// A message from another node (topic, or `None` for a broadcast): delivered
+    /// locally only, never published again.
+    #[cfg(feature = "cluster")]
+    FromBroker(Option<Box<str>>, Payload),
 }
 
 /// A closure [`Handle::defer`] sends to the loop of a server with handler `H`.
@@ -116,7 +120,7 @@ impl Inbox {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn push(&self, command: Command) -> Result<(), HandleError> {
+    pub(crate) fn push(&self, command: Command) -> Result<(), HandleError> {
         let was_empty = {
             let mut state = self.lock();
             let is_shutdown = matches!(command, Command::Shutdown);

@@ -22,6 +22,8 @@
 //! - [`Handler`] and [`Ctx`]: your code, and what it acts through ([`Loop`] where no
 //!   connection is in question: server-level timers, [`Handle::defer`]).
 //! - [`Config`]: every limit, with its default and the reason for it.
+//! - `cluster` (feature `cluster`): topics and broadcast across server processes
+//!   through Redis pub/sub, with `Server::attach_cluster`.
 //!
 //! # Embedding
 //!
@@ -71,6 +73,8 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+#[cfg(feature = "cluster")]
+pub mod cluster;
 mod compression;
 pub mod config;
 mod conn;

@@ -1,6 +1,7 @@
 //! `make run`: a WebSocket echo server on ws://127.0.0.1:9998/echo, with a demo page at
-//! http://127.0.0.1:9998/. Everything real lives in the library; this is flags, logging
-//! and the echo handler.
+//! http://127.0.0.1:9998/, and topic rooms on ws://127.0.0.1:9998/topic/NAME (linked
+//! across nodes with `--redis`). Everything real lives in the library; this is flags,
+//! logging and the handler.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -17,6 +18,13 @@ const DEMO_PAGE: &str = include_str!("demo.html");
 const STATS_STREAM_PATH: &str = "/stats/ws";
 const STATS_TOPIC: &str = "wsreactor:stats";
 const STATS_STREAM_PERIOD: Duration = Duration::from_secs(1);
+
+/// Topic rooms: a WebSocket to `/topic/NAME` is subscribed to NAME, and each message it
+/// sends is published to NAME — the sender included, as in a chat room: its own copy
+/// comes back in the order everyone sees, which tells it the message went out.
+const TOPIC_PREFIX: &str = "/topic/";
+/// Longest topic name in `/topic/NAME`.
+const MAX_TOPIC_LEN: usize = 64;
 
 const USAGE: &str = "\
 wsreactor: a single-threaded WebSocket (RFC 6455) echo server
@@ -64,11 +72,15 @@ OPTIONS:
   --stats-interval SECS      log a one-line summary this often, 0 = never    [default: 60]
   --no-stats-endpoints       404 for GET /metrics (Prometheus) and /stats (JSON),
                              and no /stats/ws stream (the demo page's live panel)
+  --redis URL                link /topic/NAME rooms across servers through Redis
+                             pub/sub, e.g. redis://127.0.0.1:6379   [default: off]
   -h, --help                 print this help
 
 SECS is seconds, fractional too (0.5), or `never`: 0 turns a timeout off as `never`
 does. Values out of range are refused (exit 2), not clamped.
 
+ws://ADDR/topic/NAME joins topic NAME: each message is published to everyone in it
+(the sender too), on every server sharing the --redis broker.
 Open http://ADDR/ for a demo page with a live panel; http://ADDR/metrics and /stats
 show the counters, ws://ADDR/stats/ws streams them once a second
 (unauthenticated: keep ADDR on loopback or a private network). RUST_LOG=debug logs every connection.
@@ -87,12 +99,24 @@ struct Echo {
 }
 
 /// What a connection is for.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 enum Role {
     #[default]
     Echo,
     /// A `/stats/ws` viewer: sent the stats, its own messages ignored.
     StatsViewer,
+    /// In topic room NAME (`/topic/NAME`): its messages are published to NAME.
+    Topic(Box<str>),
+}
+
+/// NAME in `/topic/NAME`, if it is one: 1 to 64 of `A-Z a-z 0-9 . _ -`.
+fn topic_of(path: &str) -> Option<&str> {
+    let name = path.strip_prefix(TOPIC_PREFIX)?;
+    let valid = (1..=MAX_TOPIC_LEN).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    valid.then_some(name)
 }
 
 impl Handler for Echo {
@@ -110,17 +134,30 @@ impl Handler for Echo {
                 // a compressor's memory.
                 Decision::accept_with(Role::StatsViewer).without_compression()
             }
-            _ => Decision::Reject(HttpResponse::not_found()),
+            path => match topic_of(path) {
+                Some(topic) => Decision::accept_with(Role::Topic(topic.into())),
+                None => Decision::Reject(HttpResponse::not_found()),
+            },
         }
     }
 
     fn on_open(&mut self, cx: &mut Ctx<'_, Role>) {
-        if *cx.session() == Role::StatsViewer {
-            cx.subscribe(STATS_TOPIC);
-            // The first sample at once: the panel shows numbers before the first tick.
-            let json = cx.stats().to_json();
-            let _ = cx.send_text(&json);
-        }
+        cx.with_session(|role, cx| match role {
+            // The echo streams (see `on_part`); the others take whole messages.
+            Role::Echo => {
+                cx.receive_in_parts(true);
+            }
+            Role::Topic(topic) => {
+                cx.subscribe(topic);
+            }
+            Role::StatsViewer => {
+                cx.subscribe(STATS_TOPIC);
+                // The first sample at once: the panel shows numbers before the first
+                // tick.
+                let json = cx.stats().to_json();
+                let _ = cx.send_text(&json);
+            }
+        });
     }
 
     /// The stats endpoints are unauthenticated (meant for loopback or a private
@@ -154,13 +191,20 @@ impl Handler for Echo {
         }
     }
 
+    /// Topic rooms and stats viewers (echo connections take their messages in parts).
     fn on_message(&mut self, cx: &mut Ctx<'_, Role>, message: Message<'_>) {
-        if *cx.session() == Role::StatsViewer {
-            return;
-        }
-        // Queued bytes are bounded by the reactor's read backpressure; a refusal here
-        // can only mean the connection is closing.
-        let _ = cx.send(message);
+        cx.with_session(|role, cx| match role {
+            // To everyone in the room, here and (with --redis) on every other node.
+            Role::Topic(topic) => {
+                cx.publish(topic, message);
+            }
+            Role::StatsViewer => {}
+            // Queued bytes are bounded by the reactor's read backpressure; a refusal
+            // here can only mean the connection is closing.
+            Role::Echo => {
+                let _ = cx.send(message);
+            }
+        });
     }
 
     /// Streams: each part goes back out as it arrives, so a connection costs no
@@ -168,9 +212,6 @@ impl Handler for Echo {
     /// before its last byte is in. Reading pauses while more than `write_high_water`
     /// waits to be sent, which bounds what a peer that does not read makes us queue.
     fn on_part(&mut self, cx: &mut Ctx<'_, Role>, part: Part<'_>) {
-        if *cx.session() == Role::StatsViewer {
-            return;
-        }
         if part.first && part.last {
             // A message in one piece goes out as one (compressed if negotiated).
             let _ = cx.send(part.data);
@@ -193,6 +234,8 @@ struct Options {
     config: Config,
     stats_interval: Duration,
     stats_endpoints: bool,
+    /// `--redis`: the broker that links the topic rooms across nodes.
+    redis: Option<String>,
 }
 
 fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Options>, String> {
@@ -202,6 +245,7 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Options>, Str
         config: Config::default(),
         stats_interval: Duration::from_secs(60),
         stats_endpoints: true,
+        redis: None,
     };
     let mut args = args;
     while let Some(flag) = args.next() {
@@ -263,6 +307,14 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Options>, Str
             "--max-accepts-per-turn" => options.config.max_accepts_per_turn = number()?,
             "--stall-threshold" => options.config.stall_threshold = seconds()?,
             "--stats-interval" => options.stats_interval = seconds()?,
+            "--redis" if cfg!(feature = "cluster") => options.redis = Some(value),
+            "--redis" => {
+                return Err(
+                    "--redis: this binary was built without the cluster feature \
+                            (cargo build --features cli,cluster)"
+                        .into(),
+                )
+            }
             "--deflate-threshold" => options.config.deflate_threshold = number()?,
             "--deflate-level" => {
                 options.config.deflate_level = u32::try_from(number()?).map_err(out_of_range)?
@@ -317,6 +369,26 @@ fn check(config: &Config) -> Result<(), String> {
     Ok(())
 }
 
+/// Links the topic rooms with other nodes through the broker at `url`; the stats
+/// stream's topic stays on this node (its numbers are this node's).
+#[cfg(feature = "cluster")]
+fn join_cluster(
+    server: &mut wsreactor::Server<Echo>,
+    url: String,
+) -> Result<wsreactor::cluster::Cluster, String> {
+    use wsreactor::cluster::ClusterConfig;
+    let config = ClusterConfig {
+        local_topic_prefixes: vec![STATS_TOPIC.to_owned()],
+        ..ClusterConfig::new(url.clone())
+    };
+    let cluster = server.attach_cluster(config).map_err(|e| e.to_string())?;
+    log::info!(
+        "topic rooms linked through {url} as node {:016x}",
+        cluster.node_id()
+    );
+    Ok(cluster)
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     // Before the Config is made: its default connection limit follows the fd limit.
@@ -352,7 +424,6 @@ fn main() -> ExitCode {
     let mut options = options;
     // The echo streams (see `Echo::on_part`); --max-message-size keeps its meaning as
     // the largest message echoed.
-    options.config.message_parts = true;
     options.config.max_streamed_message_size = options.config.max_message_size as u64;
     let page = DEMO_PAGE.replace("__ECHO_PATH__", &options.path).replace(
         "__STATS_STREAM_PATH__",
@@ -376,6 +447,20 @@ fn main() -> ExitCode {
         }
     };
     let addr = server.local_addr();
+    // Kept to the end of main: dropping it takes the node out of the cluster.
+    #[cfg(feature = "cluster")]
+    let _cluster = match options
+        .redis
+        .clone()
+        .map(|url| join_cluster(&mut server, url))
+    {
+        Some(Err(message)) => {
+            eprintln!("wsreactor: --redis: {message}");
+            return ExitCode::from(2);
+        }
+        Some(Ok(cluster)) => Some(cluster),
+        None => None,
+    };
     if let Some(signals) = signals {
         signals.forward_to(server.handle());
     }
@@ -711,6 +796,27 @@ mod tests {
                 "{path}"
             );
         }
+    }
+
+    #[test]
+    fn topic_names_are_short_and_plain() {
+        assert_eq!(topic_of("/topic/lobby"), Some("lobby"));
+        assert_eq!(topic_of("/topic/a.b_c-9"), Some("a.b_c-9"));
+        assert_eq!(
+            topic_of(&format!("/topic/{}", "x".repeat(64))).map(str::len),
+            Some(64)
+        );
+        for path in [
+            "/topic/",
+            "/topic/a b",
+            "/topic/a/b",
+            "/topic/é",
+            "/topics/a",
+            "/echo",
+        ] {
+            assert_eq!(topic_of(path), None, "{path}");
+        }
+        assert_eq!(topic_of(&format!("/topic/{}", "x".repeat(65))), None);
     }
 
     /// The flags block in README.md is a copy of this help text: keep them one.

@@ -61,6 +61,17 @@ pub struct Stats {
     /// `Config::stall_threshold` (each logged, at most once a second, with what took
     /// the time). A turn is counted only if no callback in it was.
     pub loop_stalls: u64,
+    /// Messages this node published to the cluster's broker (topic publishes and
+    /// broadcasts; feature `cluster`, zero without one attached).
+    pub cluster_published: u64,
+    /// Publishes that did not reach the broker (delivered locally only): the queue
+    /// towards it was full, it was away, or the write failed.
+    pub cluster_publishes_dropped: u64,
+    /// Messages from other nodes, received through the broker and delivered locally.
+    pub cluster_received: u64,
+    /// Messages from the broker not delivered: the loop's inbox was full, or the
+    /// message was malformed or over `max_message_size`.
+    pub cluster_received_dropped: u64,
     /// Gauge: connections still in the upgrade handshake.
     pub handshakes_in_progress: u64,
     /// Gauge: entries in the loop's deadline queue (at most one per connection).
@@ -76,6 +87,8 @@ pub struct Stats {
     /// Gauge: inflaters held by connections (lent from the loop's pool, or kept with
     /// context takeover).
     pub inflaters_lent: u64,
+    /// Gauge: 1 while a cluster bridge is connected to its broker, else 0.
+    pub cluster_connected: u64,
     /// Histogram (µs): how long each loop turn worked, from the poll's return to the
     /// end of the turn (the wait in the poll is not counted).
     pub turn_micros: Histogram,
@@ -177,6 +190,10 @@ impl Stats {
         Counter outgoing_budget_closes: "Connections dropped (1008) because their queues took the outgoing budget.";
         Counter message_timeouts: "Connections closed (1008) because a half-received message stopped growing.";
         Counter loop_stalls: "Handler callbacks or loop turns that took longer than the stall threshold.";
+        Counter cluster_published: "Messages published to the cluster's broker.";
+        Counter cluster_publishes_dropped: "Publishes that did not reach the cluster's broker (delivered locally only).";
+        Counter cluster_received: "Messages from other nodes received through the broker.";
+        Counter cluster_received_dropped: "Messages from the broker not delivered (inbox full, malformed or too large).";
         Gauge open_connections: "WebSocket connections open right now.";
         Gauge handshakes_in_progress: "Connections still in the upgrade handshake.";
         Gauge deadline_entries: "Entries in the loop's deadline queue.";
@@ -184,6 +201,7 @@ impl Stats {
         Gauge outgoing_bytes: "Bytes queued for sending over all connections.";
         Gauge topic_memberships: "Topic subscriptions, over all topics and connections.";
         Gauge inflaters_lent: "Inflaters held by connections.";
+        Gauge cluster_connected: "1 while the cluster bridge is connected to its broker, else 0.";
     };
 
     /// The histogram fields, in the order the exposition and the JSON list them
@@ -400,6 +418,11 @@ mod tests {
                 "outgoing_budget_closes" => stats.outgoing_budget_closes = value,
                 "message_timeouts" => stats.message_timeouts = value,
                 "loop_stalls" => stats.loop_stalls = value,
+                "cluster_published" => stats.cluster_published = value,
+                "cluster_publishes_dropped" => stats.cluster_publishes_dropped = value,
+                "cluster_received" => stats.cluster_received = value,
+                "cluster_received_dropped" => stats.cluster_received_dropped = value,
+                "cluster_connected" => stats.cluster_connected = value,
                 "handshakes_in_progress" => stats.handshakes_in_progress = value,
                 "deadline_entries" => stats.deadline_entries = value,
                 "incoming_bytes" => stats.incoming_bytes = value,
@@ -520,7 +543,7 @@ mod tests {
             "# HELP wsreactor_open_connections WebSocket connections open right now."
         );
         assert!(text
-            .contains("# TYPE wsreactor_open_connections gauge\nwsreactor_open_connections 119\n"));
+            .contains("# TYPE wsreactor_open_connections gauge\nwsreactor_open_connections 123\n"));
         // Every metric: HELP then TYPE then its one sample, in METRICS order.
         let mut at = 0;
         for metric in Stats::METRICS {
@@ -585,8 +608,8 @@ mod tests {
             json.starts_with("{\"accepted\":100,\"refused\":101,"),
             "{json}"
         );
-        assert!(json.contains(",\"closes\":{\"1000\":2,\"1006\":1},\"open_connections\":119,"));
-        assert!(json.contains(",\"inflaters_lent\":125,"), "{json}");
+        assert!(json.contains(",\"closes\":{\"1000\":2,\"1006\":1},\"open_connections\":123,"));
+        assert!(json.contains(",\"inflaters_lent\":129,"), "{json}");
         let zeros = |n: usize| vec!["0"; n].join(",");
         assert!(
             json.ends_with(&format!(

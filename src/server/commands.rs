@@ -47,6 +47,11 @@ impl<H: Handler> Server<H> {
                     // Handle::defer checks the type before queueing.
                     Err(_) => log::error!("a deferred closure for another handler type"),
                 },
+                #[cfg(feature = "cluster")]
+                Command::FromBroker(topic, payload) => {
+                    let (opcode, bytes) = payload.parts();
+                    core.deliver_from_broker(topic.as_deref(), opcode, bytes);
+                }
             }
         }
         // Settled once for the whole batch, so the sends queued for one connection

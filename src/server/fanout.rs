@@ -11,12 +11,16 @@ use mio::Token;
 impl<S> Core<S> {
     /// Sends one message to every open connection (encoded once).
     pub(super) fn broadcast_frame(&mut self, opcode: Opcode, payload: &[u8]) -> Fanout {
+        #[cfg(feature = "cluster")]
+        self.cluster_publish(None, opcode, payload);
         let slots = self.slots();
         self.fanout(&slots, opcode, payload)
     }
 
     /// Sends one message to every subscriber of `topic` (encoded once).
     pub(super) fn publish_frame(&mut self, topic: &str, opcode: Opcode, payload: &[u8]) -> Fanout {
+        #[cfg(feature = "cluster")]
+        self.cluster_publish(Some(topic), opcode, payload);
         let slots = self.topics.members(topic).to_vec();
         self.fanout(&slots, opcode, payload)
     }

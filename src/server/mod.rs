@@ -23,11 +23,14 @@
 //! | `commands` | the `Handle`'s inbox |
 //! | `nesting` | driven from another event loop: the poller's descriptor, the next timeout |
 //! | `flow` | drain, dropped messages and pongs for the handler |
+//! | `cluster` | the loop's end of the Redis bridge (feature `cluster`) |
 //! | `stalls` | loop-stall warnings: callbacks and turns over `stall_threshold` |
 //! | `ctx` | `Ctx`, the handler's view of the loop |
 
 mod accept;
 mod budget;
+#[cfg(feature = "cluster")]
+mod cluster;
 mod commands;
 mod ctx;
 mod deadlines;
@@ -127,6 +130,9 @@ pub struct Loop<S = ()> {
     /// The connection whose receiver `dispatch::frames` has taken out of the table
     /// while the handler sees its events.
     rx_lent: Option<usize>,
+    /// The loop's end of the cluster bridge, once one is attached.
+    #[cfg(feature = "cluster")]
+    cluster: Option<crate::cluster::Link>,
 }
 
 /// A WebSocket server: a listener, its connections, and the [`Handler`] they serve.
@@ -235,6 +241,8 @@ impl<H: Handler> Server<H> {
                 shutdown_requested: false,
                 compression: Compression::new(config.deflate_level),
                 rx_lent: None,
+                #[cfg(feature = "cluster")]
+                cluster: None,
                 config: config.clone(),
             },
             poll,
@@ -374,6 +382,9 @@ impl<H: Handler> Server<H> {
         self.report_drops();
         self.settle();
         self.core.update_gauges();
+        // The turn's publishes leave for the broker together.
+        #[cfg(feature = "cluster")]
+        self.core.flush_cluster();
         self.core.stalls.turn_done(&mut self.core.stats);
         Ok(())
     }

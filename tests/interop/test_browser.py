@@ -246,3 +246,80 @@ def test_live_panel_is_hidden_without_stats_endpoints(servers, new_page):
     page.goto(server.http("/"))
     expect(page.locator("#state")).to_have_text("open")
     expect(page.locator("#live")).to_be_hidden()
+
+
+@pytest.fixture
+def redis_url():
+    """A redis-server of our own on a free loopback port (no persistence), stopped by PID.
+
+    `make test-browser` installs Debian's redis-server when it is missing."""
+    import shutil
+    import subprocess
+
+    from conftest import free_port
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server not found: `apt-get install redis-server` "
+                    "(make test-browser does)")
+    port = free_port()
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not port_in_use(port):
+            assert proc.poll() is None, "redis-server exited at start"
+            assert time.monotonic() < deadline, "redis-server did not listen"
+            time.sleep(0.02)
+        yield f"redis://127.0.0.1:{port}"
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def test_demo_topic_room_spans_two_servers_through_redis(servers, new_page, redis_url):
+    """The demo page's topic room on two `wsreactor --redis` nodes: one room."""
+    from playwright.sync_api import expect
+
+    a = servers("wsreactor", None, "--redis", redis_url)
+    b = servers("wsreactor", None, "--redis", redis_url)
+    pages = []
+    for server in (a, b):
+        page = new_page()
+        page.goto(server.http("/"))
+        page.fill("#room-name", "lobby")
+        page.click("#room-join button[type=submit]")
+        expect(page.locator("#room-state")).to_have_text("in lobby")
+        pages.append(page)
+    # A subscription takes a round trip to the broker: retry until the other side hears.
+    message = f"hello across nodes {uuid.uuid4().hex[:8]}"
+    deadline = time.monotonic() + TIMEOUT_MS / 1000
+    while pages[1].locator("#room-log li", has_text=message).count() == 0:
+        assert time.monotonic() < deadline, "node B never got node A's message"
+        pages[0].fill("#room-text", message)
+        pages[0].click("#room-form button[type=submit]")
+        pages[0].wait_for_timeout(200)
+    # The sender gets its own copy too (once per send).
+    expect(pages[0].locator("#room-log li", has_text=message).first).to_be_visible()
+    pages[1].screenshot(path=str(SCREENSHOTS / "demo-topic-room.png"), full_page=True)
+
+
+def test_chat_spans_two_servers_through_redis(servers, new_page, redis_url):
+    """examples/chat.rs on two ports with --redis: one conversation."""
+    from playwright.sync_api import expect
+
+    a = servers("chat", None, "--redis", redis_url)
+    b = servers("chat", None, "--redis", redis_url)
+    ada, bob = new_page(), new_page()
+    ada.goto(a.http("/?name=ada"))
+    expect(ada.locator("#state")).to_have_text("open")
+    bob.goto(b.http("/?name=bob"))
+    expect(bob.locator("#state")).to_have_text("open")
+    # Broadcasts need no subscription: bob's arrival on B reaches ada on A.
+    expect(ada.locator("#log li", has_text="* bob joined")).to_have_count(1)
+    ada.fill("#text", "hello bob")
+    ada.click("#form button[type=submit]")
+    expect(bob.locator("#log li", has_text="ada: hello bob")).to_have_count(1)
+    expect(ada.locator("#log li", has_text="ada: hello bob")).to_have_count(1)

@@ -85,11 +85,13 @@ def test_metrics_count_known_traffic(servers):
                     "fanout_deliveries", "protocol_errors", "handler_panics",
                     "sends_refused", "messages_dropped", "queue_full_closes",
                     "incoming_budget_closes", "outgoing_budget_closes",
-                    "message_timeouts", "loop_stalls", "closes"):
+                    "message_timeouts", "loop_stalls", "cluster_published",
+                    "cluster_publishes_dropped", "cluster_received",
+                    "cluster_received_dropped", "closes"):
         assert types.get(f"wsreactor_{counter}") == "counter", counter
     for gauge in ("open_connections", "handshakes_in_progress", "deadline_entries",
                   "incoming_bytes", "outgoing_bytes", "topic_memberships",
-                  "inflaters_lent"):
+                  "inflaters_lent", "cluster_connected"):
         assert types.get(f"wsreactor_{gauge}") == "gauge", gauge
     for histogram in ("turn_seconds", "callback_seconds", "ping_rtt_seconds",
                       "flush_bytes"):
