@@ -387,18 +387,6 @@ fn a_handle_sends_parts_and_a_broken_sequence_closes_with_1011() {
     raw.expect_close(1011);
 }
 
-/// A field of /proc/PID/status, in KiB.
-fn status_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with(field)).unwrap();
-    line[field.len()..]
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 /// The echo binary as a child process, for messages of up to 64 MiB.
 fn spawn_echo_binary() -> (std::process::Child, SocketAddr) {
     let port = {

@@ -16,21 +16,6 @@ use upload::{Crc32, Upload};
 
 const MIB: usize = 1 << 20;
 
-/// A field of /proc/self/status, in KiB.
-fn status_kib(field: &str) -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status
-        .lines()
-        .find(|line| line.starts_with(field))
-        .unwrap_or_else(|| panic!("no {field} in /proc/self/status"));
-    line[field.len()..]
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 /// The CRC-32 of "123456789" is CBF43926 (the standard check value), and the table
 /// version agrees with a bit-at-a-time one written here.
 #[test]
@@ -75,7 +60,7 @@ fn a_256_mib_upload_is_written_part_by_part_with_flat_memory() {
     // reordered part changes the checksum.
     let blocks: Vec<Vec<u8>> = (0..4).map(|seed| pattern(seed, MIB)).collect();
     let count = 256;
-    let before = status_kib("VmHWM:");
+    let before = status_kib(std::process::id(), "VmHWM:");
     let mut crc = Crc32::default();
     for i in 0..count {
         let block = &blocks[i % blocks.len()];
@@ -93,7 +78,7 @@ fn a_256_mib_upload_is_written_part_by_part_with_flat_memory() {
         (0xA, &b"halfway"[..])
     );
     let answer = client.read_frame();
-    let after = status_kib("VmHWM:");
+    let after = status_kib(std::process::id(), "VmHWM:");
     assert_eq!((answer.opcode, answer.fin), (0x1, true));
     let answer = String::from_utf8(answer.payload).unwrap();
     let mut fields = answer.splitn(3, ' ');
