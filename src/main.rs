@@ -143,9 +143,13 @@ impl Handler for Echo {
 
     fn on_open(&mut self, cx: &mut Ctx<'_, Role>) {
         cx.with_session(|role, cx| match role {
-            // The echo streams (see `on_part`); the others take whole messages.
+            // The echo streams (see `on_part`); the others take whole messages. With
+            // permessage-deflate it takes whole messages too, so that its echoes go out
+            // compressed as they came: parts are sent uncompressed, which RFC 7692
+            // allows but some clients (the Autobahn suite's kosoku) do not expect.
             Role::Echo => {
-                cx.receive_in_parts(true);
+                let compressed = cx.is_compressed();
+                cx.receive_in_parts(!compressed);
             }
             Role::Topic(topic) => {
                 cx.subscribe(topic);

@@ -59,6 +59,13 @@ impl<S> Ctx<'_, S> {
         self.conn().protocol()
     }
 
+    /// Whether permessage-deflate was negotiated: messages may arrive compressed,
+    /// and whole messages sent here are compressed (above `deflate_threshold`);
+    /// messages sent in parts are not.
+    pub fn is_compressed(&self) -> bool {
+        self.conn().deflate().is_some()
+    }
+
     /// This connection's session: the handler's own state for it.
     ///
     /// It borrows the whole `Ctx`; to use the session while calling other `Ctx`
