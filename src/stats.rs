@@ -61,6 +61,10 @@ pub struct Stats {
     /// `Config::stall_threshold` (each logged, at most once a second, with what took
     /// the time). A turn is counted only if no callback in it was.
     pub loop_stalls: u64,
+    /// TLS handshakes that failed: bytes that are not TLS (plain HTTP on the TLS port), a
+    /// bad or refused ClientHello, an alert from the client, or a handshake that did not
+    /// finish within `handshake_timeout`. Always 0 without the `tls` feature.
+    pub tls_handshake_failures: u64,
     /// Gauge: connections still in the upgrade handshake.
     pub handshakes_in_progress: u64,
     /// Gauge: entries in the loop's deadline queue (at most one per connection).
@@ -177,6 +181,7 @@ impl Stats {
         Counter outgoing_budget_closes: "Connections dropped (1008) because their queues took the outgoing budget.";
         Counter message_timeouts: "Connections closed (1008) because a half-received message stopped growing.";
         Counter loop_stalls: "Handler callbacks or loop turns that took longer than the stall threshold.";
+        Counter tls_handshake_failures: "TLS handshakes that failed (not TLS, a bad or refused ClientHello, an alert) or timed out.";
         Gauge open_connections: "WebSocket connections open right now.";
         Gauge handshakes_in_progress: "Connections still in the upgrade handshake.";
         Gauge deadline_entries: "Entries in the loop's deadline queue.";
@@ -400,6 +405,7 @@ mod tests {
                 "outgoing_budget_closes" => stats.outgoing_budget_closes = value,
                 "message_timeouts" => stats.message_timeouts = value,
                 "loop_stalls" => stats.loop_stalls = value,
+                "tls_handshake_failures" => stats.tls_handshake_failures = value,
                 "handshakes_in_progress" => stats.handshakes_in_progress = value,
                 "deadline_entries" => stats.deadline_entries = value,
                 "incoming_bytes" => stats.incoming_bytes = value,
@@ -520,7 +526,7 @@ mod tests {
             "# HELP wsreactor_open_connections WebSocket connections open right now."
         );
         assert!(text
-            .contains("# TYPE wsreactor_open_connections gauge\nwsreactor_open_connections 119\n"));
+            .contains("# TYPE wsreactor_open_connections gauge\nwsreactor_open_connections 120\n"));
         // Every metric: HELP then TYPE then its one sample, in METRICS order.
         let mut at = 0;
         for metric in Stats::METRICS {
@@ -585,8 +591,8 @@ mod tests {
             json.starts_with("{\"accepted\":100,\"refused\":101,"),
             "{json}"
         );
-        assert!(json.contains(",\"closes\":{\"1000\":2,\"1006\":1},\"open_connections\":119,"));
-        assert!(json.contains(",\"inflaters_lent\":125,"), "{json}");
+        assert!(json.contains(",\"closes\":{\"1000\":2,\"1006\":1},\"open_connections\":120,"));
+        assert!(json.contains(",\"inflaters_lent\":126,"), "{json}");
         let zeros = |n: usize| vec!["0"; n].join(",");
         assert!(
             json.ends_with(&format!(

@@ -85,7 +85,8 @@ def test_metrics_count_known_traffic(servers):
                     "fanout_deliveries", "protocol_errors", "handler_panics",
                     "sends_refused", "messages_dropped", "queue_full_closes",
                     "incoming_budget_closes", "outgoing_budget_closes",
-                    "message_timeouts", "loop_stalls", "closes"):
+                    "message_timeouts", "loop_stalls", "tls_handshake_failures",
+                    "closes"):
         assert types.get(f"wsreactor_{counter}") == "counter", counter
     for gauge in ("open_connections", "handshakes_in_progress", "deadline_entries",
                   "incoming_bytes", "outgoing_bytes", "topic_memberships",
