@@ -59,6 +59,10 @@ pub const PLAIN_CHUNK: usize = 64 << 10;
 /// expansion + header each), so one read brings in a good batch.
 const CIPHER_IN: usize = 80 << 10;
 
+/// A fatal `decode_error` alert in a plaintext record (TLS 1.2 record version, which
+/// TLS 1.3 uses on the wire too).
+const DECODE_ERROR_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x32];
+
 /// The longest TLS record's plaintext: a read into less room than this may leave part of
 /// a record's plaintext to keep for the next read.
 const MAX_RECORD_PLAIN: usize = 16 << 10;
@@ -256,6 +260,8 @@ pub(crate) struct TlsStream {
     cipher_out: Vec<u8>,
     out_at: usize,
     handshaking: bool,
+    /// We have sent the peer something (our first handshake flight, at least).
+    spoke: bool,
     /// The peer sent close_notify (or its EOF came): reads return 0.
     peer_closed: bool,
     /// `shutdown_write` was asked while ciphertext waited: done once it is out.
@@ -336,6 +342,59 @@ fn encode_into(
     }
 }
 
+/// Encrypts `plain` into the thread's scratch buffer and writes it; what the socket does
+/// not take is appended to `cipher_out` (after anything already waiting there).
+fn encrypt_out(
+    state: &mut rustls::unbuffered::WriteTraffic<'_, rustls::server::ServerConnectionData>,
+    plain: &[u8],
+    socket: &mut TcpStream,
+    cipher_out: &mut Vec<u8>,
+    out_at: &mut usize,
+) -> io::Result<usize> {
+    with_scratch(&SCRATCH_OUT, PLAIN_CHUNK + 1024, |scratch| {
+        let n = loop {
+            match state.encrypt(plain, scratch) {
+                Ok(n) => break n,
+                Err(EncryptError::InsufficientSize(e)) => scratch.resize(e.required_size, 0),
+                Err(e) => return Err(io::Error::other(format!("TLS encrypt: {e}"))),
+            }
+        };
+        // Behind bytes still waiting: in order, after them.
+        let mut sent = 0;
+        while sent < n && cipher_out.is_empty() {
+            match socket.write(&scratch[sent..n]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(k) => sent += k,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if sent < n {
+            if cipher_out.is_empty() {
+                *out_at = 0;
+            }
+            cipher_out.extend_from_slice(&scratch[sent..n]);
+        }
+        Ok(plain.len())
+    })
+}
+
+/// Keeps decrypted records met outside a read for the next read (and says there is
+/// more to read).
+fn stash(
+    traffic: &mut rustls::unbuffered::ReadTraffic<'_, '_, rustls::server::ServerConnectionData>,
+    plain_in: &mut Vec<u8>,
+    more: &mut bool,
+) -> io::Result<()> {
+    while let Some(record) = traffic.next_record() {
+        let record = record.map_err(|e| invalid(e, false))?;
+        plain_in.extend_from_slice(record.payload);
+        *more = true;
+    }
+    Ok(())
+}
+
 impl TlsStream {
     pub fn new(socket: TcpStream, config: Arc<ServerConfig>) -> io::Result<TlsStream> {
         let conn = UnbufferedServerConnection::new(config).map_err(|e| invalid(e, true))?;
@@ -348,6 +407,7 @@ impl TlsStream {
             cipher_out: Vec::new(),
             out_at: 0,
             handshaking: true,
+            spoke: false,
             peer_closed: false,
             shutdown_owed: false,
             more: false,
@@ -412,24 +472,43 @@ impl TlsStream {
     ) -> io::Result<usize> {
         let mut f = Some(f);
         for _ in 0..16 {
-            let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut []);
-            match state.map_err(|e| invalid(e, self.handshaking))? {
-                ConnectionState::EncodeTlsData(mut state) => {
-                    encode_into(&mut state, &mut self.cipher_out)
-                        .map_err(|e| invalid(e, self.handshaking))?;
+            // rustls' deframer may point into what we hold of the input: it must see
+            // that again (an empty slice would be out of its bounds), and its discard
+            // applied.
+            let mut held = std::mem::take(&mut self.cipher_in);
+            let UnbufferedStatus { discard, state } = self.conn.process_tls_records(&mut held);
+            let state = state.map_err(|e| invalid(e, self.handshaking));
+            let result = match state {
+                Err(e) => Err(e),
+                Ok(ConnectionState::ReadTraffic(mut traffic)) => {
+                    stash(&mut traffic, &mut self.plain_in, &mut self.more)
                 }
-                ConnectionState::TransmitTlsData(state) => {
+                Ok(ConnectionState::EncodeTlsData(mut state)) => {
+                    encode_into(&mut state, &mut self.cipher_out)
+                        .map_err(|e| invalid(e, self.handshaking))
+                }
+                Ok(ConnectionState::TransmitTlsData(state)) => {
                     // Ours to send, in order, from cipher_out.
                     state.done();
+                    Ok(())
                 }
-                ConnectionState::PeerClosed => self.peer_closed = true,
-                ConnectionState::WriteTraffic(mut state) => {
+                Ok(ConnectionState::PeerClosed) => {
+                    self.peer_closed = true;
+                    Ok(())
+                }
+                Ok(ConnectionState::WriteTraffic(mut state)) => {
                     let f = f.take().expect("runs once");
-                    return f(&mut state, &mut self.cipher_out);
+                    let result = f(&mut state, &mut self.cipher_out);
+                    held.drain(..discard);
+                    self.cipher_in = held;
+                    return result;
                 }
-                ConnectionState::Closed => return Err(io::ErrorKind::BrokenPipe.into()),
-                _ => return Err(io::ErrorKind::WouldBlock.into()),
-            }
+                Ok(ConnectionState::Closed) => Err(io::ErrorKind::BrokenPipe.into()),
+                Ok(_) => Err(io::ErrorKind::WouldBlock.into()),
+            };
+            held.drain(..discard);
+            self.cipher_in = held;
+            result?;
         }
         Err(io::Error::other("TLS session made no progress"))
     }
@@ -446,58 +525,49 @@ impl TlsStream {
             return Ok(0);
         }
         for _ in 0..16 {
+            let mut held = std::mem::take(&mut self.cipher_in);
             let TlsStream {
                 conn,
                 socket,
                 cipher_out,
                 out_at,
                 peer_closed,
+                plain_in,
+                more,
                 ..
             } = self;
-            let status = conn.process_tls_records(&mut []);
-            match status.state.map_err(|e| invalid(e, false))? {
-                ConnectionState::WriteTraffic(mut state) => {
-                    return with_scratch(&SCRATCH_OUT, PLAIN_CHUNK + 1024, |scratch| {
-                        let n = loop {
-                            match state.encrypt(plain, scratch) {
-                                Ok(n) => break n,
-                                Err(EncryptError::InsufficientSize(e)) => {
-                                    scratch.resize(e.required_size, 0)
-                                }
-                                Err(e) => {
-                                    return Err(io::Error::other(format!("TLS encrypt: {e}")));
-                                }
-                            }
-                        };
-                        // Behind handshake bytes still waiting: in order, after them.
-                        let mut sent = 0;
-                        while sent < n && cipher_out.is_empty() {
-                            match socket.write(&scratch[sent..n]) {
-                                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                                Ok(k) => sent += k,
-                                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                                Err(e) => return Err(e),
-                            }
-                        }
-                        if sent < n {
-                            if cipher_out.is_empty() {
-                                *out_at = 0;
-                            }
-                            cipher_out.extend_from_slice(&scratch[sent..n]);
-                        }
-                        Ok(plain.len())
-                    });
+            let status = conn.process_tls_records(&mut held);
+            let discard = status.discard;
+            let result = match status.state.map_err(|e| invalid(e, false)) {
+                Err(e) => Err(e),
+                Ok(ConnectionState::WriteTraffic(mut state)) => {
+                    let result = encrypt_out(&mut state, plain, socket, cipher_out, out_at);
+                    held.drain(..discard);
+                    self.cipher_in = held;
+                    return result;
+                }
+                // Records the reader has not taken yet: kept for it.
+                Ok(ConnectionState::ReadTraffic(mut traffic)) => {
+                    stash(&mut traffic, plain_in, more)
                 }
                 // Handshake messages to send first (tickets, a key update).
-                ConnectionState::EncodeTlsData(mut state) => {
-                    encode_into(&mut state, cipher_out).map_err(|e| invalid(e, false))?;
+                Ok(ConnectionState::EncodeTlsData(mut state)) => {
+                    encode_into(&mut state, cipher_out).map_err(|e| invalid(e, false))
                 }
-                ConnectionState::TransmitTlsData(state) => state.done(),
-                ConnectionState::PeerClosed => *peer_closed = true,
-                ConnectionState::Closed => return Err(io::ErrorKind::BrokenPipe.into()),
-                _ => return Err(io::ErrorKind::WouldBlock.into()),
-            }
+                Ok(ConnectionState::TransmitTlsData(state)) => {
+                    state.done();
+                    Ok(())
+                }
+                Ok(ConnectionState::PeerClosed) => {
+                    *peer_closed = true;
+                    Ok(())
+                }
+                Ok(ConnectionState::Closed) => Err(io::ErrorKind::BrokenPipe.into()),
+                Ok(_) => Err(io::ErrorKind::WouldBlock.into()),
+            };
+            held.drain(..discard);
+            self.cipher_in = held;
+            result?;
         }
         Err(io::Error::other("TLS session made no progress"))
     }
@@ -575,7 +645,7 @@ impl TlsStream {
             let state = match state {
                 Ok(state) => state,
                 Err(error) => {
-                    self.send_alert();
+                    self.send_alert(&mut input[at + discard..]);
                     return Err(invalid(error, handshaking));
                 }
             };
@@ -595,10 +665,15 @@ impl TlsStream {
                             break;
                         }
                     }
-                    // Another record's plaintext may not fit: leave it for the next read.
-                    stop |= out.len() - written < MAX_RECORD_PLAIN.min(out.len());
+                    // Another record's plaintext may not fit: leave it for the next read,
+                    // which no readiness event will announce.
+                    if out.len() - written < MAX_RECORD_PLAIN.min(out.len()) {
+                        stop = true;
+                        self.more = true;
+                    }
                 }
                 ConnectionState::EncodeTlsData(mut state) => {
+                    self.spoke = true;
                     encode_into(&mut state, &mut self.cipher_out)
                         .map_err(|e| invalid(e, handshaking))?;
                 }
@@ -630,19 +705,20 @@ impl TlsStream {
     }
 
     /// Sends the alert rustls queued for the error it just reported, if any (best effort:
-    /// the connection is dropped next).
-    fn send_alert(&mut self) {
-        for _ in 0..4 {
-            let status = self.conn.process_tls_records(&mut []);
-            match status.state {
-                Ok(ConnectionState::EncodeTlsData(mut state)) => {
-                    if encode_into(&mut state, &mut self.cipher_out).is_err() {
-                        break;
-                    }
-                }
-                Ok(ConnectionState::TransmitTlsData(state)) => state.done(),
-                _ => break,
+    /// the connection is dropped next). Asked once only: the call after would run the
+    /// rest of the bad input through again, and rustls asserts it never sends a second
+    /// fatal alert. `rest` is the input after the error's discard, which rustls' deframer
+    /// may still point into.
+    fn send_alert(&mut self, rest: &mut [u8]) {
+        let status = self.conn.process_tls_records(rest);
+        match status.state {
+            Ok(ConnectionState::EncodeTlsData(mut state)) => {
+                let _ = encode_into(&mut state, &mut self.cipher_out);
             }
+            // Some errors (a ClientHello that does not parse) leave no alert queued. Before
+            // we said anything, a plaintext fatal decode_error is what the peer expects.
+            _ if !self.spoke => self.cipher_out.extend_from_slice(&DECODE_ERROR_ALERT),
+            _ => {}
         }
         let _ = self.flush_pending();
     }

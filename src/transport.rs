@@ -34,7 +34,7 @@ impl Transport {
         match self {
             Transport::Tcp(socket) => socket.shutdown(Shutdown::Write),
             #[cfg(feature = "tls")]
-            Transport::Tls(tls) => tls.shutdown_write(),
+            Transport::Tls(tls) => shielded(|| tls.shutdown_write()),
         }
     }
 
@@ -54,7 +54,7 @@ impl Transport {
         match self {
             Transport::Tcp(_) => Ok(true),
             #[cfg(feature = "tls")]
-            Transport::Tls(tls) => tls.flush_pending(),
+            Transport::Tls(tls) => shielded(|| tls.flush_pending()),
         }
     }
 
@@ -118,7 +118,7 @@ impl Read for Transport {
         match self {
             Transport::Tcp(socket) => socket.read(buf),
             #[cfg(feature = "tls")]
-            Transport::Tls(tls) => tls.read(buf),
+            Transport::Tls(tls) => shielded(|| tls.read(buf)),
         }
     }
 }
@@ -128,7 +128,7 @@ impl Write for Transport {
         match self {
             Transport::Tcp(socket) => socket.write(buf),
             #[cfg(feature = "tls")]
-            Transport::Tls(tls) => tls.write(buf),
+            Transport::Tls(tls) => shielded(|| tls.write(buf)),
         }
     }
 
@@ -136,7 +136,7 @@ impl Write for Transport {
         match self {
             Transport::Tcp(socket) => socket.write_vectored(bufs),
             #[cfg(feature = "tls")]
-            Transport::Tls(tls) => tls.write_vectored(bufs),
+            Transport::Tls(tls) => shielded(|| tls.write_vectored(bufs)),
         }
     }
 
@@ -147,4 +147,13 @@ impl Write for Transport {
             Transport::Tls(tls) => tls.flush(),
         }
     }
+}
+
+/// Runs a TLS operation so that a panic inside the TLS library fails this connection
+/// alone (an I/O error; the loop drops it) instead of the loop: its input is the
+/// network's, and no bug in its handling may take the other connections down.
+#[cfg(feature = "tls")]
+fn shielded<T>(op: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(op))
+        .unwrap_or_else(|_| Err(io::Error::other("TLS: internal panic")))
 }
