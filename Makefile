@@ -1,6 +1,7 @@
 # Build, test and conformance entry points for wsreactor (GNU make).
 #
 #   make run [ARGS="--listen 127.0.0.1:9998 --path /echo"]   server on ws://127.0.0.1:9998/echo
+#   make run-tls [ARGS=...]                               the same on wss:// (self-signed certificate)
 #   make test                                             cargo test (unit, integration, doc tests), then test-interop
 #   make lint                                             rustfmt check + clippy -D warnings
 #   make venv                                             .venv with kosoku (the conformance suite)
@@ -13,8 +14,10 @@ VENV    := .venv
 ARGS    ?=
 CONFORMANCE_ARGS ?=
 # The binary's own dependencies (logger, signal handling) are behind the `cli`
-# feature, so that the library's users do not compile them.
-FEATURES ?= --features cli
+# feature, so that the library's users do not compile them; `tls` (rustls, ring) is
+# in too, so that `make run ARGS="--tls-cert ... --tls-key ..."` serves wss:// and
+# `make test` runs tests/tls.rs.
+FEATURES ?= --features cli,tls
 CARGO_TARGET_DIR_RELEASE := $(or $(CARGO_TARGET_DIR),target)/release
 # Pinned so that a new kosoku release can't change verdicts under us; bumping
 # it changes the stamp name below, so the next `make venv` reinstalls.
@@ -25,6 +28,21 @@ KOSOKU_STAMP   := $(VENV)/.kosoku-$(KOSOKU_VERSION).stamp
 
 run:
 	$(CARGO) run --release $(FEATURES) -- $(ARGS)
+
+# wss:// and https:// with a throwaway self-signed certificate for localhost and
+# 127.0.0.1 (made once with openssl, in target/tls/; delete it for a new one).
+TLS_DIR ?= $(or $(CARGO_TARGET_DIR),target)/tls
+.PHONY: run-tls
+run-tls:
+	@mkdir -p $(TLS_DIR)
+	@test -f $(TLS_DIR)/cert.pem || openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 \
+	  -nodes -days 30 -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+	  -keyout $(TLS_DIR)/key.pem -out $(TLS_DIR)/cert.pem 2>/dev/null
+	@echo "Self-signed certificate: $(TLS_DIR)/cert.pem. To trust it: open https://127.0.0.1:9998/"
+	@echo "and accept the warning (Chromium: type thisisunsafe), or add it to your trust store"
+	@echo "(Debian: sudo cp $(TLS_DIR)/cert.pem /usr/local/share/ca-certificates/wsreactor.crt"
+	@echo " && sudo update-ca-certificates; curl --cacert $(TLS_DIR)/cert.pem https://127.0.0.1:9998/)."
+	$(CARGO) run --release $(FEATURES) -- --tls-cert $(TLS_DIR)/cert.pem --tls-key $(TLS_DIR)/key.pem $(ARGS)
 
 test:
 	$(CARGO) test $(FEATURES)
