@@ -183,7 +183,8 @@ test-browser: venv-test
 # Performance: bench/ is its own workspace (load generator, raw TCP echo ceiling,
 # tokio-tungstenite and fastwebsockets peers), so `make test` never builds it.
 #
-#   make bench                    full run: markdown tables of medians (~13 min)
+#   make bench                    full run: markdown tables of medians (~13 min), then bench-tls
+#   make bench-tls [BENCH_QUICK=1]  wss:// (a), (b), (c), (e) vs the peers behind tokio-rustls
 #   make bench BENCH_QUICK=1      1 run x 1 s per cell, 1,000 idle connections
 #   make bench BENCH_SECONDS=3 BENCH_RUNS=5 BENCH_WORKLOADS=a,b BENCH_SERVERS=wsreactor,rawecho
 #
@@ -192,3 +193,10 @@ test-browser: venv-test
 
 bench:
 	$(PYTHON) bench/run.py
+	$(PYTHON) bench/run_tls.py
+
+# wss:// only: (a), (b), (c), (e) over TLS for wsreactor and the peers behind tokio-rustls,
+# and wsreactor over ws:// with the same client (bench/run_tls.py; BENCH_QUICK=1 for ~1 min).
+.PHONY: bench-tls
+bench-tls:
+	$(PYTHON) bench/run_tls.py

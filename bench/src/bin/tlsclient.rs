@@ -141,7 +141,9 @@ fn connect(addr: SocketAddr, path: &str, tls: Option<&Arc<ClientConfig>>) -> io:
         }
     }
     if !head.starts_with(b"HTTP/1.1 101") {
-        return Err(io::Error::other(String::from_utf8_lossy(&head).into_owned()));
+        return Err(io::Error::other(
+            String::from_utf8_lossy(&head).into_owned(),
+        ));
     }
     Ok(stream)
 }
@@ -164,25 +166,33 @@ fn frame(payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Reads one unmasked server frame's payload into `buf`.
+/// Reads one unmasked server message (its frames up to FIN: the echo binary streams
+/// large messages in parts) into `buf`.
 fn read_frame(stream: &mut Stream, buf: &mut Vec<u8>) -> io::Result<()> {
-    let mut head = [0u8; 2];
-    stream.read_exact(&mut head)?;
-    let len = match head[1] & 0x7f {
-        126 => {
-            let mut ext = [0u8; 2];
-            stream.read_exact(&mut ext)?;
-            u16::from_be_bytes(ext) as usize
+    buf.clear();
+    loop {
+        let mut head = [0u8; 2];
+        stream.read_exact(&mut head)?;
+        let len = match head[1] & 0x7f {
+            126 => {
+                let mut ext = [0u8; 2];
+                stream.read_exact(&mut ext)?;
+                u16::from_be_bytes(ext) as usize
+            }
+            127 => {
+                let mut ext = [0u8; 8];
+                stream.read_exact(&mut ext)?;
+                u64::from_be_bytes(ext) as usize
+            }
+            n => n as usize,
+        };
+        let start = buf.len();
+        buf.resize(start + len, 0);
+        stream.read_exact(&mut buf[start..])?;
+        if head[0] & 0x80 != 0 {
+            return Ok(());
         }
-        127 => {
-            let mut ext = [0u8; 8];
-            stream.read_exact(&mut ext)?;
-            u64::from_be_bytes(ext) as usize
-        }
-        n => n as usize,
-    };
-    buf.resize(len, 0);
-    stream.read_exact(buf)
+    }
 }
 
 fn echo_once(stream: &mut Stream, out: &[u8], buf: &mut Vec<u8>, size: usize) -> io::Result<()> {
@@ -190,7 +200,10 @@ fn echo_once(stream: &mut Stream, out: &[u8], buf: &mut Vec<u8>, size: usize) ->
     stream.flush()?;
     read_frame(stream, buf)?;
     if buf.len() != size {
-        return Err(io::Error::other(format!("echo of {} bytes, sent {size}", buf.len())));
+        return Err(io::Error::other(format!(
+            "echo of {} bytes, sent {size}",
+            buf.len()
+        )));
     }
     Ok(())
 }
@@ -252,10 +265,14 @@ fn main() {
     let stop = Arc::new(AtomicBool::new(false));
     let payload: Vec<u8> = (0..size).map(|i| (i * 31) as u8).collect();
     let out = Arc::new(frame(&payload));
-    let threads: Vec<_> = (0..conns)
-        .map(|i| {
-            let mut stream =
-                connect(addr, &path, tls).unwrap_or_else(|e| panic!("connection {i}: {e}"));
+    // Every connection first, then the load: threads already echoing would starve the
+    // handshakes of the later ones on a client pinned to one core.
+    let streams: Vec<Stream> = (0..conns)
+        .map(|i| connect(addr, &path, tls).unwrap_or_else(|e| panic!("connection {i}: {e}")))
+        .collect();
+    let threads: Vec<_> = streams
+        .into_iter()
+        .map(|mut stream| {
             let (echoes, measuring, stop, out) =
                 (echoes.clone(), measuring.clone(), stop.clone(), out.clone());
             std::thread::Builder::new()
