@@ -6,6 +6,7 @@
 #   make lint                                             rustfmt check + clippy -D warnings
 #   make venv                                             .venv with kosoku (the conformance suite)
 #   make conformance [CONFORMANCE_ARGS="--cases '6.*'"]   kosoku cases 1-10, then 12-13 with --deflate
+#   make conformance-tls                                  cases 1-10 over wss:// (through a TLS forwarder)
 #   make clean
 
 CARGO   ?= cargo
@@ -98,6 +99,15 @@ conformance-deflate: venv
 	$(VENV)/bin/python scripts/conformance.py --outdir target/conformance-deflate -p 2 \
 	    -i '12.*' -i '13.*' \
 	    --server-cmd "$(CARGO_TARGET_DIR_RELEASE)/wsreactor --listen 127.0.0.1:{port} --path {path} --deflate --deflate-threshold 0"
+
+# The same cases over wss://: kosoku 0.1.0 speaks only ws://, so scripts/tls_forward.py
+# starts the server with TLS (a throwaway certificate) and forwards kosoku's plain
+# connections to it over TLS.
+.PHONY: conformance-tls
+conformance-tls: venv
+	$(CARGO) build --release $(FEATURES)
+	$(VENV)/bin/python scripts/conformance.py --outdir target/conformance-tls $(CONFORMANCE_ARGS) \
+	    --server-cmd "$(PYTHON) scripts/tls_forward.py --listen {port} --binary $(CARGO_TARGET_DIR_RELEASE)/wsreactor -- --path {path}"
 
 clean:
 	$(CARGO) clean
