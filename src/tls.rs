@@ -63,6 +63,11 @@ const CIPHER_IN: usize = 80 << 10;
 /// TLS 1.3 uses on the wire too).
 const DECODE_ERROR_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x32];
 
+/// The most of an unfinished client handshake flight a connection keeps: a ClientHello
+/// is a few KiB (post-quantum key shares included), and there are no client
+/// certificates. Bounds what a handshaking connection can make us hold.
+const MAX_HANDSHAKE_HELD: usize = 16 << 10;
+
 /// The longest TLS record's plaintext: a read into less room than this may leave part of
 /// a record's plaintext to keep for the next read.
 const MAX_RECORD_PLAIN: usize = 16 << 10;
@@ -371,10 +376,16 @@ fn encrypt_out(
             }
         }
         if sent < n {
-            if cipher_out.is_empty() {
+            let behind = !cipher_out.is_empty();
+            if !behind {
                 *out_at = 0;
             }
             cipher_out.extend_from_slice(&scratch[sent..n]);
+            if behind {
+                // Handshake bytes (tickets) went first: try both now rather than at the
+                // next WRITABLE.
+                write_pending(socket, cipher_out, out_at)?;
+            }
         }
         Ok(plain.len())
     })
@@ -576,7 +587,6 @@ impl TlsStream {
     /// and returns the plaintext it carried. `WouldBlock` once the socket is empty with no
     /// plaintext to give; 0 at the peer's close_notify or EOF.
     fn read_plain(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.more = false;
         if self.plain_at < self.plain_in.len() {
             let n = (self.plain_in.len() - self.plain_at).min(buf.len());
             buf[..n].copy_from_slice(&self.plain_in[self.plain_at..self.plain_at + n]);
@@ -585,8 +595,12 @@ impl TlsStream {
                 self.plain_in = Vec::new();
                 self.plain_at = 0;
             }
+            // Records may wait behind it, undecrypted: read again before waiting for
+            // the socket (a short read of ours says nothing about it).
+            self.more = !self.cipher_in.is_empty();
             return Ok(n);
         }
+        self.more = false;
         if buf.is_empty() {
             return Ok(0);
         }
@@ -598,13 +612,20 @@ impl TlsStream {
                 let carried = self.cipher_in.len();
                 scratch[..carried].copy_from_slice(&self.cipher_in);
                 let room = scratch.len() - carried;
-                let (got, eof) = loop {
-                    match self.socket.read(&mut scratch[carried..]) {
-                        Ok(0) => break (0, true),
-                        Ok(n) => break (n, false),
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break (0, false),
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => return Err(e),
+                // Defensive: each pass consumes a record when it has one, so the carried
+                // bytes stay a record short of the scratch; but a read into no room
+                // would look like EOF.
+                let (got, eof) = if room == 0 {
+                    (0, false)
+                } else {
+                    loop {
+                        match self.socket.read(&mut scratch[carried..]) {
+                            Ok(0) => break (0, true),
+                            Ok(n) => break (n, false),
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break (0, false),
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                            Err(e) => return Err(e),
+                        }
                     }
                 };
                 self.more = got == room;
@@ -614,6 +635,12 @@ impl TlsStream {
                 let filled = carried + got;
                 let (written, consumed) = self.process(&mut scratch[..filled], buf)?;
                 if consumed < filled {
+                    if self.handshaking && filled - consumed > MAX_HANDSHAKE_HELD {
+                        // A client's handshake flight (no client certificates) is a few
+                        // KiB; more waiting for its end is an attack on our memory.
+                        let error = rustls::Error::General("client handshake too large".into());
+                        return Err(invalid(error, true));
+                    }
                     self.cipher_in = scratch[consumed..filled].to_vec();
                 } else if carried > 0 {
                     self.cipher_in = Vec::new();

@@ -395,3 +395,40 @@ fn a_reload_serves_new_connections_the_new_certificate_and_keeps_open_ones() {
     assert_eq!(presented(&after), der_b);
     echo(&mut after, Message::text("served"));
 }
+
+#[test]
+fn a_small_read_buffer_gets_every_record_in_turn() {
+    // Records (16 KiB of plaintext each) larger than the loop's read buffer: each one's
+    // plaintext is handed out a buffer at a time (kept by the connection meanwhile)
+    // while the records after it wait undecrypted.
+    let config = Config {
+        read_buffer_size: 1024,
+        ..Config::default()
+    };
+    let (_pki, addr, _handle, client) = server_with_pki(config);
+    let mut ws = wss(addr, &client);
+    echo(&mut ws, Message::binary(common::pattern(7, 1 << 20)));
+    echo(&mut ws, Message::text("and a small one after"));
+}
+
+#[test]
+fn a_client_handshake_flight_too_large_to_hold_is_refused() {
+    let config = Config {
+        handshake_timeout: Duration::from_secs(60),
+        ..Config::default()
+    };
+    let (_pki, addr, handle, client) = server_with_pki(config);
+    let mut talking = wss(addr, &client);
+    // A ClientHello announced at 60 KiB, sent in full records: rustls would wait for all
+    // of it; the server stops holding it past 16 KiB, long before the handshake timeout.
+    let mut stream = tcp(addr);
+    let mut first = vec![0x16, 0x03, 0x01, 0x40, 0x00, 0x01, 0x00, 0xf0, 0x00];
+    first.resize(5 + 0x4000, 0x41);
+    stream.write_all(&first).unwrap();
+    let mut second = vec![0x16, 0x03, 0x01, 0x40, 0x00];
+    second.resize(5 + 0x4000, 0x42);
+    let _ = stream.write_all(&second);
+    let _ = read_to_end(&mut stream);
+    assert_eq!(wait_for_failures(&handle, 1).tls_handshake_failures, 1);
+    echo(&mut talking, Message::text("still here"));
+}
