@@ -645,7 +645,12 @@ impl TlsStream {
                 } else if carried > 0 {
                     self.cipher_in = Vec::new();
                 }
-                if eof {
+                if eof && written > 0 && !self.cipher_in.is_empty() {
+                    // Records left for a full reader come first; the socket says EOF
+                    // again on the next read.
+                    self.more = true;
+                } else if eof {
+                    // The end; a record cut short by it is dropped.
                     self.peer_closed = true;
                 }
                 Ok((written, got > 0))

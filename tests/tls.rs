@@ -432,3 +432,33 @@ fn a_client_handshake_flight_too_large_to_hold_is_refused() {
     assert_eq!(wait_for_failures(&handle, 1).tls_handshake_failures, 1);
     echo(&mut talking, Message::text("still here"));
 }
+
+#[test]
+fn what_came_before_the_peers_eof_is_all_read() {
+    // A small read buffer keeps records waiting behind each read; the client's FIN (no
+    // close_notify) arrives with them. Every message before it is still echoed, and
+    // its close frame answered.
+    let config = Config {
+        read_buffer_size: 1024,
+        ..Config::default()
+    };
+    let (_pki, addr, _handle, client) = server_with_pki(config);
+    let mut ws = wss(addr, &client);
+    let messages: Vec<Vec<u8>> = (0..3).map(|i| common::pattern(i, 100_000)).collect();
+    for message in &messages {
+        ws.write(Message::binary(message.clone())).unwrap();
+    }
+    ws.close(None).unwrap();
+    ws.flush().unwrap();
+    ws.get_ref()
+        .sock
+        .shutdown(std::net::Shutdown::Write)
+        .unwrap();
+    for message in &messages {
+        assert_eq!(ws.read().unwrap(), Message::binary(message.clone()));
+    }
+    match ws.read() {
+        Ok(Message::Close(_)) => {}
+        other => panic!("expected the server's close, got {other:?}"),
+    }
+}
