@@ -730,6 +730,9 @@ impl TlsStream {
                 }
             }
             at += discard;
+            // Asked of rustls, not inferred from the states we met: a small reader can
+            // stop at the first application data, before a WriteTraffic shows.
+            self.handshaking = self.conn.is_handshaking();
             if stop {
                 return Ok((written, at));
             }
