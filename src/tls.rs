@@ -1,4 +1,5 @@
-//! wss://: TLS on rustls (feature `tls`), as a second kind of [transport](crate::transport).
+//! wss://: TLS on rustls (feature `tls`), as a second kind of transport (the seam in
+//! `src/transport.rs`).
 //!
 //! ```no_run
 //! use wsreactor::tls::TlsConfig;
