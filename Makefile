@@ -1,11 +1,13 @@
 # Build, test and conformance entry points for wsreactor (GNU make).
 #
 #   make run [ARGS="--listen 127.0.0.1:9998 --path /echo"]   server on ws://127.0.0.1:9998/echo
+#   make run-tls [ARGS=...]                               the same on wss:// (self-signed certificate)
 #   make test                                             cargo test (unit, integration, doc tests; the cluster
 #                                                         tests against a real redis-server), then test-interop
 #   make lint                                             rustfmt check + clippy -D warnings
 #   make venv                                             .venv with kosoku (the conformance suite)
 #   make conformance [CONFORMANCE_ARGS="--cases '6.*'"]   kosoku cases 1-10, then 12-13 with --deflate
+#   make conformance-tls                                  cases 1-10 over wss:// (through a TLS forwarder)
 #   make clean
 
 CARGO   ?= cargo
@@ -15,9 +17,10 @@ ARGS    ?=
 CONFORMANCE_ARGS ?=
 # The binary's own dependencies (logger, signal handling) are behind the `cli`
 # feature, so that the library's users do not compile them; `cluster` (the Redis
-# bridge, the redis crate) gives the binary its --redis flag, and `make test` and
-# `make lint` cover it (its tests need Debian's redis-server: see redis-server below).
-FEATURES ?= --features cli,cluster
+# bridge, the redis crate) gives the binary its --redis flag, and `tls` (rustls, ring)
+# --tls-cert/--tls-key; `make test` and `make lint` cover both (the cluster tests need
+# Debian's redis-server: see redis-server below).
+FEATURES ?= --features cli,cluster,tls
 CARGO_TARGET_DIR_RELEASE := $(or $(CARGO_TARGET_DIR),target)/release
 # Pinned so that a new kosoku release can't change verdicts under us; bumping
 # it changes the stamp name below, so the next `make venv` reinstalls.
@@ -28,6 +31,21 @@ KOSOKU_STAMP   := $(VENV)/.kosoku-$(KOSOKU_VERSION).stamp
 
 run:
 	$(CARGO) run --release $(FEATURES) -- $(ARGS)
+
+# wss:// and https:// with a throwaway self-signed certificate for localhost and
+# 127.0.0.1 (made once with openssl, in target/tls/; delete it for a new one).
+TLS_DIR ?= $(or $(CARGO_TARGET_DIR),target)/tls
+.PHONY: run-tls
+run-tls: openssl
+	@mkdir -p $(TLS_DIR)
+	@test -f $(TLS_DIR)/cert.pem || openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 \
+	  -nodes -days 30 -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+	  -keyout $(TLS_DIR)/key.pem -out $(TLS_DIR)/cert.pem 2>/dev/null
+	@echo "Self-signed certificate: $(TLS_DIR)/cert.pem. To trust it: open https://127.0.0.1:9998/"
+	@echo "and accept the warning (Chromium: type thisisunsafe), or add it to your trust store"
+	@echo "(Debian: sudo cp $(TLS_DIR)/cert.pem /usr/local/share/ca-certificates/wsreactor.crt"
+	@echo " && sudo update-ca-certificates; curl --cacert $(TLS_DIR)/cert.pem https://127.0.0.1:9998/)."
+	$(CARGO) run --release $(FEATURES) -- --tls-cert $(TLS_DIR)/cert.pem --tls-key $(TLS_DIR)/key.pem $(ARGS)
 
 # With redis-server installed, the cluster tests must run: they skip only where it
 # cannot be had (WSREACTOR_REQUIRE_REDIS unset).
@@ -55,6 +73,19 @@ redis-server:
 	      || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server; }; \
 	  else \
 	    echo "redis-server is missing: the cluster tests will skip (sudo apt-get install redis-server)"; \
+	  fi; }
+
+# The TLS interop tests make their test CA with the openssl command (and make run-tls
+# its certificate): install it when missing and we can.
+.PHONY: openssl
+openssl:
+	@command -v openssl >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "openssl is missing: installing it (for the TLS tests)"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends openssl \
+	      || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends openssl; }; \
+	  else \
+	    echo "openssl is missing: the TLS interop tests will skip (sudo apt-get install openssl)"; \
 	  fi; }
 
 # bin/pip is the target rather than the directory: a `python3 -m venv` that
@@ -101,6 +132,15 @@ conformance-deflate: venv
 	$(VENV)/bin/python scripts/conformance.py --outdir target/conformance-deflate -p 2 \
 	    -i '12.*' -i '13.*' \
 	    --server-cmd "$(CARGO_TARGET_DIR_RELEASE)/wsreactor --listen 127.0.0.1:{port} --path {path} --deflate --deflate-threshold 0"
+
+# The same cases over wss://: kosoku 0.1.0 speaks only ws://, so scripts/tls_forward.py
+# starts the server with TLS (a throwaway certificate) and forwards kosoku's plain
+# connections to it over TLS.
+.PHONY: conformance-tls
+conformance-tls: venv
+	$(CARGO) build --release $(FEATURES)
+	$(VENV)/bin/python scripts/conformance.py --outdir target/conformance-tls $(CONFORMANCE_ARGS) \
+	    --server-cmd "$(PYTHON) scripts/tls_forward.py --listen {port} --binary $(CARGO_TARGET_DIR_RELEASE)/wsreactor -- --path {path}"
 
 clean:
 	$(CARGO) clean
@@ -173,11 +213,11 @@ $(INTEROP_STAMP): $(INTEROP_REQUIREMENTS) | $(VENV)/bin/pip
 
 venv-test: $(INTEROP_STAMP)
 
-test-interop: venv-test
+test-interop: venv-test openssl
 	$(CARGO) build --release --examples --bins $(FEATURES)
 	$(VENV)/bin/python -m pytest tests/interop -m "not browser" $(PYTEST_ARGS)
 
-test-browser: venv-test redis-server
+test-browser: venv-test redis-server openssl
 	command -v chromium >/dev/null || \
 	  { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
 	$(CARGO) build --release --examples --bins $(FEATURES)
@@ -186,7 +226,8 @@ test-browser: venv-test redis-server
 # Performance: bench/ is its own workspace (load generator, raw TCP echo ceiling,
 # tokio-tungstenite and fastwebsockets peers), so `make test` never builds it.
 #
-#   make bench                    full run: markdown tables of medians (~13 min)
+#   make bench                    full run: markdown tables of medians (~13 min), then bench-tls
+#   make bench-tls [BENCH_QUICK=1]  wss:// (a), (b), (c), (e) vs the peers behind tokio-rustls
 #   make bench BENCH_QUICK=1      1 run x 1 s per cell, 1,000 idle connections
 #   make bench BENCH_SECONDS=3 BENCH_RUNS=5 BENCH_WORKLOADS=a,b BENCH_SERVERS=wsreactor,rawecho
 #   make bench-cluster            two nodes linked through redis-server (bench/cluster.py)
@@ -202,3 +243,10 @@ bench:
 # across the broker, CPU of each process. BENCH_SUBS, BENCH_RATES, BENCH_SECONDS.
 bench-cluster: redis-server
 	$(PYTHON) bench/cluster.py
+	$(PYTHON) bench/run_tls.py
+
+# wss:// only: (a), (b), (c), (e) over TLS for wsreactor and the peers behind tokio-rustls,
+# and wsreactor over ws:// with the same client (bench/run_tls.py; BENCH_QUICK=1 for ~1 min).
+.PHONY: bench-tls
+bench-tls:
+	$(PYTHON) bench/run_tls.py

@@ -655,8 +655,15 @@ mod tests {
         // descriptor in release builds); allow for it, padded to the struct's alignment.
         let debug_extra = std::mem::size_of::<TcpStream>() - std::mem::size_of::<i32>();
         let allowance = debug_extra.next_multiple_of(std::mem::align_of::<Conn<()>>());
+        // With the `tls` feature the transport is a socket or a boxed TLS session: an
+        // enum of 16 bytes where the bare socket took 4 (measured: 216 in release). The
+        // pin without the feature stays 200.
+        let tls_extra = if cfg!(feature = "tls") { 16 } else { 0 };
         let size = std::mem::size_of::<Conn<()>>();
         eprintln!("size_of::<Conn<()>>() = {size} ({debug_extra} of it debug-only)");
-        assert!(size <= 200 + allowance, "Conn<()> grew to {size} bytes");
+        assert!(
+            size <= 200 + allowance + tls_extra,
+            "Conn<()> grew to {size} bytes"
+        );
     }
 }

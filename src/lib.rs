@@ -90,6 +90,8 @@ mod stats;
 #[allow(unsafe_code)]
 mod sys;
 mod timer;
+#[cfg(feature = "tls")]
+pub mod tls;
 mod transport;
 
 pub use config::{Config, ConfigError};

@@ -69,6 +69,9 @@ OPTIONS:
   --deflate-threshold BYTES  send shorter messages uncompressed   [default: 128]
   --deflate-level N          zlib level 0-9 (lower: less CPU)    [default: 6]
   --deflate-window-bits N    largest compression window, 9-15    [default: 15]
+  --tls-cert FILE            serve wss:// and https:// with this PEM certificate
+                             chain (with --tls-key); SIGHUP reloads both files
+  --tls-key FILE             the certificate's PEM private key
   --stats-interval SECS      log a one-line summary this often, 0 = never    [default: 60]
   --no-stats-endpoints       404 for GET /metrics (Prometheus) and /stats (JSON),
                              and no /stats/ws stream (the demo page's live panel)
@@ -240,6 +243,8 @@ struct Options {
     stats_endpoints: bool,
     /// `--redis`: the broker that links the topic rooms across nodes.
     redis: Option<String>,
+    /// `--tls-cert` and `--tls-key`: both or neither.
+    tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Options>, String> {
@@ -250,7 +255,9 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Options>, Str
         stats_interval: Duration::from_secs(60),
         stats_endpoints: true,
         redis: None,
+        tls: None,
     };
+    let (mut tls_cert, mut tls_key) = (None, None);
     let mut args = args;
     while let Some(flag) = args.next() {
         match flag.as_str() {
@@ -286,6 +293,8 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Options>, Str
                     .parse()
                     .map_err(|_| format!("--listen: not an address: {value}"))?
             }
+            "--tls-cert" => tls_cert = Some(value.into()),
+            "--tls-key" => tls_key = Some(value.into()),
             "--path" if value.starts_with('/') => options.path = value,
             "--path" => return Err(format!("--path must start with '/': {value}")),
             "--allowed-origin" if value.is_empty() => {
@@ -329,6 +338,15 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Options>, Str
             }
             _ => return Err(format!("unknown option: {flag}")),
         }
+    }
+    options.tls = match (tls_cert, tls_key) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        (Some(_), None) => return Err("--tls-cert needs --tls-key".into()),
+        (None, Some(_)) => return Err("--tls-key needs --tls-cert".into()),
+    };
+    if options.tls.is_some() && cfg!(not(feature = "tls")) {
+        return Err("--tls-cert: built without TLS (cargo feature `tls`)".into());
     }
     Ok(Some(options))
 }
@@ -450,6 +468,20 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    #[cfg(feature = "tls")]
+    if let Some((cert, key)) = &options.tls {
+        let tls = match wsreactor::tls::TlsConfig::from_pem_files(cert, key) {
+            Ok(tls) => tls,
+            Err(e) => {
+                eprintln!("wsreactor: cannot load the TLS certificate: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        if let Err(e) = wsreactor::tls::reload_on_sighup(tls.clone(), cert.clone(), key.clone()) {
+            log::warn!("cannot catch SIGHUP (no certificate reload): {e}");
+        }
+        server = server.with_tls(tls);
+    }
     let addr = server.local_addr();
     // Kept to the end of main: dropping it takes the node out of the cluster.
     #[cfg(feature = "cluster")]
@@ -468,8 +500,13 @@ fn main() -> ExitCode {
     if let Some(signals) = signals {
         signals.forward_to(server.handle());
     }
+    let (ws, http) = if options.tls.is_some() {
+        ("wss", "https")
+    } else {
+        ("ws", "http")
+    };
     log::info!(
-        "echo on ws://{addr}{}, demo page on http://{addr}/",
+        "echo on {ws}://{addr}{}, demo page on {http}://{addr}/",
         options.path
     );
     // Zero, or too far off to represent (`never`), means no periodic summary.

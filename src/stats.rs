@@ -72,6 +72,10 @@ pub struct Stats {
     /// Messages from the broker not delivered: the loop's inbox was full, or the
     /// message was malformed or over `max_message_size`.
     pub cluster_received_dropped: u64,
+    /// TLS handshakes that failed: bytes that are not TLS (plain HTTP on the TLS port), a
+    /// bad or refused ClientHello, an alert from the client, or a handshake that did not
+    /// finish within `handshake_timeout`. Always 0 without the `tls` feature.
+    pub tls_handshake_failures: u64,
     /// Gauge: connections still in the upgrade handshake.
     pub handshakes_in_progress: u64,
     /// Gauge: entries in the loop's deadline queue (at most one per connection).
@@ -194,6 +198,7 @@ impl Stats {
         Counter cluster_publishes_dropped: "Publishes that did not reach the cluster's broker (delivered locally only).";
         Counter cluster_received: "Messages from other nodes received through the broker.";
         Counter cluster_received_dropped: "Messages from the broker not delivered (inbox full, malformed or too large).";
+        Counter tls_handshake_failures: "TLS handshakes that failed (not TLS, a bad or refused ClientHello, an alert) or timed out.";
         Gauge open_connections: "WebSocket connections open right now.";
         Gauge handshakes_in_progress: "Connections still in the upgrade handshake.";
         Gauge deadline_entries: "Entries in the loop's deadline queue.";
@@ -423,6 +428,7 @@ mod tests {
                 "cluster_received" => stats.cluster_received = value,
                 "cluster_received_dropped" => stats.cluster_received_dropped = value,
                 "cluster_connected" => stats.cluster_connected = value,
+                "tls_handshake_failures" => stats.tls_handshake_failures = value,
                 "handshakes_in_progress" => stats.handshakes_in_progress = value,
                 "deadline_entries" => stats.deadline_entries = value,
                 "incoming_bytes" => stats.incoming_bytes = value,
@@ -543,7 +549,7 @@ mod tests {
             "# HELP wsreactor_open_connections WebSocket connections open right now."
         );
         assert!(text
-            .contains("# TYPE wsreactor_open_connections gauge\nwsreactor_open_connections 123\n"));
+            .contains("# TYPE wsreactor_open_connections gauge\nwsreactor_open_connections 124\n"));
         // Every metric: HELP then TYPE then its one sample, in METRICS order.
         let mut at = 0;
         for metric in Stats::METRICS {
@@ -608,8 +614,8 @@ mod tests {
             json.starts_with("{\"accepted\":100,\"refused\":101,"),
             "{json}"
         );
-        assert!(json.contains(",\"closes\":{\"1000\":2,\"1006\":1},\"open_connections\":123,"));
-        assert!(json.contains(",\"inflaters_lent\":129,"), "{json}");
+        assert!(json.contains(",\"closes\":{\"1000\":2,\"1006\":1},\"open_connections\":124,"));
+        assert!(json.contains(",\"inflaters_lent\":130,"), "{json}");
         let zeros = |n: usize| vec!["0"; n].join(",");
         assert!(
             json.ends_with(&format!(

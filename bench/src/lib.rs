@@ -796,6 +796,30 @@ pub fn peer_server_args(name: &str, default_listen: &str) -> (std::net::SocketAd
     (listen, path)
 }
 
+/// wss:// for the peer echo servers: a TLS acceptor (tokio-rustls, ring, ALPN http/1.1)
+/// when `BENCH_TLS_CERT` and `BENCH_TLS_KEY` name PEM files, as `bench/run.py` sets them
+/// for the TLS rows; `None` (plain ws://) otherwise.
+pub fn peer_tls_acceptor() -> Option<tokio_rustls::TlsAcceptor> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let cert = std::env::var_os("BENCH_TLS_CERT")?;
+    let key = std::env::var_os("BENCH_TLS_KEY")?;
+    let certs = CertificateDer::pem_file_iter(&cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .unwrap_or_else(|e| panic!("{}: {e:?}", cert.to_string_lossy()));
+    let key = PrivateKeyDer::from_pem_file(&key)
+        .unwrap_or_else(|e| panic!("{}: {e:?}", key.to_string_lossy()));
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("certificate and key");
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Some(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)))
+}
+
 /// What the publish/subscribe peers of workload (f) share: their flags, the topic in a
 /// request path, and the registry of topics (one `tokio::sync::broadcast` channel each).
 pub mod pubsub {

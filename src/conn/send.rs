@@ -135,6 +135,10 @@ impl<S> Conn<S> {
             }
         }
         if written == total {
+            // A TLS transport took it all but the socket not all of its ciphertext.
+            if self.transport.wants_write() {
+                self.want_writable(&io.registry, token, true);
+            }
             return SendStatus::Written;
         }
         if written == 0 && whole {
@@ -153,6 +157,17 @@ impl<S> Conn<S> {
     /// the connection); once they are out, a connection that is finishing half-closes.
     pub fn flush(&mut self, io: &Io, token: Token) {
         self.unflushed = false;
+        if self.transport.wants_write() {
+            // Ciphertext the socket refused before (TLS) goes first.
+            match self.transport.flush_held() {
+                Ok(true) if self.out.pending() == 0 => {
+                    self.want_writable(&io.registry, token, false)
+                }
+                Ok(true) => {}
+                Ok(false) => return self.want_writable(&io.registry, token, true),
+                Err(e) => return self.fail_io(e),
+            }
+        }
         if self.out.pending() > 0 {
             match self.out.write_to(&mut self.transport) {
                 // A transport that holds bytes of its own (TLS) still needs the socket.
@@ -176,7 +191,28 @@ impl<S> Conn<S> {
         };
         if half_close && self.transport.shutdown_write().is_err() {
             self.abort();
+        } else if half_close && self.transport.wants_write() {
+            // TLS: the close_notify waits for room; the half-close follows it.
+            self.want_writable(&io.registry, token, true);
         }
+    }
+
+    /// After a read: bytes a TLS transport produced itself (its handshake) that the
+    /// socket did not take need WRITABLE interest.
+    pub fn after_read(&mut self, io: &Io, token: Token) {
+        if self.transport.wants_write() && !self.writable_interest {
+            self.want_writable(&io.registry, token, true);
+        }
+    }
+
+    /// Whether input may wait that no readiness event will announce (TLS).
+    pub fn read_may_have_more(&self) -> bool {
+        self.transport.may_have_more()
+    }
+
+    /// Whether a TLS handshake is still under way.
+    pub fn tls_handshaking(&self) -> bool {
+        self.transport.tls_handshaking()
     }
 
     /// The socket failed: nothing more can be sent or received.

@@ -59,10 +59,26 @@ impl<H: Handler> Server<H> {
             {
                 self.core.stats.refused += 1;
                 log::debug!("{peer}: refused with 503 (connection limits)");
+                #[cfg(feature = "tls")]
+                if self.tls.is_some() {
+                    // A 503 in plaintext means nothing to a TLS client: just close.
+                    continue;
+                }
                 refuse_busy(socket);
                 continue;
             }
-            self.core.add(socket, peer);
+            #[cfg(feature = "tls")]
+            if let Some(tls) = &self.tls {
+                let _ = socket.set_nodelay(true);
+                match crate::tls::TlsStream::new(socket, tls.current()) {
+                    Ok(stream) => self.core.add(Transport::Tls(Box::new(stream)), peer),
+                    Err(e) => log::warn!("{peer}: cannot start TLS: {e}"),
+                }
+                continue;
+            }
+            // Small frames go out at once; batching is ours to do, not Nagle's.
+            let _ = socket.set_nodelay(true);
+            self.core.add(Transport::Tcp(socket), peer);
         }
         // The cap was reached before WouldBlock: come back next turn.
         self.accept_more = self.listener.is_some();
@@ -96,10 +112,7 @@ pub(super) fn refuse_busy(mut socket: TcpStream) {
 }
 
 impl<S> Core<S> {
-    pub(super) fn add(&mut self, socket: TcpStream, peer: SocketAddr) {
-        // Small frames go out at once; batching is ours to do, not Nagle's.
-        let _ = socket.set_nodelay(true);
-        let mut transport = Transport::Tcp(socket);
+    pub(super) fn add(&mut self, mut transport: Transport, peer: SocketAddr) {
         let entry = self.conns.vacant_entry();
         let slot = entry.key();
         if let Err(e) = transport.register(&self.io.registry, Token(slot), Interest::READABLE) {

@@ -52,6 +52,9 @@ impl<S> Core<S> {
         match wait {
             Wait::Handshake => {
                 log::debug!("{}: handshake timed out", conn.peer);
+                if conn.tls_handshaking() {
+                    self.stats.tls_handshake_failures += 1;
+                }
                 conn.abort();
             }
             Wait::SendStall => {

@@ -47,12 +47,20 @@ impl<H: Handler> Server<H> {
             if conn.is_read_paused() || conn.is_closed() {
                 return;
             }
-            let n = match conn.read(&mut self.read_buf) {
+            let read = conn.read(&mut self.read_buf);
+            conn.after_read(&self.core.io, Token(slot));
+            let n = match read {
                 Ok(0) => return self.core.eof(slot),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return conn.fail_io(e),
+                Err(e) => {
+                    #[cfg(feature = "tls")]
+                    if crate::tls::is_handshake_failure(&e) {
+                        self.core.stats.tls_handshake_failures += 1;
+                    }
+                    return conn.fail_io(e);
+                }
             };
             // Anything from the peer answers a keepalive ping.
             conn.heard(self.core.now);
@@ -82,7 +90,7 @@ impl<H: Handler> Server<H> {
                 conn.pause_reading();
                 return;
             }
-            if n < self.read_buf.len() && !until_would_block {
+            if n < self.read_buf.len() && !until_would_block && !conn.read_may_have_more() {
                 return;
             }
         }

@@ -67,6 +67,13 @@ impl<H: Handler> Server<H> {
         if conn.is_unflushed() {
             core.stats.flush_bytes.record(conn.out.pending() as u64);
             conn.flush(&core.io, Token(slot));
+            // Reading paused over the high-water mark resumes once the queue is empty:
+            // here too, not only on WRITABLE, for a socket (or a TLS transport, which
+            // takes plaintext as fast as it encrypts) that took the whole queue at once
+            // registers no WRITABLE, and the paused reader would wait forever.
+            if conn.queue_drained(core.config.max_send_queue) {
+                core.backlog.push(slot);
+            }
             // The socket took bytes: a drain owed may be due.
             self.drained(slot);
         }

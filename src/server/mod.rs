@@ -176,6 +176,10 @@ pub struct Server<H: Handler> {
     /// The last poll filled `events`: more may be ready, which (edge-triggered) a
     /// host loop watching our descriptor would not be told again.
     events_full: bool,
+    /// wss://: every accepted connection speaks TLS with the configuration current at
+    /// its accept.
+    #[cfg(feature = "tls")]
+    tls: Option<crate::tls::TlsConfig>,
 }
 
 impl<H: Handler> Server<H> {
@@ -265,7 +269,26 @@ impl<H: Handler> Server<H> {
             shutdown_deadline: None,
             finished: false,
             events_full: false,
+            #[cfg(feature = "tls")]
+            tls: None,
         })
+    }
+
+    /// Serves wss:// instead of ws:// on the same listener: every connection accepted
+    /// from now on starts with a TLS handshake (covered by `handshake_timeout`). Keep a
+    /// clone of `tls` to reload the certificate while the server runs
+    /// ([`TlsConfig::reload_pem_files`](crate::tls::TlsConfig::reload_pem_files)).
+    #[cfg(feature = "tls")]
+    pub fn with_tls(mut self, tls: crate::tls::TlsConfig) -> Server<H> {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// The TLS configuration this server serves with, if any: a handle on the shared,
+    /// reloadable one.
+    #[cfg(feature = "tls")]
+    pub fn tls(&self) -> Option<&crate::tls::TlsConfig> {
+        self.tls.as_ref()
     }
 
     /// The address the listener is bound to.

@@ -87,7 +87,7 @@ def test_metrics_count_known_traffic(servers):
                     "incoming_budget_closes", "outgoing_budget_closes",
                     "message_timeouts", "loop_stalls", "cluster_published",
                     "cluster_publishes_dropped", "cluster_received",
-                    "cluster_received_dropped", "closes"):
+                    "cluster_received_dropped", "tls_handshake_failures", "closes"):
         assert types.get(f"wsreactor_{counter}") == "counter", counter
     for gauge in ("open_connections", "handshakes_in_progress", "deadline_entries",
                   "incoming_bytes", "outgoing_bytes", "topic_memberships",

@@ -12,7 +12,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use tokio::net::TcpListener;
-use wsreactor_bench::{peer_server_args, procfs};
+use wsreactor_bench::{peer_server_args, peer_tls_acceptor, procfs};
 
 const LIMIT: usize = 64 << 20;
 
@@ -61,6 +61,7 @@ fn main() {
     runtime.block_on(async move {
         let listener = TcpListener::bind(listen).await.expect("bind");
         eprintln!("fastwebsockets-echo on {listen}{path}");
+        let tls = peer_tls_acceptor();
         loop {
             let stream = match listener.accept().await {
                 Ok((stream, _)) => stream,
@@ -70,12 +71,23 @@ fn main() {
                 }
             };
             let _ = stream.set_nodelay(true);
+            let tls = tls.clone();
             tokio::spawn(async move {
-                let io = hyper_util::rt::TokioIo::new(stream);
-                let conn_fut = http1::Builder::new()
-                    .serve_connection(io, service_fn(move |req| server_upgrade(req, path)))
-                    .with_upgrades();
-                let _ = conn_fut.await;
+                let service = service_fn(move |req| server_upgrade(req, path));
+                let http = http1::Builder::new();
+                let _ = match tls {
+                    Some(tls) => {
+                        let Ok(stream) = tls.accept(stream).await else {
+                            return;
+                        };
+                        let io = hyper_util::rt::TokioIo::new(stream);
+                        http.serve_connection(io, service).with_upgrades().await
+                    }
+                    None => {
+                        let io = hyper_util::rt::TokioIo::new(stream);
+                        http.serve_connection(io, service).with_upgrades().await
+                    }
+                };
             });
         }
     });

@@ -8,11 +8,12 @@
 //! sure). Buffers keep their defaults (128 KiB read buffer, 128 KiB write target).
 
 use futures_util::{future, StreamExt, TryStreamExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use wsreactor_bench::{peer_server_args, procfs};
+use wsreactor_bench::{peer_server_args, peer_tls_acceptor, procfs};
 
 const LIMIT: usize = 64 << 20;
 
@@ -27,10 +28,23 @@ fn main() {
         let listener = TcpListener::bind(listen).await.expect("bind");
         eprintln!("tokio-tungstenite-echo on {listen}{path}");
         let path: &'static str = Box::leak(path.into_boxed_str());
+        let tls = peer_tls_acceptor();
         loop {
             match listener.accept().await {
                 Ok((stream, _)) => {
-                    tokio::spawn(accept_connection(stream, path));
+                    let _ = stream.set_nodelay(true);
+                    match tls.clone() {
+                        Some(tls) => {
+                            tokio::spawn(async move {
+                                if let Ok(stream) = tls.accept(stream).await {
+                                    accept_connection(stream, path).await
+                                }
+                            });
+                        }
+                        None => {
+                            tokio::spawn(accept_connection(stream, path));
+                        }
+                    }
                 }
                 // EMFILE and the like: keep serving the others.
                 Err(_) => tokio::task::yield_now().await,
@@ -40,8 +54,7 @@ fn main() {
 }
 
 #[allow(clippy::result_large_err)] // the callback type is tungstenite's
-async fn accept_connection(stream: TcpStream, path: &'static str) {
-    let _ = stream.set_nodelay(true);
+async fn accept_connection<S: AsyncRead + AsyncWrite + Unpin>(stream: S, path: &'static str) {
     let config = WebSocketConfig::default()
         .max_message_size(Some(LIMIT))
         .max_frame_size(Some(LIMIT));
