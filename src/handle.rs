@@ -37,6 +37,10 @@ pub(crate) enum Command {
     /// locally only, never published again.
     #[cfg(feature = "cluster")]
     FromBroker(Option<Box<str>>, Payload),
+    /// A broadcast (`None`) or publish another loop of the same
+    /// [`Reactor`](crate::Reactor) made: delivered to this loop's connections only.
+    /// The payload is shared by every loop it goes to.
+    FromLoop(Option<Arc<str>>, crate::proto::frame::Opcode, Arc<[u8]>),
 }
 
 /// A closure [`Handle::defer`] sends to the loop of a server with handler `H`.
@@ -62,6 +66,9 @@ pub enum HandleError {
     /// [`Handle::defer`] was given a closure for another handler type than the
     /// server's; nothing was queued.
     WrongHandler,
+    /// [`Handle::defer_on`] or [`Handle::for_loop`] named a loop the reactor does not
+    /// have; nothing was queued.
+    NoSuchLoop,
 }
 
 impl fmt::Display for HandleError {
@@ -76,6 +83,7 @@ impl fmt::Display for HandleError {
             HandleError::WrongHandler => {
                 f.write_str("the deferred closure is for another handler type than the server's")
             }
+            HandleError::NoSuchLoop => f.write_str("the reactor has no loop of that index"),
         }
     }
 }
@@ -202,7 +210,11 @@ impl Inbox {
 /// ```
 #[derive(Clone)]
 pub struct Handle {
+    /// The loop this handle was made for: broadcasts, publishes and `defer` go there.
     pub(crate) inbox: Arc<Inbox>,
+    /// Every loop of a [`Reactor`](crate::Reactor) (`None` for a lone `Server`): sends
+    /// and closes go to the loop their id names.
+    pub(crate) group: Option<Arc<crate::loops::Group>>,
 }
 
 impl fmt::Debug for Handle {
@@ -214,13 +226,13 @@ impl fmt::Debug for Handle {
 impl Handle {
     /// Sends a text message to one connection.
     pub fn send_text(&self, to: ConnId, text: impl Into<String>) -> Result<(), HandleError> {
-        self.inbox
+        self.owner(to)
             .push(Command::Send(to, Payload::Text(text.into())))
     }
 
     /// Sends a binary message to one connection.
     pub fn send_binary(&self, to: ConnId, bytes: impl Into<Vec<u8>>) -> Result<(), HandleError> {
-        self.inbox
+        self.owner(to)
             .push(Command::Send(to, Payload::Binary(bytes.into())))
     }
 
@@ -240,7 +252,7 @@ impl Handle {
         first: bool,
         last: bool,
     ) -> Result<(), HandleError> {
-        self.inbox.push(Command::SendPart(
+        self.owner(to).push(Command::SendPart(
             to,
             Payload::Text(text.into()),
             first,
@@ -256,7 +268,7 @@ impl Handle {
         first: bool,
         last: bool,
     ) -> Result<(), HandleError> {
-        self.inbox.push(Command::SendPart(
+        self.owner(to).push(Command::SendPart(
             to,
             Payload::Binary(bytes.into()),
             first,
@@ -304,7 +316,8 @@ impl Handle {
         if !code.is_sendable() {
             return Err(HandleError::InvalidCloseCode);
         }
-        self.inbox.push(Command::Close(id, code, reason.to_owned()))
+        self.owner(id)
+            .push(Command::Close(id, code, reason.to_owned()))
     }
 
     /// Runs `job` on the loop's thread with the handler and the [`Loop`]: work that
@@ -366,6 +379,23 @@ impl Handle {
     /// call is [`HandleError::ShuttingDown`]. Once the loop has finished (or the
     /// server was dropped) every call, this one included, is [`HandleError::Closed`].
     pub fn shutdown(&self) -> Result<(), HandleError> {
-        self.inbox.push(Command::Shutdown)
+        let result = self.inbox.push(Command::Shutdown);
+        // Every loop of a reactor: each also tells the others when it begins, but a
+        // loop that has finished already would not.
+        if let Some(group) = &self.group {
+            for inbox in &group.inboxes {
+                let _ = inbox.push(Command::Shutdown);
+            }
+        }
+        result
+    }
+
+    /// The inbox of the loop that owns `id` (this handle's own loop if the id names
+    /// no loop of the reactor: that loop then finds no such connection).
+    fn owner(&self, id: ConnId) -> &Inbox {
+        match &self.group {
+            Some(group) => group.inboxes.get(id.loop_index()).unwrap_or(&self.inbox),
+            None => &self.inbox,
+        }
     }
 }

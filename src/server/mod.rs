@@ -38,6 +38,7 @@ mod dispatch;
 mod fanout;
 mod flow;
 mod lifecycle;
+mod loops;
 mod nesting;
 mod parts;
 mod stalls;
@@ -133,6 +134,12 @@ pub struct Loop<S = ()> {
     /// The loop's end of the cluster bridge, once one is attached.
     #[cfg(feature = "cluster")]
     cluster: Option<crate::cluster::Link>,
+    /// This loop's index in its [`Reactor`](crate::Reactor) (0 alone): in every id.
+    loop_index: u16,
+    /// The other loops of the reactor, if there are any (see `loops`).
+    group: Option<Arc<crate::loops::Group>>,
+    /// When the stats were last copied where the other loops can read them.
+    stats_shared: Millis,
 }
 
 /// A WebSocket server: a listener, its connections, and the [`Handler`] they serve.
@@ -243,6 +250,9 @@ impl<H: Handler> Server<H> {
                 rx_lent: None,
                 #[cfg(feature = "cluster")]
                 cluster: None,
+                loop_index: 0,
+                group: None,
+                stats_shared: 0,
                 config: config.clone(),
             },
             poll,
@@ -277,6 +287,7 @@ impl<H: Handler> Server<H> {
     pub fn handle(&self) -> Handle {
         Handle {
             inbox: Arc::clone(&self.inbox),
+            group: self.core.group.clone(),
         }
     }
 
@@ -382,6 +393,7 @@ impl<H: Handler> Server<H> {
         self.report_drops();
         self.settle();
         self.core.update_gauges();
+        self.core.share_stats(false);
         // The turn's publishes leave for the broker together.
         #[cfg(feature = "cluster")]
         self.core.flush_cluster();
