@@ -504,15 +504,19 @@ mod tests {
 
     #[test]
     fn sum_adds_every_metric_close_code_and_histogram() {
-        let mut a = Stats::default();
-        a.accepted = 3;
-        a.open_connections = 2;
+        let mut a = Stats {
+            accepted: 3,
+            open_connections: 2,
+            ..Stats::default()
+        };
         a.count_close(1000);
         a.count_close(1006);
         a.turn_micros.record(5);
-        let mut b = Stats::default();
-        b.accepted = 4;
-        b.open_connections = 1;
+        let mut b = Stats {
+            accepted: 4,
+            open_connections: 1,
+            ..Stats::default()
+        };
         b.count_close(1001);
         b.count_close(1000);
         b.turn_micros.record(7);
