@@ -882,6 +882,7 @@ mod tests {
             page: String::new(),
             stats_endpoints: options.stats_endpoints,
             config: options.config,
+            loops: Arc::new(OnceLock::new()),
         }
     }
 
