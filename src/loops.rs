@@ -195,8 +195,9 @@ where
     }
 
     /// Pins loop `i` to CPU `i` (modulo the CPUs there are) when it runs: fewer
-    /// migrations and a warm cache, on a machine given over to the server. A pin
-    /// that fails is a warning, not an error. Off by default.
+    /// migrations and a warm cache, on a machine given over to the server. Loop 0
+    /// runs on the thread that calls [`run`](Reactor::run), which stays pinned after
+    /// it returns. A pin that fails is a warning, not an error. Off by default.
     pub fn pin_to_cores(&mut self, pin: bool) -> &mut Self {
         self.pin = pin;
         self

@@ -323,3 +323,51 @@ fn a_handler_panic_closes_only_its_own_connection() {
     server.handle.shutdown().unwrap();
     server.join().unwrap();
 }
+
+/// The CPUs the calling thread may run on (Linux), as the kernel lists them.
+#[cfg(target_os = "linux")]
+fn own_cpus() -> String {
+    let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .map(|s| s.trim().to_owned())
+        .unwrap()
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn pinned_loops_run_on_their_own_core() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (opens, _opened) = mpsc::channel();
+    let config = Config {
+        threads: 2,
+        ..Config::default()
+    };
+    let mut reactor = Reactor::bind("127.0.0.1:0".parse().unwrap(), config, |_| Room {
+        opens: opens.clone(),
+        deferred: 0,
+    })
+    .unwrap();
+    reactor.pin_to_cores(true);
+    let handle = reactor.handle();
+    let thread = std::thread::spawn(move || reactor.run());
+    // Each loop reports the CPUs of the thread it runs on.
+    let (report, reports) = mpsc::channel();
+    for index in 0..2 {
+        let report = report.clone();
+        handle
+            .defer_on(index, move |_: &mut Room, lp: &mut Loop| {
+                let _ = report.send((lp.loop_index(), own_cpus()));
+            })
+            .unwrap();
+    }
+    let mut seen: Vec<_> = (0..2)
+        .map(|_| reports.recv_timeout(IO_TIMEOUT).unwrap())
+        .collect();
+    seen.sort();
+    assert_eq!(seen, vec![(0, "0".to_owned()), (1, (1 % cpus).to_string())]);
+    handle.shutdown().unwrap();
+    wait_until("run() to return", || thread.is_finished());
+    thread.join().unwrap().unwrap();
+}
