@@ -156,6 +156,35 @@ impl Inbox {
         Ok(())
     }
 
+    /// Queues every command of `batch` (emptying it) under one lock, with at most one
+    /// wake-up: how a loop hands another everything one of its turns sent there.
+    /// `Ok` with how many did not fit (the queue at capacity: the last ones are
+    /// dropped); an error, dropping the whole batch, when the loop is shutting down
+    /// or gone.
+    pub(crate) fn push_batch(&self, batch: &mut Vec<Command>) -> Result<usize, HandleError> {
+        let (was_empty, dropped) = {
+            let mut state = self.lock();
+            if state.closed || state.shutting_down {
+                batch.clear();
+                return Err(if state.closed {
+                    HandleError::Closed
+                } else {
+                    HandleError::ShuttingDown
+                });
+            }
+            let was_empty = state.commands.is_empty();
+            let room = self.capacity.saturating_sub(state.commands.len());
+            let dropped = batch.len().saturating_sub(room);
+            batch.truncate(batch.len() - dropped);
+            state.commands.extend(batch.drain(..));
+            (was_empty, dropped)
+        };
+        if was_empty {
+            let _ = self.waker.wake();
+        }
+        Ok(dropped)
+    }
+
     /// Moves every queued command into `into` (which should be empty).
     pub fn drain_into(&self, into: &mut VecDeque<Command>) {
         std::mem::swap(&mut self.lock().commands, into);

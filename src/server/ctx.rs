@@ -199,8 +199,10 @@ impl<S> Loop<S> {
     /// refused if it is gone or closing.
     ///
     /// An id another loop of a [`Reactor`](crate::Reactor) owns is routed there, as a
-    /// [`Handle`](crate::Handle) send is: `Queued(0)` once handed over (that loop
-    /// applies the usual rules and counts the outcome), `Refused` if its inbox is full.
+    /// [`Handle`](crate::Handle) send is, at the end of the turn and in order with
+    /// this turn's publishes: `Queued(0)` (that loop applies the usual rules and
+    /// counts the outcome; if its inbox is full, the message is dropped and counted
+    /// in this loop's `Stats::messages_dropped`).
     pub fn send_to(&mut self, to: ConnId, message: Message<'_>) -> SendStatus {
         if let Some(status) = self.route_send(to, opcode_of(&message), message.as_bytes()) {
             return status;

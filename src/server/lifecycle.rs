@@ -30,6 +30,8 @@ impl<H: Handler> Server<H> {
         // From here on a Handle call is refused with ShuttingDown, not queued for
         // connections that are closing.
         self.inbox.begin_shutdown();
+        // What this turn sent the other loops goes before the shutdown.
+        self.core.flush_loops();
         self.core.shutdown_other_loops();
         log::info!(
             "shutting down: closing {} connections",

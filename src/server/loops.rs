@@ -5,8 +5,12 @@
 //! Nothing here is shared on the hot path: subscriptions stay in each loop's own
 //! `Topics`; a publish reaches another loop as one command on its inbox (the payload
 //! copied once into an `Arc<[u8]>` all the loops share), and each loop encodes the
-//! frame once for its own subscribers. A lone `Server` has no group, and each of
-//! these is one branch on `None`.
+//! frame once for its own subscribers. What one turn sends another loop (relayed
+//! publishes, routed sends and closes, in the order they were made) is handed over
+//! at the end of the turn in one batch: one lock and at most one wake-up per loop
+//! and turn, and the receiving loop gets the turn's messages together, so that each
+//! of its subscribers gets them in one write, as on the publishing loop. A lone
+//! `Server` has no group, and each of these is one branch on `None`.
 
 use super::{Core, Fanout, Server};
 use crate::handle::{Command, Payload};
@@ -24,6 +28,7 @@ impl<H: Handler> Server<H> {
     /// Makes this server loop `index` of `group` (before it runs).
     pub(crate) fn join_group(&mut self, index: u16, group: Arc<Group>) {
         self.core.loop_index = index;
+        self.core.to_loops = (0..group.inboxes.len()).map(|_| Vec::new()).collect();
         self.core.group = Some(group);
         self.core.share_stats(true);
     }
@@ -46,36 +51,57 @@ impl<S> Core<S> {
     }
 
     /// Hands a broadcast (`None`) or publish made on this loop to every other loop,
-    /// which delivers it to its own connections only. Each loop's inbox is a FIFO, so
-    /// the messages of one publisher arrive in order on every loop. A loop whose inbox
-    /// is full (or that has finished) misses it: logged and counted in
-    /// `Stats::messages_dropped` once per loop that missed it.
+    /// which delivers it to its own connections only (at the end of the turn). Each
+    /// loop's inbox is a FIFO, so the messages of one publisher arrive in order on
+    /// every loop.
     pub(super) fn relay(&mut self, topic: Option<&str>, opcode: Opcode, payload: &[u8]) {
-        if self.group.as_ref().is_none_or(|g| g.inboxes.len() < 2) {
+        if self.to_loops.len() < 2 {
             return;
         }
         let topic: Option<Arc<str>> = topic.map(Arc::from);
         let payload: Arc<[u8]> = Arc::from(payload);
-        let mut missed = 0;
-        for inbox in self.peers() {
-            let command = Command::FromLoop(topic.clone(), opcode, Arc::clone(&payload));
-            if let Err(e) = inbox.push(command) {
-                if e != crate::HandleError::ShuttingDown && e != crate::HandleError::Closed {
-                    missed += 1;
-                }
+        for index in 0..self.to_loops.len() {
+            if index != usize::from(self.loop_index) {
+                let command = Command::FromLoop(topic.clone(), opcode, Arc::clone(&payload));
+                self.send_to_loop(index, command);
             }
         }
-        if missed > 0 {
-            self.stats.messages_dropped += missed;
-            log::warn!(
-                "loop {}: {missed} other loop(s) missed a {} (their inbox was full)",
-                self.loop_index,
-                if topic.is_some() {
-                    "publish"
-                } else {
-                    "broadcast"
-                }
-            );
+    }
+
+    /// Queues `command` for loop `index`, handed over at the end of the turn (or now,
+    /// if a turn queued as many as the inbox holds: the batch stays bounded).
+    fn send_to_loop(&mut self, index: usize, command: Command) {
+        let batch = &mut self.to_loops[index];
+        batch.push(command);
+        if batch.len() >= self.config.handle_queue_capacity.max(1) {
+            self.flush_loop(index);
+        }
+    }
+
+    /// End of turn: hands each other loop what this turn sent it. A loop whose inbox
+    /// is full misses what does not fit: logged, and counted in
+    /// `Stats::messages_dropped` (one per command).
+    pub(super) fn flush_loops(&mut self) {
+        for index in 0..self.to_loops.len() {
+            if !self.to_loops[index].is_empty() {
+                self.flush_loop(index);
+            }
+        }
+    }
+
+    fn flush_loop(&mut self, index: usize) {
+        let Some(group) = &self.group else {
+            return;
+        };
+        // A loop that is shutting down or gone takes nothing more: not a drop.
+        if let Ok(dropped) = group.inboxes[index].push_batch(&mut self.to_loops[index]) {
+            if dropped > 0 {
+                self.stats.messages_dropped += dropped as u64;
+                log::warn!(
+                    "loop {}: loop {index} missed {dropped} message(s) (its inbox was full)",
+                    self.loop_index
+                );
+            }
         }
     }
 
@@ -95,45 +121,37 @@ impl<S> Core<S> {
         self.fanout(&slots, opcode, payload)
     }
 
-    /// The inbox of the other loop that owns `id`, if it is one of this group's.
-    fn owner_of(&self, id: ConnId) -> Option<&crate::handle::Inbox> {
-        if id.loop_index == self.loop_index {
-            return None;
-        }
-        self.group
-            .as_ref()
-            .and_then(|group| group.inboxes.get(id.loop_index()))
-            .map(|inbox| &**inbox)
+    /// The index of the other loop that owns `id`, if it is one of this group's.
+    fn owner_of(&self, id: ConnId) -> Option<usize> {
+        let index = id.loop_index();
+        (id.loop_index != self.loop_index && index < self.to_loops.len()).then_some(index)
     }
 
-    /// A send to a connection another loop owns: queued on that loop's inbox.
-    /// `Some(Queued(len))` when handed over (what happens there is counted in that
-    /// loop's stats), `Some(Refused)` when its inbox is full or it has finished,
-    /// `None` when the id is not another loop's.
+    /// A send to a connection another loop owns: handed to that loop with the rest
+    /// of the turn's, in order. `Some(Queued(0))` (what happens there is counted in
+    /// that loop's stats), or `None` when the id is not another loop's.
     pub(super) fn route_send(
-        &self,
+        &mut self,
         to: ConnId,
         opcode: Opcode,
         payload: &[u8],
     ) -> Option<SendStatus> {
-        let inbox = self.owner_of(to)?;
+        let index = self.owner_of(to)?;
         let payload = match opcode {
             Opcode::Text => Payload::Text(String::from_utf8_lossy(payload).into_owned()),
             _ => Payload::Binary(payload.to_vec()),
         };
-        Some(match inbox.push(Command::Send(to, payload)) {
-            Ok(()) => SendStatus::Queued(0),
-            Err(_) => SendStatus::Refused,
-        })
+        self.send_to_loop(index, Command::Send(to, payload));
+        Some(SendStatus::Queued(0))
     }
 
-    /// A close of a connection another loop owns: queued on its inbox (true), or
-    /// the id is not another loop's (false).
-    pub(super) fn route_close(&self, id: ConnId, code: CloseCode, reason: &str) -> bool {
-        let Some(inbox) = self.owner_of(id) else {
+    /// A close of a connection another loop owns: handed to that loop (true), or the
+    /// id is not another loop's (false).
+    pub(super) fn route_close(&mut self, id: ConnId, code: CloseCode, reason: &str) -> bool {
+        let Some(index) = self.owner_of(id) else {
             return false;
         };
-        let _ = inbox.push(Command::Close(id, code, reason.to_owned()));
+        self.send_to_loop(index, Command::Close(id, code, reason.to_owned()));
         true
     }
 

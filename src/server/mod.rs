@@ -140,6 +140,9 @@ pub struct Loop<S = ()> {
     group: Option<Arc<crate::loops::Group>>,
     /// When the stats were last copied where the other loops can read them.
     stats_shared: Millis,
+    /// What this turn sends to each other loop (by loop index), handed over in one
+    /// batch at the end of the turn.
+    to_loops: Vec<Vec<Command>>,
 }
 
 /// A WebSocket server: a listener, its connections, and the [`Handler`] they serve.
@@ -253,6 +256,7 @@ impl<H: Handler> Server<H> {
                 loop_index: 0,
                 group: None,
                 stats_shared: 0,
+                to_loops: Vec::new(),
                 config: config.clone(),
             },
             poll,
@@ -394,6 +398,7 @@ impl<H: Handler> Server<H> {
         self.settle();
         self.core.update_gauges();
         self.core.share_stats(false);
+        self.core.flush_loops();
         // The turn's publishes leave for the broker together.
         #[cfg(feature = "cluster")]
         self.core.flush_cluster();
