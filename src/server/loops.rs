@@ -162,6 +162,12 @@ impl<S> Core<S> {
         }
     }
 
+    /// When the loop must wake to share stats a turn changed (`None`: shared).
+    pub(super) fn stats_due(&self) -> Option<crate::timer::Millis> {
+        self.stats_stale
+            .then_some(self.stats_shared + SHARE_STATS_MS)
+    }
+
     /// Copies the stats where the other loops (and handles) read them: at most every
     /// 100 ms, or now if `force`.
     pub(super) fn share_stats(&mut self, force: bool) {
@@ -169,9 +175,11 @@ impl<S> Core<S> {
             return;
         };
         if !force && self.now < self.stats_shared + SHARE_STATS_MS {
+            self.stats_stale = true;
             return;
         }
         self.stats_shared = self.now;
+        self.stats_stale = false;
         group.share_stats(usize::from(self.loop_index), &self.stats);
     }
 }

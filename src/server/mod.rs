@@ -140,6 +140,9 @@ pub struct Loop<S = ()> {
     group: Option<Arc<crate::loops::Group>>,
     /// When the stats were last copied where the other loops can read them.
     stats_shared: Millis,
+    /// A turn since then was not shared (too soon): the loop wakes to share it, so
+    /// that an idle loop's copy is not left behind.
+    stats_stale: bool,
     /// What this turn sends to each other loop (by loop index), handed over in one
     /// batch at the end of the turn.
     to_loops: Vec<Vec<Command>>,
@@ -256,6 +259,7 @@ impl<H: Handler> Server<H> {
                 loop_index: 0,
                 group: None,
                 stats_shared: 0,
+                stats_stale: false,
                 to_loops: Vec::new(),
                 config: config.clone(),
             },
@@ -417,6 +421,7 @@ impl<H: Handler> Server<H> {
             self.accept_paused_until,
             self.shutdown_deadline,
             self.core.trim.due(),
+            self.core.stats_due(),
         ];
         let due = wakeups
             .into_iter()
