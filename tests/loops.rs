@@ -371,3 +371,32 @@ fn pinned_loops_run_on_their_own_core() {
     wait_until("run() to return", || thread.is_finished());
     thread.join().unwrap().unwrap();
 }
+
+#[cfg(feature = "cluster")]
+#[test]
+fn the_cluster_bridge_is_refused_on_a_loop_of_several() {
+    use wsreactor::cluster::{ClusterConfig, ClusterError};
+    let (opens, _opened) = mpsc::channel();
+    let config = Config {
+        threads: 2,
+        ..Config::default()
+    };
+    let mut reactor = Reactor::bind("127.0.0.1:0".parse().unwrap(), config, |_| Room {
+        opens: opens.clone(),
+        deferred: 0,
+    })
+    .unwrap();
+    let attached = reactor
+        .server(0)
+        .unwrap()
+        .attach_cluster(ClusterConfig::new("redis://127.0.0.1:1"));
+    assert!(
+        matches!(attached, Err(ClusterError::SeveralLoops)),
+        "{attached:?}"
+    );
+}
+
+#[test]
+fn an_id_that_names_its_loop_is_still_16_bytes() {
+    assert_eq!(std::mem::size_of::<ConnId>(), 16);
+}
