@@ -353,6 +353,10 @@ impl Handle {
     /// needs the handler's state or several loop calls at once (uWebSockets'
     /// `Loop::defer`), from any thread.
     ///
+    /// With several loops ([`Reactor`](crate::Reactor)) it runs on this handle's loop;
+    /// [`defer_on`](Handle::defer_on) picks the loop (e.g. a connection's,
+    /// `id.loop_index()`), [`defer_all`](Handle::defer_all) runs on every one.
+    ///
     /// It goes through the same bounded queue as every other call, in order: a
     /// `send_text` queued before it has been carried out when it runs, one queued
     /// after it has not. It never blocks; a full queue is [`HandleError::Full`].

@@ -19,6 +19,8 @@
 //!   receiver). Unit-, property- and fuzz-tested without a network.
 //! - [`Server`]: the reactor, a thin I/O shell that drives `proto` with the bytes
 //!   sockets produce.
+//! - [`Reactor`]: N such loops on one address, one per core (`Config::threads`), with
+//!   ids, sends, broadcasts and publishes that cross loops through their inboxes.
 //! - [`Handler`] and [`Ctx`]: your code, and what it acts through ([`Loop`] where no
 //!   connection is in question: server-level timers, [`Handle::defer`]).
 //! - [`Config`]: every limit, with its default and the reason for it.

@@ -287,7 +287,10 @@ fn run_loop<H: Handler>(
             log::warn!("loop {index}: could not pin to CPU {}: {e}", index % cpus);
         }
     }
-    let result = server.run();
+    // The handler's callbacks catch their own panics; one anywhere else in the loop
+    // stops this loop, and the others are shut down rather than left serving alone.
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| server.run()))
+        .unwrap_or_else(|_| Err(io::Error::other(format!("loop {index} panicked"))));
     if let Err(e) = &result {
         log::error!("loop {index} failed: {e}; shutting the other loops down");
         let _ = handle.shutdown();
