@@ -2,6 +2,7 @@
 #
 #   make run [ARGS="--listen 127.0.0.1:9998 --path /echo"]   server on ws://127.0.0.1:9998/echo
 #   make run-tls [ARGS=...]                               the same on wss:// (self-signed certificate)
+#   make run ARGS="--threads 2"                           two loops on the port (0 = one per core)
 #   make test                                             cargo test (unit, integration, doc tests; the cluster
 #                                                         tests against a real redis-server), then test-interop
 #   make lint                                             rustfmt check + clippy -D warnings

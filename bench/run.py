@@ -43,6 +43,10 @@ Knobs (environment):
   BENCH_CRITERION=1   0 skips the criterion benches   BENCH_ALLOCS=1   0 skips the alloc count
   BENCH_BUILD=1       0 skips the cargo builds (use what is built)
   BENCH_SERVER_CPU=0  BENCH_CLIENT_CPU=1   the cores to pin to
+  BENCH_LOOPS=1       e.g. 1,2: also run wsreactor with --threads N for each N > 1, as
+                      server "wsreactor-Nloops" in (a)-(e) and (f), pinned to the cores
+                      0..N-1 (BENCH_LOOPS_CPUS overrides, e.g. "0,1"): on a 2-core
+                      machine the load generator then shares a core with a loop
   BENCH_NICE=0        e.g. -10 (root only) to run the server and the load generator
                       ahead of other work on a shared machine
 Everything it writes goes to bench/target/results/<UTC time>/ (JSON of every run,
@@ -121,6 +125,20 @@ if BASELINE:
         False,
     )
 
+# BENCH_LOOPS=1,2: wsreactor with N loops beside the single loop, on N cores.
+LOOPS = [int(n) for n in os.environ.get("BENCH_LOOPS", "1").split(",") if n.strip()]
+MULTI_LOOPS = [n for n in LOOPS if n > 1]
+# Server name -> the cores it is pinned to, where not SERVER_CPU.
+SERVER_CPUS = {}
+for n in MULTI_LOOPS:
+    SERVERS[f"wsreactor-{n}loops"] = (
+        (lambda n: lambda port: [os.path.join(ROOT_TARGET, "release", "wsreactor"),
+                                 "--listen", f"127.0.0.1:{port}", "--threads", str(n)])(n),
+        False,
+    )
+    SERVER_CPUS[f"wsreactor-{n}loops"] = os.environ.get(
+        "BENCH_LOOPS_CPUS", ",".join(str(i) for i in range(n)))
+
 FANOUT_SUBS = [int(n) for n in os.environ.get("BENCH_FANOUT_SUBS", "1000,10000").split(",")
                if n.strip()]
 FANOUT_RUNS = min(RUNS, env_num("BENCH_FANOUT_RUNS", 1 if QUICK else 3, int))
@@ -165,6 +183,11 @@ def fanout_servers(mode):
         "tokio-tungstenite": peer("tokio-tungstenite-pubsub"),
         "fastwebsockets": peer("fastwebsockets-pubsub"),
     }
+    if mode == "binary":
+        for n in MULTI_LOOPS:
+            servers[f"wsreactor-{n}loops"] = (
+                lambda n: lambda port: [WSREACTOR_BIN, "--listen", f"127.0.0.1:{port}",
+                                        "--threads", str(n), *FANOUT_WSREACTOR_ARGS])(n)
     if FANOUT_BATCH:
         servers["tokio-tungstenite-batch"] = peer("tokio-tungstenite-pubsub", "--batch")
         servers["fastwebsockets-batch"] = peer("fastwebsockets-pubsub", "--batch")
@@ -213,7 +236,8 @@ def start_server(name, logdir, tag, argv_of=None):
     raw = False
     if argv_of is None:
         argv_of, raw = SERVERS[name]
-    proc, port = processes.start_server(lambda port: pinned(SERVER_CPU, argv_of(port)),
+    cpu = SERVER_CPUS.get(name, SERVER_CPU)
+    proc, port = processes.start_server(lambda port: pinned(cpu, argv_of(port)),
                                         os.path.join(logdir, f"{name}-{tag}.log"),
                                         raise_nofile)
     return proc, port, raw
@@ -362,7 +386,8 @@ def best_peer(results, wkey):
     """The peer (not wsreactor) with the lowest server CPU per delivery in (f) row
     `wkey`, and that figure."""
     peers = [(s["cpu_per_msg"], name) for (w, name), s in results.items()
-             if w == wkey and name != "wsreactor" and s.get("cpu_per_msg") is not None]
+             if w == wkey and not name.startswith("wsreactor") and name != "baseline"
+             and s.get("cpu_per_msg") is not None]
     if not peers:
         return None, None
     cpu, name = min(peers)

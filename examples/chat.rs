@@ -12,10 +12,17 @@
 //!
 //! then a browser on http://127.0.0.1:9998/ and another on http://127.0.0.1:9999/:
 //! every broadcast reaches every member on both.
+//!
+//! Several loops on one port (`--threads 2`, 0 for one per core): each loop has its
+//! own `Chat`, built by the factory given to `Reactor::bind`; a broadcast reaches
+//! the members on every loop, and the guest counter is shared by all of them through
+//! an `Arc` (the application's shared state is its own: here one atomic).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use wsreactor::{
-    CloseReason, Config, ConnId, Ctx, Decision, Handler, HttpResponse, Message, Request, Server,
+    CloseReason, Config, ConnId, Ctx, Decision, Handler, HttpResponse, Message, Reactor, Request,
 };
 
 const PAGE: &str = include_str!("chat.html");
@@ -26,7 +33,8 @@ struct Member {
 }
 
 struct Chat {
-    guests: u64,
+    /// Shared by every loop, so that two loops never name two guests alike.
+    guests: Arc<AtomicU64>,
 }
 
 impl Handler for Chat {
@@ -48,10 +56,7 @@ impl Handler for Chat {
             });
         let name = match asked {
             Some(name) => name.to_owned(),
-            None => {
-                self.guests += 1;
-                format!("guest-{}", self.guests)
-            }
+            None => format!("guest-{}", self.guests.fetch_add(1, Ordering::Relaxed) + 1),
         };
         Decision::accept_with(Member { name })
     }
@@ -85,20 +90,41 @@ fn main() -> std::io::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let mut addr = "127.0.0.1:9998".to_owned();
     let mut redis = None;
+    let mut threads = 1;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--redis" => redis = Some(args.next().expect("--redis needs a URL")),
+            "--threads" => {
+                threads = args
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .expect("--threads needs a number")
+            }
             _ => addr = arg,
         }
     }
     let addr = addr.parse().expect("an address like 127.0.0.1:9998");
-    let mut server = Server::bind(addr, Config::default(), Chat { guests: 0 })?;
+    let config = Config {
+        threads,
+        ..Config::default()
+    };
+    let guests = Arc::new(AtomicU64::new(0));
+    let mut reactor = Reactor::bind(addr, config, |_loop_index| Chat {
+        guests: Arc::clone(&guests),
+    })?;
     // Held until `run` returns: the node stays in the conversation while it serves.
     #[cfg(feature = "cluster")]
     let _cluster = match redis {
+        // The bridge links one loop: with several, refuse rather than half-link.
+        Some(_) if reactor.loops() > 1 => {
+            eprintln!("chat: --redis works with one loop only (--threads 1)");
+            std::process::exit(2);
+        }
         Some(url) => Some(
-            server
+            reactor
+                .server(0)
+                .expect("loop 0")
                 .attach_cluster(wsreactor::cluster::ClusterConfig::new(url))
                 .map_err(std::io::Error::other)?,
         ),
@@ -109,6 +135,10 @@ fn main() -> std::io::Result<()> {
         eprintln!("chat: --redis needs the cluster feature (cargo run --features cluster ...)");
         std::process::exit(2);
     }
-    println!("listening on http://{}/", server.local_addr());
-    server.run()
+    println!(
+        "listening on http://{}/ ({} loops)",
+        reactor.local_addr(),
+        reactor.loops()
+    );
+    reactor.run()
 }

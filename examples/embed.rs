@@ -3,9 +3,13 @@
 //!
 //! `cargo run --example embed [ADDR]`, then `websocat ws://127.0.0.1:9998/`: you get a
 //! tick every millisecond, and your own lines back.
+//!
+//! `--threads N` (after the address; 0 = one per core) runs N loops on the port: the
+//! service thread's handle publishes through loop 0, which hands every tick to the
+//! other loops, so every subscriber gets every tick in order, whatever its loop.
 
 use std::time::{Duration, Instant};
-use wsreactor::{Config, Ctx, Handle, HandleError, Handler, Message, Server};
+use wsreactor::{Config, Ctx, Handle, HandleError, Handler, Message, Reactor};
 
 struct TickerEcho;
 
@@ -42,13 +46,32 @@ fn publish_ticks(handle: Handle) {
 
 fn main() -> std::io::Result<()> {
     env_logger::init();
-    let addr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:9998".into());
+    let mut addr = "127.0.0.1:9998".to_owned();
+    let mut threads = 1;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--threads" => {
+                threads = args
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .expect("--threads needs a number")
+            }
+            _ => addr = arg,
+        }
+    }
     let addr = addr.parse().expect("an address like 127.0.0.1:9998");
-    let mut server = Server::bind(addr, Config::default(), TickerEcho)?;
-    let handle = server.handle();
+    let config = Config {
+        threads,
+        ..Config::default()
+    };
+    let mut reactor = Reactor::bind(addr, config, |_loop_index| TickerEcho)?;
+    let handle = reactor.handle();
     std::thread::spawn(move || publish_ticks(handle));
-    println!("listening on ws://{}/", server.local_addr());
-    server.run()
+    println!(
+        "listening on ws://{}/ ({} loops)",
+        reactor.local_addr(),
+        reactor.loops()
+    );
+    reactor.run()
 }

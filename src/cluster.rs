@@ -171,6 +171,9 @@ pub enum ClusterError {
     AlreadyAttached,
     /// A bridge thread could not be started.
     Spawn(std::io::Error),
+    /// The server is one of several loops of a [`Reactor`](crate::Reactor): the
+    /// bridge links one loop's topics only, so it is refused rather than half-linked.
+    SeveralLoops,
 }
 
 impl fmt::Display for ClusterError {
@@ -179,6 +182,9 @@ impl fmt::Display for ClusterError {
             ClusterError::InvalidUrl(e) => write!(f, "invalid broker URL: {e}"),
             ClusterError::AlreadyAttached => f.write_str("a cluster is attached already"),
             ClusterError::Spawn(e) => write!(f, "cannot start the cluster bridge: {e}"),
+            ClusterError::SeveralLoops => {
+                f.write_str("the cluster bridge links one loop only (threads = 1)")
+            }
         }
     }
 }

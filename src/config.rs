@@ -194,6 +194,10 @@ pub struct Config {
     /// [`TimerError::TooManyForConnection`](crate::TimerError::TooManyForConnection),
     /// so one client cannot take the whole `max_timers`. Default: 64.
     pub max_timers_per_connection: usize,
+    /// Loops a [`Reactor`](crate::Reactor) runs, each a single-threaded reactor on a
+    /// thread of its own, all on one address; 0 is one per available core. Default:
+    /// 1. A [`Server`](crate::Server) is always one loop and ignores it.
+    pub threads: usize,
 }
 
 impl Default for Config {
@@ -218,6 +222,7 @@ impl Default for Config {
             handle_queue_capacity: 1 << 16,
             max_timers: 1 << 17,
             max_timers_per_connection: 64,
+            threads: 1,
             incoming_budget: 256 << 20,
             outgoing_budget: 256 << 20,
             message_timeout: Duration::from_secs(30),

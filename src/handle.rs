@@ -37,6 +37,10 @@ pub(crate) enum Command {
     /// locally only, never published again.
     #[cfg(feature = "cluster")]
     FromBroker(Option<Box<str>>, Payload),
+    /// A broadcast (`None`) or publish another loop of the same
+    /// [`Reactor`](crate::Reactor) made: delivered to this loop's connections only.
+    /// The payload is shared by every loop it goes to.
+    FromLoop(Option<Arc<str>>, crate::proto::frame::Opcode, Arc<[u8]>),
 }
 
 /// A closure [`Handle::defer`] sends to the loop of a server with handler `H`.
@@ -62,6 +66,9 @@ pub enum HandleError {
     /// [`Handle::defer`] was given a closure for another handler type than the
     /// server's; nothing was queued.
     WrongHandler,
+    /// [`Handle::defer_on`] or [`Handle::for_loop`] named a loop the reactor does not
+    /// have; nothing was queued.
+    NoSuchLoop,
 }
 
 impl fmt::Display for HandleError {
@@ -76,6 +83,7 @@ impl fmt::Display for HandleError {
             HandleError::WrongHandler => {
                 f.write_str("the deferred closure is for another handler type than the server's")
             }
+            HandleError::NoSuchLoop => f.write_str("the reactor has no loop of that index"),
         }
     }
 }
@@ -148,6 +156,35 @@ impl Inbox {
         Ok(())
     }
 
+    /// Queues every command of `batch` (emptying it) under one lock, with at most one
+    /// wake-up: how a loop hands another everything one of its turns sent there.
+    /// `Ok` with how many did not fit (the queue at capacity: the last ones are
+    /// dropped); an error, dropping the whole batch, when the loop is shutting down
+    /// or gone.
+    pub(crate) fn push_batch(&self, batch: &mut Vec<Command>) -> Result<usize, HandleError> {
+        let (was_empty, dropped) = {
+            let mut state = self.lock();
+            if state.closed || state.shutting_down {
+                batch.clear();
+                return Err(if state.closed {
+                    HandleError::Closed
+                } else {
+                    HandleError::ShuttingDown
+                });
+            }
+            let was_empty = state.commands.is_empty();
+            let room = self.capacity.saturating_sub(state.commands.len());
+            let dropped = batch.len().saturating_sub(room);
+            batch.truncate(batch.len() - dropped);
+            state.commands.extend(batch.drain(..));
+            (was_empty, dropped)
+        };
+        if was_empty {
+            let _ = self.waker.wake();
+        }
+        Ok(dropped)
+    }
+
     /// Moves every queued command into `into` (which should be empty).
     pub fn drain_into(&self, into: &mut VecDeque<Command>) {
         std::mem::swap(&mut self.lock().commands, into);
@@ -202,7 +239,11 @@ impl Inbox {
 /// ```
 #[derive(Clone)]
 pub struct Handle {
+    /// The loop this handle was made for: broadcasts, publishes and `defer` go there.
     pub(crate) inbox: Arc<Inbox>,
+    /// Every loop of a [`Reactor`](crate::Reactor) (`None` for a lone `Server`): sends
+    /// and closes go to the loop their id names.
+    pub(crate) group: Option<Arc<crate::loops::Group>>,
 }
 
 impl fmt::Debug for Handle {
@@ -214,13 +255,13 @@ impl fmt::Debug for Handle {
 impl Handle {
     /// Sends a text message to one connection.
     pub fn send_text(&self, to: ConnId, text: impl Into<String>) -> Result<(), HandleError> {
-        self.inbox
+        self.owner(to)
             .push(Command::Send(to, Payload::Text(text.into())))
     }
 
     /// Sends a binary message to one connection.
     pub fn send_binary(&self, to: ConnId, bytes: impl Into<Vec<u8>>) -> Result<(), HandleError> {
-        self.inbox
+        self.owner(to)
             .push(Command::Send(to, Payload::Binary(bytes.into())))
     }
 
@@ -240,7 +281,7 @@ impl Handle {
         first: bool,
         last: bool,
     ) -> Result<(), HandleError> {
-        self.inbox.push(Command::SendPart(
+        self.owner(to).push(Command::SendPart(
             to,
             Payload::Text(text.into()),
             first,
@@ -256,7 +297,7 @@ impl Handle {
         first: bool,
         last: bool,
     ) -> Result<(), HandleError> {
-        self.inbox.push(Command::SendPart(
+        self.owner(to).push(Command::SendPart(
             to,
             Payload::Binary(bytes.into()),
             first,
@@ -304,12 +345,17 @@ impl Handle {
         if !code.is_sendable() {
             return Err(HandleError::InvalidCloseCode);
         }
-        self.inbox.push(Command::Close(id, code, reason.to_owned()))
+        self.owner(id)
+            .push(Command::Close(id, code, reason.to_owned()))
     }
 
     /// Runs `job` on the loop's thread with the handler and the [`Loop`]: work that
     /// needs the handler's state or several loop calls at once (uWebSockets'
     /// `Loop::defer`), from any thread.
+    ///
+    /// With several loops ([`Reactor`](crate::Reactor)) it runs on this handle's loop;
+    /// [`defer_on`](Handle::defer_on) picks the loop (e.g. a connection's,
+    /// `id.loop_index()`), [`defer_all`](Handle::defer_all) runs on every one.
     ///
     /// It goes through the same bounded queue as every other call, in order: a
     /// `send_text` queued before it has been carried out when it runs, one queued
@@ -366,6 +412,23 @@ impl Handle {
     /// call is [`HandleError::ShuttingDown`]. Once the loop has finished (or the
     /// server was dropped) every call, this one included, is [`HandleError::Closed`].
     pub fn shutdown(&self) -> Result<(), HandleError> {
-        self.inbox.push(Command::Shutdown)
+        let result = self.inbox.push(Command::Shutdown);
+        // Every loop of a reactor: each also tells the others when it begins, but a
+        // loop that has finished already would not.
+        if let Some(group) = &self.group {
+            for inbox in &group.inboxes {
+                let _ = inbox.push(Command::Shutdown);
+            }
+        }
+        result
+    }
+
+    /// The inbox of the loop that owns `id` (this handle's own loop if the id names
+    /// no loop of the reactor: that loop then finds no such connection).
+    fn owner(&self, id: ConnId) -> &Inbox {
+        match &self.group {
+            Some(group) => group.inboxes.get(id.loop_index()).unwrap_or(&self.inbox),
+            None => &self.inbox,
+        }
     }
 }

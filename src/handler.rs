@@ -13,16 +13,33 @@ pub use crate::server::{Ctx, Loop};
 ///
 /// Slots in the connection table are reused; the generation (the count of connections
 /// accepted before this one, 64 bits: it never wraps) makes an id of a closed
-/// connection stay dead instead of silently naming its successor.
+/// connection stay dead instead of silently naming its successor. With several loops
+/// ([`Reactor`](crate::Reactor)) it also names its loop, so that an id from one loop
+/// never addresses a connection on another: a [`Handle`](crate::Handle) call routes by
+/// it, and each loop checks it. It displays as `#slot.generation` on loop 0 (the one
+/// loop of a [`Server`](crate::Server)) and `#loop:slot.generation` on the others.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnId {
+    /// The loop's index: fits in what was padding, so the id stays 16 bytes.
+    pub(crate) loop_index: u16,
     pub(crate) slot: u32,
     pub(crate) generation: u64,
 }
 
+impl ConnId {
+    /// The index of the loop that owns the connection (0 for a single-loop
+    /// [`Server`](crate::Server)).
+    pub fn loop_index(&self) -> usize {
+        usize::from(self.loop_index)
+    }
+}
+
 impl std::fmt::Display for ConnId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "#{}.{}", self.slot, self.generation)
+        match self.loop_index {
+            0 => write!(f, "#{}.{}", self.slot, self.generation),
+            n => write!(f, "#{n}:{}.{}", self.slot, self.generation),
+        }
     }
 }
 

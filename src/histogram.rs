@@ -36,6 +36,15 @@ impl Histogram {
         self.sum = self.sum.saturating_add(value);
     }
 
+    /// Adds every value `other` recorded (e.g. to sum the loops of a
+    /// [`Reactor`](crate::Reactor)).
+    pub fn merge(&mut self, other: &Histogram) {
+        for (mine, theirs) in self.counts.iter_mut().zip(other.counts.iter()) {
+            *mine += theirs;
+        }
+        self.sum = self.sum.saturating_add(other.sum);
+    }
+
     /// Values recorded.
     pub fn count(&self) -> u64 {
         self.counts.iter().sum()

@@ -19,6 +19,8 @@
 //!   receiver). Unit-, property- and fuzz-tested without a network.
 //! - [`Server`]: the reactor, a thin I/O shell that drives `proto` with the bytes
 //!   sockets produce.
+//! - [`Reactor`]: N such loops on one address, one per core (`Config::threads`), with
+//!   ids, sends, broadcasts and publishes that cross loops through their inboxes.
 //! - [`Handler`] and [`Ctx`]: your code, and what it acts through ([`Loop`] where no
 //!   connection is in question: server-level timers, [`Handle::defer`]).
 //! - [`Config`]: every limit, with its default and the reason for it.
@@ -81,6 +83,7 @@ mod conn;
 mod handle;
 pub mod handler;
 mod histogram;
+mod loops;
 mod outbox;
 pub mod proto;
 mod server;
@@ -99,6 +102,7 @@ pub use conn::QueuePolicy;
 pub use handle::{Handle, HandleError};
 pub use handler::{CloseReason, ConnId, Ctx, Decision, Handler, SendStatus, Session};
 pub use histogram::Histogram;
+pub use loops::Reactor;
 pub use proto::handshake::Request;
 pub use proto::http::{HttpResponse, InvalidResponse, StatusCode};
 pub use proto::{CloseCode, InvalidCloseCode, Message, Part};

@@ -5,10 +5,11 @@
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use wsreactor::{
-    CloseCode, Config, Ctx, Decision, Handler, HttpResponse, Message, Part, Request, SendStatus,
-    Stats, StatusCode,
+    CloseCode, Config, Ctx, Decision, Handle, Handler, HttpResponse, Message, Part, Request,
+    SendStatus, Stats, StatusCode,
 };
 
 const DEMO_PAGE: &str = include_str!("demo.html");
@@ -77,6 +78,10 @@ OPTIONS:
                              and no /stats/ws stream (the demo page's live panel)
   --redis URL                link /topic/NAME rooms across servers through Redis
                              pub/sub, e.g. redis://127.0.0.1:6379   [default: off]
+                             (with one loop only: --threads 1)
+  --threads N                event loops, one thread each, all on --listen; the
+                             rooms and the stats span them; 0 = one per core  [default: 1]
+  --pin                      pin loop i to CPU i
   -h, --help                 print this help
 
 SECS is seconds, fractional too (0.5), or `never`: 0 turns a timeout off as `never`
@@ -93,12 +98,66 @@ Ctrl-C or SIGTERM shuts down gracefully (every client gets close 1001); twice, a
 /// Echoes every message on one path (and `/`); serves the demo page on `/`, and the
 /// server's stats on `/metrics` (Prometheus), `/stats` (JSON) and `/stats/ws` (the
 /// JSON once a second, for the page's live panel) unless turned off.
+#[derive(Clone)]
 struct Echo {
     path: String,
     page: String,
     stats_endpoints: bool,
     /// For its Origin allow-list, which the stats endpoints honour too.
     config: Config,
+    /// With several loops, a handle on them: the stats endpoints read every loop's
+    /// stats through it (set once the loops are bound).
+    loops: Arc<OnceLock<Handle>>,
+}
+
+impl Echo {
+    /// The stats the endpoints show: every loop's, or the one loop's own.
+    fn loop_stats(&self, own: &Stats) -> Vec<Stats> {
+        match self.loops.get() {
+            Some(handle) => handle.loop_stats(),
+            None => vec![own.clone()],
+        }
+    }
+}
+
+/// `/metrics`: the exposition of the stats summed over the loops; with several loops,
+/// then each counter and gauge per loop, as `wsreactor_loop_<name>{loop="i"}`
+/// families (kept apart from the sums, so that `sum()` over a family does not count
+/// twice).
+fn prometheus(loops: &[Stats]) -> String {
+    use std::fmt::Write as _;
+    let mut out = Stats::sum(loops).to_prometheus();
+    if loops.len() > 1 {
+        for metric in Stats::METRICS {
+            let name = metric
+                .exposed_name()
+                .replacen("wsreactor_", "wsreactor_loop_", 1);
+            let kind = match metric.kind {
+                wsreactor::MetricKind::Counter => "counter",
+                wsreactor::MetricKind::Gauge => "gauge",
+            };
+            let _ = writeln!(out, "# HELP {name} {} (per loop)", metric.help);
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            for (i, stats) in loops.iter().enumerate() {
+                let _ = writeln!(out, "{name}{{loop=\"{i}\"}} {}", (metric.get)(stats));
+            }
+        }
+    }
+    out
+}
+
+/// `/stats` and the stats stream: the JSON of the stats summed over the loops; with
+/// several loops, a `loops` array of each loop's own.
+fn json(loops: &[Stats]) -> String {
+    let mut out = Stats::sum(loops).to_json();
+    if loops.len() > 1 {
+        out.pop(); // the closing brace
+        let each: Vec<String> = loops.iter().map(Stats::to_json).collect();
+        out.push_str(",\"loops\":[");
+        out.push_str(&each.join(","));
+        out.push_str("]}");
+    }
+    out
 }
 
 /// What a connection is for.
@@ -161,7 +220,7 @@ impl Handler for Echo {
                 cx.subscribe(STATS_TOPIC);
                 // The first sample at once: the panel shows numbers before the first
                 // tick.
-                let json = cx.stats().to_json();
+                let json = json(&cx.loop_stats());
                 let _ = cx.send_text(&json);
             }
         });
@@ -176,13 +235,14 @@ impl Handler for Echo {
                 if !self.config.origin_allowed(request.origin()) {
                     return HttpResponse::text(StatusCode::FORBIDDEN, "origin not allowed\n");
                 }
+                let loops = self.loop_stats(stats);
                 let (content_type, body) = if request.path() == "/metrics" {
                     (
                         "text/plain; version=0.0.4; charset=utf-8",
-                        stats.to_prometheus(),
+                        prometheus(&loops),
                     )
                 } else {
-                    ("application/json", stats.to_json())
+                    ("application/json", json(&loops))
                 };
                 HttpResponse::new(StatusCode::OK)
                     .with_header("Content-Type", content_type)
@@ -245,6 +305,8 @@ struct Options {
     redis: Option<String>,
     /// `--tls-cert` and `--tls-key`: both or neither.
     tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// `--pin`: loop i on CPU i.
+    pin: bool,
 }
 
 fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Options>, String> {
@@ -256,6 +318,7 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Options>, Str
         stats_endpoints: true,
         redis: None,
         tls: None,
+        pin: false,
     };
     let (mut tls_cert, mut tls_key) = (None, None);
     let mut args = args;
@@ -264,6 +327,10 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Options>, Str
             "-h" | "--help" => return Ok(None),
             "--deflate" => {
                 options.config.deflate = true;
+                continue;
+            }
+            "--pin" => {
+                options.pin = true;
                 continue;
             }
             "--no-stats-endpoints" => {
@@ -320,6 +387,7 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Options>, Str
             "--max-accepts-per-turn" => options.config.max_accepts_per_turn = number()?,
             "--stall-threshold" => options.config.stall_threshold = seconds()?,
             "--stats-interval" => options.stats_interval = seconds()?,
+            "--threads" => options.config.threads = number()?,
             "--redis" if cfg!(feature = "cluster") => options.redis = Some(value),
             "--redis" => {
                 return Err(
@@ -460,7 +528,20 @@ fn main() -> ExitCode {
         page,
         stats_endpoints: options.stats_endpoints,
         config: options.config.clone(),
+        loops: Arc::new(OnceLock::new()),
     };
+    #[cfg(feature = "tls")]
+    let tls = match load_tls(&options) {
+        Ok(tls) => tls,
+        Err(code) => return code,
+    };
+    if options.config.loops() > 1 {
+        #[cfg(feature = "tls")]
+        return run_loops(options, handler, signals, tls);
+        #[cfg(not(feature = "tls"))]
+        return run_loops(options, handler, signals);
+    }
+    let (ws, http) = schemes(&options);
     let mut server = match wsreactor::Server::bind(options.listen, options.config, handler) {
         Ok(server) => server,
         Err(e) => {
@@ -469,17 +550,7 @@ fn main() -> ExitCode {
         }
     };
     #[cfg(feature = "tls")]
-    if let Some((cert, key)) = &options.tls {
-        let tls = match wsreactor::tls::TlsConfig::from_pem_files(cert, key) {
-            Ok(tls) => tls,
-            Err(e) => {
-                eprintln!("wsreactor: cannot load the TLS certificate: {e}");
-                return ExitCode::from(2);
-            }
-        };
-        if let Err(e) = wsreactor::tls::reload_on_sighup(tls.clone(), cert.clone(), key.clone()) {
-            log::warn!("cannot catch SIGHUP (no certificate reload): {e}");
-        }
+    if let Some(tls) = tls {
         server = server.with_tls(tls);
     }
     let addr = server.local_addr();
@@ -500,11 +571,6 @@ fn main() -> ExitCode {
     if let Some(signals) = signals {
         signals.forward_to(server.handle());
     }
-    let (ws, http) = if options.tls.is_some() {
-        ("wss", "https")
-    } else {
-        ("ws", "http")
-    };
     log::info!(
         "echo on {ws}://{addr}{}, demo page on {http}://{addr}/",
         options.path
@@ -548,6 +614,107 @@ fn main() -> ExitCode {
         }
     }
     log::info!("{}", server.stats());
+    ExitCode::SUCCESS
+}
+
+/// The WebSocket and page schemes the server answers on.
+fn schemes(options: &Options) -> (&'static str, &'static str) {
+    if options.tls.is_some() {
+        ("wss", "https")
+    } else {
+        ("ws", "http")
+    }
+}
+
+/// `--tls-cert`/`--tls-key` loaded (with SIGHUP reloading them), or the exit code of a
+/// certificate that does not load.
+#[cfg(feature = "tls")]
+fn load_tls(options: &Options) -> Result<Option<wsreactor::tls::TlsConfig>, ExitCode> {
+    let Some((cert, key)) = &options.tls else {
+        return Ok(None);
+    };
+    let tls = match wsreactor::tls::TlsConfig::from_pem_files(cert, key) {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("wsreactor: cannot load the TLS certificate: {e}");
+            return Err(ExitCode::from(2));
+        }
+    };
+    if let Err(e) = wsreactor::tls::reload_on_sighup(tls.clone(), cert.clone(), key.clone()) {
+        log::warn!("cannot catch SIGHUP (no certificate reload): {e}");
+    }
+    Ok(Some(tls))
+}
+
+/// `--threads N` (N > 1): N loops on one address, the stats summed over them. The
+/// periodic summary and the stats stream come from a thread of their own, through
+/// a handle, as the single loop's `main` does from between its turns.
+fn run_loops(
+    options: Options,
+    handler: Echo,
+    signals: Option<wsreactor::signals::ShutdownSignals>,
+    #[cfg(feature = "tls")] tls: Option<wsreactor::tls::TlsConfig>,
+) -> ExitCode {
+    if options.redis.is_some() {
+        eprintln!(
+            "wsreactor: --redis links one loop's rooms only: use it with --threads 1 \
+             (the cluster bridge is single-loop for now)"
+        );
+        return ExitCode::from(2);
+    }
+    let handle_slot = Arc::clone(&handler.loops);
+    let (ws, http) = schemes(&options);
+    let mut reactor =
+        match wsreactor::Reactor::bind(options.listen, options.config, |_| handler.clone()) {
+            Ok(reactor) => reactor,
+            Err(e) => {
+                eprintln!("wsreactor: cannot listen on {}: {e}", options.listen);
+                return ExitCode::FAILURE;
+            }
+        };
+    #[cfg(feature = "tls")]
+    if let Some(tls) = tls {
+        reactor = reactor.with_tls(tls);
+    }
+    reactor.pin_to_cores(options.pin);
+    let handle = reactor.handle();
+    let _ = handle_slot.set(handle.clone());
+    if let Some(signals) = signals {
+        signals.forward_to(handle.clone());
+    }
+    let addr = reactor.local_addr();
+    log::info!(
+        "echo on {ws}://{addr}{}, demo page on {http}://{addr}/, {} loops",
+        options.path,
+        reactor.loops()
+    );
+    let interval = options.stats_interval;
+    let stream = options.stats_endpoints;
+    let ticker = handle.clone();
+    let _ = std::thread::Builder::new()
+        .name("wsreactor-stats".into())
+        .spawn(move || {
+            let mut next_stats = (!interval.is_zero()).then(|| Instant::now() + interval);
+            while stream || next_stats.is_some() {
+                std::thread::sleep(STATS_STREAM_PERIOD);
+                if next_stats.is_some_and(|at| Instant::now() >= at) {
+                    log::info!("{}", Stats::sum(&ticker.loop_stats()));
+                    next_stats = Instant::now().checked_add(interval);
+                }
+                if stream {
+                    match ticker.publish_text(STATS_TOPIC, json(&ticker.loop_stats())) {
+                        // A full command queue skips one tick.
+                        Ok(()) | Err(wsreactor::HandleError::Full) => {}
+                        Err(_) => return,
+                    }
+                }
+            }
+        });
+    if let Err(e) = reactor.run() {
+        eprintln!("wsreactor: event loop failed: {e}");
+        return ExitCode::FAILURE;
+    }
+    log::info!("{}", Stats::sum(&reactor.stats()));
     ExitCode::SUCCESS
 }
 
@@ -785,6 +952,7 @@ mod tests {
             page: String::new(),
             stats_endpoints: options.stats_endpoints,
             config: options.config,
+            loops: Arc::new(OnceLock::new()),
         }
     }
 

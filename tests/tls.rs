@@ -462,3 +462,44 @@ fn what_came_before_the_peers_eof_is_all_read() {
         other => panic!("expected the server's close, got {other:?}"),
     }
 }
+
+/// Several loops share one `TlsConfig`: connections land on both loops, each gets
+/// its echo over wss://.
+#[test]
+fn several_loops_serve_wss_with_one_shared_config() {
+    let pki = Pki::new();
+    let (cert, key, _) = pki.leaf("server");
+    let tls = TlsConfig::from_pem_files(&cert, &key).unwrap();
+    let config = Config {
+        threads: 2,
+        ..Config::default()
+    };
+    let mut reactor = wsreactor::Reactor::bind("127.0.0.1:0".parse().unwrap(), config, |_| Echo {
+        seen: Arc::default(),
+    })
+    .unwrap()
+    .with_tls(tls);
+    let (addr, handle) = (reactor.local_addr(), reactor.handle());
+    let runner = std::thread::spawn(move || reactor.run());
+    let client = pki.client_config();
+    let mut clients: Vec<_> = (0..40).map(|_| wss(addr, &client)).collect();
+    for (i, ws) in clients.iter_mut().enumerate() {
+        echo(ws, Message::text(format!("hello {i}")));
+    }
+    // Each loop shares its stats every 100 ms or so.
+    let mut per_loop = handle.loop_stats();
+    common::wait_until("both loops' stats", || {
+        per_loop = handle.loop_stats();
+        per_loop.iter().map(|s| s.handshakes).sum::<u64>() == 40
+    });
+    assert_eq!(per_loop.len(), 2);
+    let handshakes: Vec<u64> = per_loop.iter().map(|s| s.handshakes).collect();
+    assert!(
+        handshakes.iter().all(|&n| n > 0),
+        "every loop served some of 40 clients: {handshakes:?}"
+    );
+    assert_eq!(handshakes.iter().sum::<u64>(), 40);
+    drop(clients);
+    handle.shutdown().unwrap();
+    runner.join().unwrap().unwrap();
+}

@@ -13,11 +13,15 @@ impl<H: Handler> Server<H> {
     /// Returns at once: the bridge connects on threads of its own, and a broker that
     /// cannot be reached is a warning in the log, not an error (the server serves
     /// locally and the bridge keeps trying). Errors are a URL that does not parse, a
-    /// second attach, or a thread that cannot be started. Keep the returned
+    /// second attach, a thread that cannot be started, or a server that is one of
+    /// several loops of a [`Reactor`](crate::Reactor) (the bridge is single-loop). Keep the returned
     /// [`Cluster`] for as long as the node should stay in the cluster.
     pub fn attach_cluster(&mut self, config: ClusterConfig) -> Result<Cluster, ClusterError> {
         if self.core.cluster.is_some() {
             return Err(ClusterError::AlreadyAttached);
+        }
+        if self.core.loops() > 1 {
+            return Err(ClusterError::SeveralLoops);
         }
         let max = self.core.config.max_message_size;
         let (link, cluster) = cluster::start(config, self.handle(), max)?;

@@ -47,6 +47,9 @@ impl<H: Handler> Server<H> {
                     // Handle::defer checks the type before queueing.
                     Err(_) => log::error!("a deferred closure for another handler type"),
                 },
+                Command::FromLoop(topic, opcode, payload) => {
+                    core.deliver_relayed(topic.as_deref(), opcode, &payload);
+                }
                 #[cfg(feature = "cluster")]
                 Command::FromBroker(topic, payload) => {
                     let (opcode, bytes) = payload.parts();

@@ -204,7 +204,16 @@ impl<S> Loop<S> {
 
     /// Sends a message to the connection `to` (from a `Ctx`, usually another one);
     /// refused if it is gone or closing.
+    ///
+    /// An id another loop of a [`Reactor`](crate::Reactor) owns is routed there, as a
+    /// [`Handle`](crate::Handle) send is, at the end of the turn and in order with
+    /// this turn's publishes: `Queued(0)` (that loop applies the usual rules and
+    /// counts the outcome; if its inbox is full, the message is dropped and counted
+    /// in this loop's `Stats::messages_dropped`).
     pub fn send_to(&mut self, to: ConnId, message: Message<'_>) -> SendStatus {
+        if let Some(status) = self.route_send(to, opcode_of(&message), message.as_bytes()) {
+            return status;
+        }
         match self.slot_of(to) {
             Some(slot) => {
                 let status = self.send(slot, opcode_of(&message), message.as_bytes());
@@ -216,7 +225,7 @@ impl<S> Loop<S> {
     }
 
     /// Starts the close handshake on the connection `id`, as [`Ctx::close`] does on
-    /// its own. An id of a connection that is gone is `Ok` and does nothing;
+    /// its own (routed to the loop that owns it, with several loops). An id of a connection that is gone is `Ok` and does nothing;
     /// a code that may not be sent is an error, whatever the id.
     pub fn close_connection(
         &mut self,
@@ -225,6 +234,9 @@ impl<S> Loop<S> {
         reason: &str,
     ) -> Result<(), InvalidCloseCode> {
         let code = code.sendable()?;
+        if self.route_close(id, code, reason) {
+            return Ok(());
+        }
         if let Some(slot) = self.slot_of(id) {
             self.close(slot, code, reason, CloseReason::Local { code });
         }

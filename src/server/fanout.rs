@@ -13,6 +13,7 @@ impl<S> Core<S> {
     pub(super) fn broadcast_frame(&mut self, opcode: Opcode, payload: &[u8]) -> Fanout {
         #[cfg(feature = "cluster")]
         self.cluster_publish(None, opcode, payload);
+        self.relay(None, opcode, payload);
         let slots = self.slots();
         self.fanout(&slots, opcode, payload)
     }
@@ -21,6 +22,7 @@ impl<S> Core<S> {
     pub(super) fn publish_frame(&mut self, topic: &str, opcode: Opcode, payload: &[u8]) -> Fanout {
         #[cfg(feature = "cluster")]
         self.cluster_publish(Some(topic), opcode, payload);
+        self.relay(Some(topic), opcode, payload);
         let slots = self.topics.members(topic).to_vec();
         self.fanout(&slots, opcode, payload)
     }

@@ -20,6 +20,7 @@ impl<H: Handler> Server<H> {
         }
         if self.shutdown_deadline.is_some() && self.core.conns.is_empty() && !self.finished {
             log::info!("shutdown complete");
+            self.core.share_stats(true);
             self.finished = true;
             self.inbox.close();
         }
@@ -29,6 +30,9 @@ impl<H: Handler> Server<H> {
         // From here on a Handle call is refused with ShuttingDown, not queued for
         // connections that are closing.
         self.inbox.begin_shutdown();
+        // What this turn sent the other loops goes before the shutdown.
+        self.core.flush_loops();
+        self.core.shutdown_other_loops();
         log::info!(
             "shutting down: closing {} connections",
             self.core.conns.len()
@@ -86,6 +90,7 @@ impl<H: Handler> Server<H> {
             // No on_timer after on_close.
             core.app_timers.cancel_connection(slot);
             let id = ConnId {
+                loop_index: core.loop_index,
                 slot: slot as u32,
                 generation: conn.generation,
             };

@@ -38,6 +38,7 @@ mod dispatch;
 mod fanout;
 mod flow;
 mod lifecycle;
+mod loops;
 mod nesting;
 mod parts;
 mod stalls;
@@ -133,6 +134,18 @@ pub struct Loop<S = ()> {
     /// The loop's end of the cluster bridge, once one is attached.
     #[cfg(feature = "cluster")]
     cluster: Option<crate::cluster::Link>,
+    /// This loop's index in its [`Reactor`](crate::Reactor) (0 alone): in every id.
+    loop_index: u16,
+    /// The other loops of the reactor, if there are any (see `loops`).
+    group: Option<Arc<crate::loops::Group>>,
+    /// When the stats were last copied where the other loops can read them.
+    stats_shared: Millis,
+    /// A turn since then was not shared (too soon): the loop wakes to share it, so
+    /// that an idle loop's copy is not left behind.
+    stats_stale: bool,
+    /// What this turn sends to each other loop (by loop index), handed over in one
+    /// batch at the end of the turn.
+    to_loops: Vec<Vec<Command>>,
 }
 
 /// A WebSocket server: a listener, its connections, and the [`Handler`] they serve.
@@ -247,6 +260,11 @@ impl<H: Handler> Server<H> {
                 rx_lent: None,
                 #[cfg(feature = "cluster")]
                 cluster: None,
+                loop_index: 0,
+                group: None,
+                stats_shared: 0,
+                stats_stale: false,
+                to_loops: Vec::new(),
                 config: config.clone(),
             },
             poll,
@@ -280,8 +298,15 @@ impl<H: Handler> Server<H> {
     /// ([`TlsConfig::reload_pem_files`](crate::tls::TlsConfig::reload_pem_files)).
     #[cfg(feature = "tls")]
     pub fn with_tls(mut self, tls: crate::tls::TlsConfig) -> Server<H> {
-        self.tls = Some(tls);
+        self.set_tls(tls);
         self
+    }
+
+    /// [`with_tls`](Server::with_tls) on a server held by reference (a loop of a
+    /// [`Reactor`](crate::Reactor)).
+    #[cfg(feature = "tls")]
+    pub fn set_tls(&mut self, tls: crate::tls::TlsConfig) {
+        self.tls = Some(tls);
     }
 
     /// The TLS configuration this server serves with, if any: a handle on the shared,
@@ -300,6 +325,7 @@ impl<H: Handler> Server<H> {
     pub fn handle(&self) -> Handle {
         Handle {
             inbox: Arc::clone(&self.inbox),
+            group: self.core.group.clone(),
         }
     }
 
@@ -405,6 +431,8 @@ impl<H: Handler> Server<H> {
         self.report_drops();
         self.settle();
         self.core.update_gauges();
+        self.core.share_stats(false);
+        self.core.flush_loops();
         // The turn's publishes leave for the broker together.
         #[cfg(feature = "cluster")]
         self.core.flush_cluster();
@@ -423,6 +451,7 @@ impl<H: Handler> Server<H> {
             self.accept_paused_until,
             self.shutdown_deadline,
             self.core.trim.due(),
+            self.core.stats_due(),
         ];
         let due = wakeups
             .into_iter()

@@ -10,6 +10,7 @@ use mio::Token;
 impl<S> Core<S> {
     pub(super) fn id(&self, slot: usize) -> ConnId {
         ConnId {
+            loop_index: self.loop_index,
             slot: slot as u32,
             generation: self.conns[slot].generation,
         }
@@ -18,6 +19,9 @@ impl<S> Core<S> {
     /// The slot of a live connection, if `id` still names one.
     pub(super) fn slot_of(&self, id: ConnId) -> Option<usize> {
         let slot = id.slot as usize;
+        if id.loop_index != self.loop_index {
+            return None;
+        }
         match self.conns.get(slot) {
             Some(conn) if conn.generation == id.generation => Some(slot),
             _ => None,
