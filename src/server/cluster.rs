@@ -1,7 +1,7 @@
 //! The loop's end of the cluster bridge (`crate::cluster`): attaching it, handing it
 //! the turn's publishes and topic changes, and delivering what other nodes published.
 
-use super::{Core, Fanout, Server};
+use super::{Core, Server};
 use crate::cluster::{self, Cluster, ClusterConfig, ClusterError};
 use crate::handler::Handler;
 use crate::proto::frame::Opcode;
@@ -40,22 +40,6 @@ impl<S> Core<S> {
         if let Some(link) = &mut self.cluster {
             link.publish(topic, opcode, payload);
         }
-    }
-
-    /// Delivers a message another node published, to the local subscribers of
-    /// `topic` (every connection for `None`), encoded once and not sent back to the
-    /// broker.
-    pub(super) fn deliver_from_broker(
-        &mut self,
-        topic: Option<&str>,
-        opcode: Opcode,
-        payload: &[u8],
-    ) -> Fanout {
-        let slots = match topic {
-            Some(topic) => self.topics.members(topic).to_vec(),
-            None => self.slots(),
-        };
-        self.fanout(&slots, opcode, payload)
     }
 
     /// End of turn: hands the turn's topic changes and publishes to the bridge, and

@@ -48,12 +48,12 @@ impl<H: Handler> Server<H> {
                     Err(_) => log::error!("a deferred closure for another handler type"),
                 },
                 Command::FromLoop(topic, opcode, payload) => {
-                    core.deliver_relayed(topic.as_deref(), opcode, &payload);
+                    core.deliver_here(topic.as_deref(), opcode, &payload);
                 }
                 #[cfg(feature = "cluster")]
                 Command::FromBroker(topic, payload) => {
                     let (opcode, bytes) = payload.parts();
-                    core.deliver_from_broker(topic.as_deref(), opcode, bytes);
+                    core.deliver_here(topic.as_deref(), opcode, bytes);
                 }
             }
         }

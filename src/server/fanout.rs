@@ -14,8 +14,7 @@ impl<S> Core<S> {
         #[cfg(feature = "cluster")]
         self.cluster_publish(None, opcode, payload);
         self.relay(None, opcode, payload);
-        let slots = self.slots();
-        self.fanout(&slots, opcode, payload)
+        self.deliver_here(None, opcode, payload)
     }
 
     /// Sends one message to every subscriber of `topic` (encoded once).
@@ -23,7 +22,23 @@ impl<S> Core<S> {
         #[cfg(feature = "cluster")]
         self.cluster_publish(Some(topic), opcode, payload);
         self.relay(Some(topic), opcode, payload);
-        let slots = self.topics.members(topic).to_vec();
+        self.deliver_here(Some(topic), opcode, payload)
+    }
+
+    /// Delivers to this loop's subscribers of `topic` (every open connection for
+    /// `None`) and nowhere else: the last step of a local broadcast or publish, and
+    /// all of one that another loop relayed or another node sent through the broker
+    /// (which are never passed on again).
+    pub(super) fn deliver_here(
+        &mut self,
+        topic: Option<&str>,
+        opcode: Opcode,
+        payload: &[u8],
+    ) -> Fanout {
+        let slots = match topic {
+            Some(topic) => self.topics.members(topic).to_vec(),
+            None => self.slots(),
+        };
         self.fanout(&slots, opcode, payload)
     }
 

@@ -12,7 +12,7 @@
 //! of its subscribers gets them in one write, as on the publishing loop. A lone
 //! `Server` has no group, and each of these is one branch on `None`.
 
-use super::{Core, Fanout, Server};
+use super::{Core, Server};
 use crate::handle::{Command, Payload};
 use crate::handler::{ConnId, Handler, SendStatus};
 use crate::loops::Group;
@@ -103,22 +103,6 @@ impl<S> Core<S> {
                 );
             }
         }
-    }
-
-    /// Delivers what another loop broadcast (`None`) or published, to this loop's
-    /// connections only: never relayed again, nor sent to a cluster's broker (the
-    /// loop that made it did both).
-    pub(super) fn deliver_relayed(
-        &mut self,
-        topic: Option<&str>,
-        opcode: Opcode,
-        payload: &[u8],
-    ) -> Fanout {
-        let slots = match topic {
-            Some(topic) => self.topics.members(topic).to_vec(),
-            None => self.slots(),
-        };
-        self.fanout(&slots, opcode, payload)
     }
 
     /// The index of the other loop that owns `id`, if it is one of this group's.
