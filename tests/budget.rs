@@ -10,7 +10,7 @@ use flate2::{Compress, Compression, FlushCompress};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use wsreactor::{CloseReason, Config, Ctx, Decision, Handler, Message, Request};
+use wsreactor::{CloseReason, Config, Ctx, Decision, Handler, Message, Part, Request};
 
 /// DEFLATE of `len` zero bytes at level 9, sync-flushed, no final block: the start of a
 /// message that inflates to `len` bytes and never ends.
@@ -369,5 +369,71 @@ fn a_connect_burst_is_accepted_a_few_per_turn_without_losing_any() {
         let mut raw = Raw::from_stream(stream);
         raw.write(upgrade_request("/echo", RFC_KEY, "").as_bytes());
         assert_eq!(raw.read_http().status, 101);
+    }
+}
+
+/// Relays every message back in parts as it arrives (the echo binary's pattern).
+struct Relay;
+
+impl Handler for Relay {
+    type Session = ();
+
+    fn on_message(&mut self, _cx: &mut Ctx<'_>, _message: Message<'_>) {}
+
+    fn on_part(&mut self, cx: &mut Ctx<'_>, part: Part<'_>) {
+        let _ = cx.send_part(part);
+    }
+}
+
+/// A relay reads on for a peer that reads none of its output (most clients write a
+/// whole message before they read): hostile clients that never read then make it
+/// queue their echoes, and the loop-wide outgoing budget is what bounds that — the
+/// stalest are dropped, and the queues never hold much more than the budget.
+#[test]
+fn relays_to_clients_that_never_read_are_held_to_the_outgoing_budget() {
+    const CLIENTS: usize = 4;
+    const MESSAGE: usize = 16 << 20;
+    const BUDGET: usize = 4 << 20;
+    let config = Config {
+        message_parts: true,
+        max_streamed_message_size: 64 << 20,
+        max_send_queue: 32 << 20,
+        write_high_water: 64 << 10,
+        outgoing_budget: BUDGET,
+        send_stall_timeout: Duration::from_secs(60),
+        message_timeout: Duration::from_secs(60),
+        ..Config::default()
+    };
+    let watched = spawn_watched(config, Relay);
+    let frame = Arc::new(frame(true, BINARY, &pattern(9, MESSAGE)));
+    let writers: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let mut raw = Raw::open(watched.addr);
+            shrink_socket_buffers(&raw.stream, 64 * 1024);
+            raw.stream
+                .set_write_timeout(Some(Duration::from_secs(20)))
+                .unwrap();
+            let frame = frame.clone();
+            // Writes the whole message, reads nothing; a write that fails is a
+            // connection the server dropped.
+            std::thread::spawn(move || {
+                let _ = std::io::Write::write_all(&mut raw.stream, &frame);
+                raw
+            })
+        })
+        .collect();
+    let stats = watched.wait_for("a relay dropped for the budget", IO_TIMEOUT, |s| {
+        s.now.outgoing_budget_closes >= 1
+    });
+    // Unbounded, the queues would reach CLIENTS × MESSAGE (64 MiB); the budget holds
+    // them to it, give or take what one turn reads before it is enforced (16 reads
+    // of 128 KiB per connection).
+    let slack = CLIENTS * 16 * (128 << 10);
+    assert!(
+        stats.max_outgoing_bytes <= (BUDGET + slack) as u64,
+        "{stats:#?}"
+    );
+    for writer in writers {
+        drop(writer.join().expect("the writer thread"));
     }
 }

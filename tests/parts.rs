@@ -418,22 +418,7 @@ fn the_echo_binary_serves_a_client_that_writes_the_whole_message_before_reading(
     let mut raw = Raw::open(addr);
     // Small client buffers, so that the kernel's (autotuned up to 32 MiB on each
     // side of loopback) cannot absorb the whole exchange and hide a deadlock.
-    for option in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
-        use std::os::fd::AsRawFd;
-        let size: libc::c_int = 64 * 1024;
-        // SAFETY: setsockopt reads `size` (a c_int that outlives the call) for the
-        // descriptor of a socket this test owns.
-        let set = unsafe {
-            libc::setsockopt(
-                raw.stream.as_raw_fd(),
-                libc::SOL_SOCKET,
-                option,
-                (&size as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(set, 0, "setsockopt");
-    }
+    shrink_socket_buffers(&raw.stream, 64 * 1024);
     // Bounded: without the fix the write blocks for good on a full TCP window.
     raw.stream
         .set_write_timeout(Some(Duration::from_secs(30)))

@@ -802,3 +802,25 @@ pub fn status_kib(pid: u32, field: &str) -> u64 {
         .parse()
         .unwrap()
 }
+
+/// Caps a client socket's kernel buffers (both ways) at about `bytes`, so that the
+/// kernel's own (autotuned up to tens of MiB on loopback) cannot absorb an exchange
+/// and hide what the server does when the client does not read.
+pub fn shrink_socket_buffers(stream: &TcpStream, bytes: usize) {
+    use std::os::fd::AsRawFd;
+    let size = libc::c_int::try_from(bytes).expect("a buffer size that fits a c_int");
+    for option in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
+        // SAFETY: setsockopt reads `size` (a c_int that outlives the call) for the
+        // descriptor of a socket the caller owns.
+        let set = unsafe {
+            libc::setsockopt(
+                stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                option,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(set, 0, "setsockopt");
+    }
+}
