@@ -455,6 +455,7 @@ impl Stats {
             outgoing_bytes,
             topic_memberships,
             inflaters_lent,
+            timers_pending,
             cluster_connected,
             turn_micros,
             callback_micros,
@@ -501,6 +502,7 @@ impl Stats {
         self.outgoing_bytes += outgoing_bytes;
         self.topic_memberships += topic_memberships;
         self.inflaters_lent += inflaters_lent;
+        self.timers_pending += timers_pending;
         self.cluster_connected += cluster_connected;
         let histograms: [(&mut Histogram, &Histogram); 4] = [
             (&mut self.turn_micros, turn_micros),

@@ -91,6 +91,9 @@ pub struct Stats {
     /// Gauge: inflaters held by connections (lent from the loop's pool, or kept with
     /// context takeover).
     pub inflaters_lent: u64,
+    /// Gauge: application timers pending (per connection and server-level), against
+    /// `Config::max_timers`.
+    pub timers_pending: u64,
     /// Gauge: 1 while a cluster bridge is connected to its broker, else 0.
     pub cluster_connected: u64,
     /// Histogram (µs): how long each loop turn worked, from the poll's return to the
@@ -206,6 +209,7 @@ impl Stats {
         Gauge outgoing_bytes: "Bytes queued for sending over all connections.";
         Gauge topic_memberships: "Topic subscriptions, over all topics and connections.";
         Gauge inflaters_lent: "Inflaters held by connections.";
+        Gauge timers_pending: "Application timers pending, per connection and server-level.";
         Gauge cluster_connected: "1 while the cluster bridge is connected to its broker, else 0.";
     };
 
@@ -435,6 +439,7 @@ mod tests {
                 "outgoing_bytes" => stats.outgoing_bytes = value,
                 "topic_memberships" => stats.topic_memberships = value,
                 "inflaters_lent" => stats.inflaters_lent = value,
+                "timers_pending" => stats.timers_pending = value,
                 other => panic!("sample() does not set {other}"),
             }
         }

@@ -65,6 +65,8 @@ impl Handler for Clock {
                 }
             }
             ["pending"] => format!("pending:{}", cx.timers_pending()),
+            // The Stats gauge, as of the end of the previous turn.
+            ["gauge"] => format!("gauge:{}", cx.stats().timers_pending),
             _ => "?".to_owned(),
         };
         let _ = cx.send_text(&reply);
@@ -142,6 +144,7 @@ fn timers_go_with_their_connection_even_when_its_slot_is_reused() {
     ask(&mut ada, "in:150:5", "set");
     ask(&mut ada, "in:60000:6", "set");
     ask(&mut ada, "pending", "pending:2");
+    ask(&mut ada, "gauge", "gauge:2");
     ada.close_cleanly();
     drop(ada);
     // The next connection most likely takes ada's slot: her timers must not reach it.
@@ -151,6 +154,7 @@ fn timers_go_with_their_connection_even_when_its_slot_is_reused() {
         let reply = bob.read_frame().payload;
         reply == b"pending:0"
     });
+    ask(&mut bob, "gauge", "gauge:0");
     ask(&mut bob, "in:300:1", "set");
     bob.expect_echo(TEXT, b"timer:1");
     let (_, token) = fired.recv_timeout(IO_TIMEOUT).unwrap();

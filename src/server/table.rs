@@ -128,6 +128,7 @@ impl<S> Core<S> {
         self.stats.outgoing_bytes = self.io.meter.get() as u64;
         self.stats.topic_memberships = self.topics.memberships() as u64;
         self.stats.inflaters_lent = self.compression.lent() as u64;
+        self.stats.timers_pending = self.app_timers.len() as u64;
         self.budget_log.report(self.now);
         self.trim
             .after_turn(self.incoming + self.io.meter.get(), self.now);

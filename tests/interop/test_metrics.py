@@ -91,7 +91,7 @@ def test_metrics_count_known_traffic(servers):
         assert types.get(f"wsreactor_{counter}") == "counter", counter
     for gauge in ("open_connections", "handshakes_in_progress", "deadline_entries",
                   "incoming_bytes", "outgoing_bytes", "topic_memberships",
-                  "inflaters_lent", "cluster_connected"):
+                  "inflaters_lent", "timers_pending", "cluster_connected"):
         assert types.get(f"wsreactor_{gauge}") == "gauge", gauge
     for histogram in ("turn_seconds", "callback_seconds", "ping_rtt_seconds",
                       "flush_bytes"):
@@ -120,7 +120,7 @@ def test_metrics_count_known_traffic(servers):
     # at the end of the turn before the one that answered it.
     assert value("wsreactor_handshakes_in_progress") <= 1
     for gauge in ("incoming_bytes", "outgoing_bytes",
-                  "topic_memberships", "inflaters_lent"):
+                  "topic_memberships", "inflaters_lent", "timers_pending"):
         assert value(f"wsreactor_{gauge}") == 0, gauge
 
     # Histograms: cumulative buckets that end in +Inf == _count. Every on_message
