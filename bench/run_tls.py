@@ -4,9 +4,9 @@
 fastwebsockets peers behind tokio-rustls (BENCH_TLS_CERT/BENCH_TLS_KEY), plus wsreactor
 over plain ws:// driven by the same client, for the TLS cost.
 
-The client is bench's `tlsclient` (rustls + ring, one blocking thread per connection,
-one message in flight per connection), not `loadgen` (plain only): its figures compare
-with each other, not with run.py's table. Server CPU per message is read from
+The client is bench's `tlsclient` (rustls + ring, every connection on one thread over
+mio, one message in flight per connection, echoes compared), not `loadgen` (plain
+only): its figures compare with each other, not with run.py's table. Server CPU per message is read from
 /proc/PID/stat over the measured seconds; idle RSS per connection is the server's VmRSS
 delta over N wss connections (TLS handshake and upgrade done, then held).
 
@@ -120,8 +120,8 @@ def main():
                 finally:
                     processes.stop(proc)
     names = list(servers(cert, key))
-    lines = [f"wss:// — {RUNS} run(s) × {SECONDS:g} s, client tlsclient (rustls, a thread "
-             f"per connection), server on CPU {bench.SERVER_CPU}; medians.", "",
+    lines = [f"wss:// — {RUNS} run(s) × {SECONDS:g} s, client tlsclient (rustls, one "
+             f"thread over mio), server on CPU {bench.SERVER_CPU}; medians.", "",
              "| server | workload | msgs/s | srv CPU µs/msg | vs best TLS peer |",
              "|---|---|---|---|---|"]
     for wkey, conns, size in WORKLOADS:
