@@ -5,7 +5,7 @@
 #   make run ARGS="--threads 2"                           two loops on the port (0 = one per core)
 #   make test                                             cargo test (unit, integration, doc tests; the cluster
 #                                                         tests against a real redis-server), then test-interop
-#   make lint                                             rustfmt check + clippy -D warnings
+#   make lint                                             rustfmt check + clippy -D warnings + rustdoc -D warnings
 #   make venv                                             .venv with kosoku (the conformance suite)
 #   make conformance [CONFORMANCE_ARGS="--cases '6.*'"]   kosoku cases 1-10, then 12-13 with --deflate
 #   make conformance-tls                                  cases 1-10 over wss:// (through a TLS forwarder)
@@ -61,6 +61,8 @@ lint:
 	# The library alone, as an embedder builds it (no features; then with the cluster).
 	$(CARGO) clippy --lib -- -D warnings
 	$(CARGO) clippy --lib --features cluster -- -D warnings
+	# The API docs: a broken intra-doc link is a broken page for embedders.
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --features tls,signals,cluster
 
 # The cluster tests start Debian's redis-server (7): install it when missing and we
 # can (root with apt), as python3-venv below; otherwise say so and go on (the

@@ -170,9 +170,7 @@ impl<S> Core<S> {
 
 impl<S> super::Loop<S> {
     /// This loop's index in its [`Reactor`](crate::Reactor): 0 to
-    /// [`loops`](Loop::loops)` - 1` (0 for a lone [`Server`]).
-    ///
-    /// [`Loop::loops`]: super::Loop::loops
+    /// [`loops`](super::Loop::loops)` - 1` (0 for a lone [`Server`]).
     pub fn loop_index(&self) -> usize {
         usize::from(self.loop_index)
     }
