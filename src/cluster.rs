@@ -92,6 +92,8 @@
 
 use crate::handle::{Command, Handle, Payload};
 use crate::proto::frame::Opcode;
+pub use envelope::ENVELOPE_HEADER;
+use envelope::{decode, encode};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -99,10 +101,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// The envelope's header length.
-pub const ENVELOPE_HEADER: usize = 16;
-const MAGIC: &[u8; 3] = b"WSR";
-const VERSION: u8 = 1;
+mod envelope;
 
 /// How the subscriber waits for a message before it looks for subscription changes:
 /// the delay of a new subscription, at worst, when no message is flowing.
@@ -266,49 +265,6 @@ impl Drop for Cluster {
             let _ = thread.join();
         }
     }
-}
-
-/// Encodes the envelope for `payload` from `origin`.
-pub(crate) fn encode(origin: u64, opcode: Opcode, payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(ENVELOPE_HEADER + payload.len());
-    out.extend_from_slice(MAGIC);
-    out.push(VERSION);
-    out.push(match opcode {
-        Opcode::Binary => 2,
-        _ => 1,
-    });
-    out.extend_from_slice(&[0; 3]);
-    out.extend_from_slice(&origin.to_be_bytes());
-    out.extend_from_slice(payload);
-    out
-}
-
-/// A parsed envelope: who sent it, and what.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) struct Envelope<'a> {
-    pub origin: u64,
-    pub opcode: Opcode,
-    pub payload: &'a [u8],
-}
-
-/// Parses an envelope; `None` for anything that is not one of ours (a foreign
-/// publisher, another version, an unknown kind).
-pub(crate) fn decode(bytes: &[u8]) -> Option<Envelope<'_>> {
-    let header = bytes.get(..ENVELOPE_HEADER)?;
-    if &header[..3] != MAGIC || header[3] != VERSION || header[5..8] != [0; 3] {
-        return None;
-    }
-    let opcode = match header[4] {
-        1 => Opcode::Text,
-        2 => Opcode::Binary,
-        _ => return None,
-    };
-    let origin = u64::from_be_bytes(header[8..16].try_into().ok()?);
-    Some(Envelope {
-        origin,
-        opcode,
-        payload: &bytes[ENVELOPE_HEADER..],
-    })
 }
 
 /// One message on its way to the broker.
@@ -934,34 +890,6 @@ fn deliver(shared: &Shared, handle: &Handle, topic: Option<&str>, bytes: &[u8]) 
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
-    #[test]
-    fn envelope_round_trips_and_foreign_bytes_are_refused() {
-        let bytes = encode(0x0102_0304_0506_0708, Opcode::Binary, b"hello");
-        assert_eq!(bytes.len(), ENVELOPE_HEADER + 5);
-        assert_eq!(&bytes[..8], b"WSR\x01\x02\0\0\0");
-        assert_eq!(&bytes[8..16], &[1, 2, 3, 4, 5, 6, 7, 8]);
-        assert_eq!(
-            decode(&bytes),
-            Some(Envelope {
-                origin: 0x0102_0304_0506_0708,
-                opcode: Opcode::Binary,
-                payload: b"hello",
-            })
-        );
-        let text = encode(7, Opcode::Text, b"");
-        assert_eq!(decode(&text).map(|e| e.opcode), Some(Opcode::Text));
-        assert_eq!(decode(&text).map(|e| e.payload.len()), Some(0));
-        assert_eq!(decode(b"hello"), None);
-        assert_eq!(decode(&bytes[..15]), None);
-        for at in [0, 3, 4, 5] {
-            let mut bad = bytes.clone();
-            bad[at] ^= 0x40;
-            assert_eq!(decode(&bad), None, "byte {at}");
-        }
-    }
-
     #[test]
     fn an_invalid_url_is_an_error_and_starts_nothing() {
         assert!(redis::Client::open("http://nowhere").is_err());
