@@ -21,6 +21,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from websockets.asyncio.client import connect
 
 ROOT = Path(__file__).resolve().parents[2]
 _target = Path(os.environ.get("CARGO_TARGET_DIR", "target"))
@@ -48,6 +49,29 @@ def run(coro, timeout: float):
         return await asyncio.wait_for(coro, timeout)
 
     return asyncio.run(bounded())
+
+
+def client(url: str, **kwargs):
+    """A `websockets` client connection (loopback, no proxy, 5 s to open and close)."""
+    options = dict(proxy=None, open_timeout=5, close_timeout=5)
+    options.update(kwargs)
+    return connect(url, **options)
+
+
+async def recv(ws, timeout: float = 10.0):
+    """The next message, or TimeoutError."""
+    return await asyncio.wait_for(ws.recv(), timeout)
+
+
+async def recv_until(ws, wanted: str, timeout: float = 10.0) -> list[str]:
+    """Everything received up to and including `wanted`."""
+    seen = []
+    async with asyncio.timeout(timeout):
+        while True:
+            message = await ws.recv()
+            seen.append(message)
+            if message == wanted:
+                return seen
 
 
 # Loopback only: never through a proxy named in the environment.

@@ -6,31 +6,9 @@ import asyncio
 import time
 
 import pytest
-from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from conftest import run
-
-
-def client(url: str, **kwargs):
-    options = dict(proxy=None, open_timeout=5, close_timeout=5)
-    options.update(kwargs)
-    return connect(url, **options)
-
-
-async def recv(ws, timeout: float = 10.0):
-    return await asyncio.wait_for(ws.recv(), timeout)
-
-
-async def recv_until(ws, wanted: str, timeout: float = 10.0) -> list[str]:
-    """Everything received up to and including `wanted`."""
-    seen = []
-    async with asyncio.timeout(timeout):
-        while True:
-            message = await ws.recv()
-            seen.append(message)
-            if message == wanted:
-                return seen
+from conftest import client, recv, recv_until, run
 
 
 # chat -------------------------------------------------------------------------------

@@ -12,32 +12,11 @@ import asyncio
 import json
 import time
 
-from websockets.asyncio.client import connect
 
-from conftest import http_get, run
+from conftest import client, http_get, recv, recv_until, run
 from test_metrics import scrape
 
 CLIENTS = 16
-
-
-def client(url: str, **kwargs):
-    options = dict(proxy=None, open_timeout=5, close_timeout=5)
-    options.update(kwargs)
-    return connect(url, **options)
-
-
-async def recv(ws, timeout: float = 10.0):
-    return await asyncio.wait_for(ws.recv(), timeout)
-
-
-async def recv_until(ws, wanted: str, timeout: float = 10.0) -> list[str]:
-    seen = []
-    async with asyncio.timeout(timeout):
-        while True:
-            message = await ws.recv()
-            seen.append(message)
-            if message == wanted:
-                return seen
 
 
 def test_chat_with_two_loops_reaches_every_member(servers):
