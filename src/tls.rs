@@ -321,7 +321,7 @@ impl TlsStream {
     /// Sends close_notify, then half-closes the socket once it is out.
     pub fn shutdown_write(&mut self) -> io::Result<()> {
         if !self.handshaking {
-            let _ = self.drive(|state, out| {
+            let _ = self.drive(|state, _, out, _| {
                 let start = out.len();
                 out.resize(start + 64, 0);
                 match state.queue_close_notify(&mut out[start..]) {
@@ -336,12 +336,15 @@ impl TlsStream {
     }
 
     /// Turns the session until it can encrypt, encoding and sending what the handshake
-    /// has to say on the way, then runs `f` with the encrypting state and `cipher_out`.
+    /// has to say on the way, then runs `f` with the encrypting state and the way out
+    /// (the socket, and `cipher_out` from `out_at` on).
     fn drive(
         &mut self,
         f: impl FnOnce(
             &mut rustls::unbuffered::WriteTraffic<'_, rustls::server::ServerConnectionData>,
+            &mut TcpStream,
             &mut Vec<u8>,
+            &mut usize,
         ) -> io::Result<usize>,
     ) -> io::Result<usize> {
         let mut f = Some(f);
@@ -372,7 +375,12 @@ impl TlsStream {
                 }
                 Ok(ConnectionState::WriteTraffic(mut state)) => {
                     let f = f.take().expect("runs once");
-                    let result = f(&mut state, &mut self.cipher_out);
+                    let result = f(
+                        &mut state,
+                        &mut self.socket,
+                        &mut self.cipher_out,
+                        &mut self.out_at,
+                    );
                     held.drain(..discard);
                     self.cipher_in = held;
                     return result;
@@ -398,52 +406,9 @@ impl TlsStream {
         if plain.is_empty() {
             return Ok(0);
         }
-        for _ in 0..16 {
-            let mut held = std::mem::take(&mut self.cipher_in);
-            let TlsStream {
-                conn,
-                socket,
-                cipher_out,
-                out_at,
-                peer_closed,
-                plain_in,
-                more,
-                ..
-            } = self;
-            let status = conn.process_tls_records(&mut held);
-            let discard = status.discard;
-            let result = match status.state.map_err(|e| invalid(e, false)) {
-                Err(e) => Err(e),
-                Ok(ConnectionState::WriteTraffic(mut state)) => {
-                    let result = encrypt_out(&mut state, plain, socket, cipher_out, out_at);
-                    held.drain(..discard);
-                    self.cipher_in = held;
-                    return result;
-                }
-                // Records the reader has not taken yet: kept for it.
-                Ok(ConnectionState::ReadTraffic(mut traffic)) => {
-                    stash(&mut traffic, plain_in, more)
-                }
-                // Handshake messages to send first (tickets, a key update).
-                Ok(ConnectionState::EncodeTlsData(mut state)) => {
-                    encode_into(&mut state, cipher_out).map_err(|e| invalid(e, false))
-                }
-                Ok(ConnectionState::TransmitTlsData(state)) => {
-                    state.done();
-                    Ok(())
-                }
-                Ok(ConnectionState::PeerClosed) => {
-                    *peer_closed = true;
-                    Ok(())
-                }
-                Ok(ConnectionState::Closed) => Err(io::ErrorKind::BrokenPipe.into()),
-                Ok(_) => Err(io::ErrorKind::WouldBlock.into()),
-            };
-            held.drain(..discard);
-            self.cipher_in = held;
-            result?;
-        }
-        Err(io::Error::other("TLS session made no progress"))
+        self.drive(|state, socket, cipher_out, out_at| {
+            encrypt_out(state, plain, socket, cipher_out, out_at)
+        })
     }
 
     /// Reads ciphertext, runs it through the session (answering the handshake as it goes)
