@@ -3,6 +3,8 @@
 //! descriptor (`AsRawFd`) wrapped in `tokio::io::unix::AsyncFd`, alongside tokio's
 //! own tasks — here a plain TCP service on the next port that answers every line
 //! with the count of messages echoed so far, and a timer that prints it every 5 s.
+//! The driver itself (a dozen lines) is in `tokio_nested/drive.rs`, which
+//! `tests/nesting.rs` runs too.
 //!
 //! ```text
 //! cargo run --example tokio_nested [ADDR]      # default 127.0.0.1:9001; TCP on 9002
@@ -15,9 +17,12 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::unix::AsyncFd;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Interest};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use wsreactor::{Config, Ctx, Handler, Message, Server};
+
+#[path = "tokio_nested/drive.rs"]
+mod drive;
+use drive::drive;
 
 /// Echoes every message and counts them; the count is shared with the tokio tasks.
 struct Echo {
@@ -30,37 +35,6 @@ impl Handler for Echo {
         let _ = cx.send(message);
         self.echoed.fetch_add(1, Ordering::Relaxed);
     }
-}
-
-/// Drives `server` from the tokio runtime until its shutdown completes: a turn that
-/// never blocks whenever its descriptor is readable or its `next_timeout` passes.
-async fn drive<H: Handler>(server: Server<H>) -> io::Result<()> {
-    // SAFETY: the descriptor is the server's poller, which the server owns and keeps
-    // open, the same one, for as long as it lives; the AsyncFd owns the server, so
-    // the descriptor outlives the registration (wsreactor documents this guarantee
-    // on `impl AsRawFd for Server`).
-    let mut server = unsafe { AsyncFd::register_with_interest(server, Interest::READABLE) }
-        .map_err(io::Error::from)?;
-    while !server.get_ref().is_finished() {
-        // Timers, deadlines and left-over work raise no readiness: wake for them too.
-        let timeout = server.get_ref().next_timeout();
-        let sleep = async move {
-            match timeout {
-                Some(timeout) => tokio::time::sleep(timeout).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            ready = server.readable_mut() => {
-                let mut ready = ready?;
-                ready.get_inner_mut().turn(Some(Duration::ZERO))?;
-                // Edge-triggered: readiness that arrived during the turn is kept.
-                ready.clear_ready();
-            }
-            () = sleep => server.get_mut().turn(Some(Duration::ZERO))?,
-        }
-    }
-    Ok(())
 }
 
 /// A plain TCP service of tokio's own: answers each line with the echo count.

@@ -14,10 +14,14 @@ use std::net::SocketAddr;
 use std::sync::mpsc::{self, Sender};
 use std::thread::{self, ThreadId};
 use std::time::Duration;
-use tokio::io::unix::AsyncFd;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, Interest};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tungstenite::Message as WsMessage;
 use wsreactor::{Config, ConnId, Ctx, Handler, Message, Server};
+
+/// The host's side: the example's own driver.
+#[path = "../examples/tokio_nested/drive.rs"]
+mod drive;
+use drive::drive;
 
 /// Echoes; each connection gets a `tick` from a timer 50 ms after it opens. Reports
 /// its ids and the thread it runs on.
@@ -37,32 +41,6 @@ impl Handler for Echo {
     fn on_message(&mut self, cx: &mut Ctx<'_>, message: Message<'_>) {
         let _ = cx.send(message);
     }
-}
-
-/// The host's side, as `examples/tokio_nested.rs` has it.
-async fn drive<H: Handler>(server: Server<H>) -> io::Result<()> {
-    // SAFETY: the server owns its poller's descriptor and keeps it open, the same
-    // one, for its whole life; the AsyncFd owns the server.
-    let mut server = unsafe { AsyncFd::register_with_interest(server, Interest::READABLE) }
-        .map_err(io::Error::from)?;
-    while !server.get_ref().is_finished() {
-        let timeout = server.get_ref().next_timeout();
-        let sleep = async move {
-            match timeout {
-                Some(timeout) => tokio::time::sleep(timeout).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            ready = server.readable_mut() => {
-                let mut ready = ready?;
-                ready.get_inner_mut().turn(Some(Duration::ZERO))?;
-                ready.clear_ready();
-            }
-            () = sleep => server.get_mut().turn(Some(Duration::ZERO))?,
-        }
-    }
-    Ok(())
 }
 
 /// tokio's own service: answers each line with `<line> from <thread id>`.
