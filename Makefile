@@ -234,7 +234,16 @@ test-browser: venv-test redis-server openssl
 #   make bench-cluster            two nodes linked through redis-server (bench/cluster.py)
 #
 # bench/run.py lists every knob; results land in bench/target/results/.
-.PHONY: bench bench-cluster
+.PHONY: bench bench-cluster venv-bench
+
+# (g)'s peer, Python `websockets`, runs from .venv; run.py makes it when missing.
+BENCH_REQUIREMENTS := bench/requirements.txt
+BENCH_STAMP        := $(VENV)/.bench-requirements.stamp
+$(BENCH_STAMP): $(BENCH_REQUIREMENTS) | $(VENV)/bin/pip
+	$(VENV)/bin/pip install --disable-pip-version-check --quiet -r $(BENCH_REQUIREMENTS)
+	touch $@
+
+venv-bench: $(BENCH_STAMP)
 
 bench:
 	$(PYTHON) bench/run.py
