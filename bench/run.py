@@ -191,6 +191,22 @@ TAIL_LOADS = [x.strip() for x in os.environ.get("BENCH_TAIL_LOADS", "50%,80%").s
               if x.strip()]
 TAIL_SATURATED = env_num("BENCH_TAIL_SATURATED", 0.0)
 TAIL_WSREACTOR_ARGS = os.environ.get("BENCH_TAIL_WSREACTOR_ARGS", "").split()
+# The generator wakes for sends once per tick (a periodic timer): every send is up to a
+# tick late, counted in its latency, for a fraction of the wake-ups; 0 = each send at its
+# own time (the timer re-armed per send, which costs the generator ~15% more CPU).
+TAIL_TICK_US = env_num("BENCH_TAIL_TICK_US", 50, int)
+# 1: server and generator under SCHED_FIFO (chrt -f 1, root only), ahead of every other
+# process on their cores, so that the tail is the servers' and not the other builds on
+# a shared machine (they wait while a run lasts; the kernel still keeps 5% of each
+# second for them).
+TAIL_RT = os.environ.get("BENCH_TAIL_RT", "0") not in ("", "0")
+# wsreactor variants run beside the others in (h): "NAME=ARGS;NAME=ARGS", e.g.
+# "wsreactor-nostats=--stats-interval 0 --no-stats-endpoints".
+TAIL_VARIANTS = {}
+for _v in os.environ.get("BENCH_TAIL_VARIANTS", "").split(";"):
+    if "=" in _v:
+        _name, _args = _v.split("=", 1)
+        TAIL_VARIANTS[_name.strip()] = _args.split()
 BROADCAST_EXAMPLE = os.path.join(ROOT_TARGET, "release", "examples", "broadcast")
 FANOUT_WSREACTOR_ARGS = os.environ.get("BENCH_FANOUT_WSREACTOR_ARGS", "").split()
 
@@ -276,11 +292,20 @@ def compress_argv(name, mode):
 
 
 def tail_argv(name):
-    """(h): the argv builder of server `name` (wsreactor with BENCH_TAIL_WSREACTOR_ARGS)."""
+    """(h): the argv builder of server `name` (wsreactor with BENCH_TAIL_WSREACTOR_ARGS,
+    or a BENCH_TAIL_VARIANTS variant)."""
+    if name in TAIL_VARIANTS:
+        return rt(lambda port: [WSREACTOR_BIN, "--listen", f"127.0.0.1:{port}",
+                                *TAIL_VARIANTS[name]])
     if name == "wsreactor" and TAIL_WSREACTOR_ARGS:
-        return lambda port: [WSREACTOR_BIN, "--listen", f"127.0.0.1:{port}",
-                             *TAIL_WSREACTOR_ARGS]
-    return SERVERS[name][0]
+        return rt(lambda port: [WSREACTOR_BIN, "--listen", f"127.0.0.1:{port}",
+                                *TAIL_WSREACTOR_ARGS])
+    return rt(SERVERS[name][0])
+
+
+def rt(argv_of):
+    """`argv_of` under SCHED_FIFO when BENCH_TAIL_RT=1."""
+    return (lambda port: ["chrt", "-f", "1", *argv_of(port)]) if TAIL_RT else argv_of
 
 
 def pick(env, known):
@@ -302,7 +327,8 @@ COMPRESS_SERVERS = [n.strip() for n in os.environ.get(
     "BENCH_COMPRESS_SERVERS", "wsreactor,websockets-py").split(",") if n.strip()]
 TAIL_SERVERS = pick("BENCH_TAIL_SERVERS", [n for n in SERVERS if n in
                                             ("wsreactor", "tokio-tungstenite",
-                                             "fastwebsockets", "rawecho", "baseline")])
+                                             "fastwebsockets", "rawecho", "baseline")]
+                    + list(TAIL_VARIANTS))
 
 def raise_nofile():
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -382,11 +408,14 @@ def run_tail(rate_per_conn, port, pid, raw, seconds=None):
     seconds = seconds or TAIL_SECONDS
     argv = [LOADGEN, "--addr", f"127.0.0.1:{port}", "--conns", str(TAIL_CONNS),
             "--server-pid", str(pid), "--size", str(TAIL_SIZE), "--rate", f"{rate_per_conn:.3f}",
+            "--tick-us", str(TAIL_TICK_US),
             "--seconds", str(seconds), "--warmup", str(WARMUP), "--drain-time", "5",
             "--connect-timeout", "30"]
     if raw:
         argv.append("--raw")
-    return run_client(pinned(CLIENT_CPU, argv), pid, seconds + WARMUP + 90)
+    argv = pinned(CLIENT_CPU, argv)
+    return run_client(["chrt", "-f", "1", *argv] if TAIL_RT else argv, pid,
+                      seconds + WARMUP + 90)
 
 
 def saturated_rate(outdir):
@@ -394,7 +423,11 @@ def saturated_rate(outdir):
     tail's connections and size (one run of BENCH_TAIL_SECONDS)."""
     if TAIL_SATURATED > 0:
         return TAIL_SATURATED, "given (BENCH_TAIL_SATURATED)", None
-    proc, port, _ = start_server("wsreactor", outdir, "h-saturation", tail_argv("wsreactor"))
+    # Without SCHED_FIFO even with BENCH_TAIL_RT=1: two processes each saturating a core
+    # would run into the kernel's RT throttling.
+    argv = ((lambda port: [WSREACTOR_BIN, "--listen", f"127.0.0.1:{port}", *TAIL_WSREACTOR_ARGS])
+            if TAIL_WSREACTOR_ARGS else SERVERS["wsreactor"][0])
+    proc, port, _ = start_server("wsreactor", outdir, "h-saturation", argv)
     try:
         result = run_loadgen("wsreactor", {"conns": TAIL_CONNS, "size": TAIL_SIZE}, port,
                              proc.pid, False)
@@ -514,6 +547,7 @@ def summarize(runs):
         "target_rate": m("target_msgs_per_sec"),
         "lat": {q: m("latency_us", q) for q in ("p50", "p99", "p999", "p9999", "max")},
         "lat_p999_runs": [(r.get("latency_us") or {}).get("p999") for r in runs],
+        "rtt_p999": m("rtt_from_actual_send_us", "p999"),
         "lag_p999": m("gen_lag_us", "p999"),
         "lag_max": max(((r.get("gen_lag_us") or {}).get("max") or 0.0 for r in runs),
                        default=None),
@@ -608,7 +642,8 @@ def compress_table(results, servers):
 
 def tail_table(results, servers, rates):
     head = ("| workload | server | target msgs/s | echoed msgs/s | p50 µs | p99 µs | p99.9 µs "
-            "| p99.99 µs | max µs | p99.9 per run µs | sent / echoed | gen lag p99.9 µs "
+            "| p99.99 µs | max µs | p99.9 per run µs | p99.9 from actual send µs | sent / echoed "
+            "| gen lag p99.9 µs "
             "| gen kept up | srv CPU | srv CPU µs/msg | errors |")
     lines = [head, "|---|---|" + "---:|" * (head.count("|") - 3)]
     pct = lambda v: "—" if v is None else f"{v * 100:.0f}%"
@@ -623,7 +658,7 @@ def tail_table(results, servers, rates):
                 TAIL_CASES[wkey]["label"] + f" ({rates[wkey]:,.0f}/s per conn)", server,
                 fmt(s["target_rate"], 0), fmt(s["msgs_per_sec"], 0),
                 fmt(lat["p50"]), fmt(lat["p99"]), fmt(lat["p999"]), fmt(lat["p9999"]),
-                fmt(lat["max"]), runs, f"{s['sent']:,} / {s['received']:,}",
+                fmt(lat["max"]), runs, fmt(s["rtt_p999"]), f"{s['sent']:,} / {s['received']:,}",
                 fmt(s["lag_p999"]), "yes" if s["kept_up"] else "NO",
                 pct(s["server_util"]), fmt(s["cpu_per_msg"], 2), str(s["errors"]),
             ]) + " |")
@@ -854,7 +889,8 @@ def main():
         notes.append("(g): the websockets peer did not run: .venv could not be made "
                      "(`make venv-bench`).")
     checks = [SERVERS[name][0](0)[0] for name in SERVER_NAMES if ECHO_NAMES]
-    checks += [tail_argv(name)(0)[0] for name in TAIL_SERVERS if TAIL_NAMES]
+    checks += [[a for a in tail_argv(name)(0) if a not in ("chrt", "-f", "1")][0]
+               for name in TAIL_SERVERS if TAIL_NAMES]
     checks += [fanout_argv[name](0)[0] for name in fanout_names]
     checks += [FANOUT] if FANOUT_NAMES else []
     for path in checks:
@@ -942,9 +978,10 @@ def main():
                     # A different server goes first in each round.
                     k = run % len(TAIL_SERVERS)
                     for name in TAIL_SERVERS[k:] + TAIL_SERVERS[:k]:
-                        proc, port, raw = start_server(name, outdir, f"{wkey}{run}",
+                        tag = wkey.replace("/", "per").replace("%", "pct") + str(run)
+                        proc, port, raw = start_server(name, outdir, tag,
                                                        tail_argv(name))
-                        raw = SERVERS[name][1]
+                        raw = name in SERVERS and SERVERS[name][1]
                         try:
                             result = run_tail(rate, port, proc.pid, raw)
                         finally:
@@ -1039,8 +1076,13 @@ def main():
             f"{TAIL_CONNS} connections × {TAIL_SIZE} B binary, each sending at a fixed rate on "
             "a timetable spread evenly over the connections (`loadgen --rate`), several "
             "messages in flight if need be; latency from the *scheduled* send to the whole "
-            "echo (coordinated omission corrected); gen lag = how late the generator "
-            "itself sent (kept up = no send over 1 ms late, none skipped).",
+            "echo (coordinated omission corrected); from actual send = the same without "
+            "the generator's own lag; gen lag = how late the generator "
+            f"itself sent (kept up = no send over 1 ms late, none skipped); sends go out "
+            f"once per {TAIL_TICK_US} µs tick (up to a tick late, in the latency: the same "
+            "for every server)"
+            + ("; server and generator under SCHED_FIFO (BENCH_TAIL_RT=1), ahead of the "
+               "machine's other work." if TAIL_RT else "."),
             "",
             tail_table(results, TAIL_SERVERS, tail_rates),
             "",

@@ -176,13 +176,17 @@ pub struct Settings {
     /// Give up sending on a connection with this many messages outstanding (counted as
     /// skipped), which bounds the memory a stalled server can make us hold.
     pub max_in_flight: usize,
+    /// Wake for sends at most once per `tick` (zero: at each send's own time): the
+    /// sends due in a tick go out together at its end, up to `tick` late (the lag is in
+    /// their latency), for a fraction of the wake-ups (and of the generator's CPU).
+    pub tick: Duration,
 }
 
 struct Conn {
     c: OpenConn,
-    /// (sequence number, scheduled time, in the measured window) of every message sent
-    /// and not yet echoed, oldest first.
-    in_flight: VecDeque<(u64, Instant, bool)>,
+    /// (sequence number, scheduled time, actual send time, in the measured window) of
+    /// every message sent and not yet echoed, oldest first.
+    in_flight: VecDeque<(u64, Instant, Instant, bool)>,
     seq: u64,
     /// The next scheduled send.
     next_at: Instant,
@@ -221,6 +225,8 @@ pub struct OpenLoop {
     slots: Vec<usize>,
     settings: Settings,
     period: Duration,
+    /// The first send's time (ticks count from it).
+    start: Instant,
     /// (Reverse(next send), slot): the connections by their next send.
     timetable: BinaryHeap<std::cmp::Reverse<(Instant, usize)>>,
     timer: OwnedFd,
@@ -233,6 +239,9 @@ pub struct OpenLoop {
     pub latency: Histogram,
     /// The generator's own lag: actual send time − scheduled time (measured sends).
     pub lag: Histogram,
+    /// Round trips from the actual send (not corrected: the generator's lag left out),
+    /// which tells the server's share of `latency` from the generator's.
+    pub rtt: Histogram,
     /// Counters over the measured window.
     pub counts: Counts,
     /// Errors (a bad echo, a closed connection), the first few described.
@@ -307,6 +316,7 @@ impl OpenLoop {
             slots,
             settings,
             period,
+            start,
             timetable,
             timer,
             timer_armed_for: None,
@@ -315,6 +325,7 @@ impl OpenLoop {
             window_end: None,
             latency: Histogram::new(),
             lag: Histogram::new(),
+            rtt: Histogram::new(),
             counts: Counts::default(),
             errors: 0,
             error_samples: Vec::new(),
@@ -333,7 +344,7 @@ impl OpenLoop {
         self.conns
             .iter()
             .filter(|c| !c.dead)
-            .map(|c| c.in_flight.iter().filter(|m| m.2).count() as u64)
+            .map(|c| c.in_flight.iter().filter(|m| m.3).count() as u64)
             .sum()
     }
 
@@ -381,8 +392,14 @@ impl OpenLoop {
                 .peek()
                 .map(|r| r.0 .0)
                 .filter(|&t| self.window_end.is_none_or(|end| t < end));
-            let wake = next.map_or(until, |t| t.min(until));
-            self.arm(wake, now)?;
+            if self.settings.tick.is_zero() {
+                let wake = next.map_or(until, |t| t.min(until));
+                self.arm(wake, now)?;
+            } else if self.timer_armed_for.is_none() {
+                // A periodic timer, armed once: re-arming it per wake-up cost the
+                // generator ~15% of its CPU (hrtimer reprogramming is a VM exit here).
+                self.arm_periodic(now)?;
+            }
             match poll.poll(events, Some(Duration::from_millis(100))) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -396,7 +413,9 @@ impl OpenLoop {
                     unsafe {
                         libc::read(self.timer.as_raw_fd(), expirations.as_mut_ptr().cast(), 8)
                     };
-                    self.timer_armed_for = None;
+                    if self.settings.tick.is_zero() {
+                        self.timer_armed_for = None;
+                    }
                     continue;
                 }
                 let Some(&slot) = self.slots.get(token.0).filter(|&&s| s != usize::MAX) else {
@@ -415,6 +434,31 @@ impl OpenLoop {
                 }
             }
         }
+    }
+
+    /// Arms the timer to fire every tick, from the first send's time on.
+    fn arm_periodic(&mut self, now: Instant) -> Result<(), String> {
+        let ts = |d: Duration| libc::timespec {
+            tv_sec: d.as_secs() as libc::time_t,
+            tv_nsec: d.subsec_nanos() as libc::c_long,
+        };
+        let first = self
+            .start
+            .saturating_duration_since(now)
+            .max(Duration::from_nanos(1));
+        let spec = libc::itimerspec {
+            it_interval: ts(self.settings.tick),
+            it_value: ts(first),
+        };
+        // SAFETY: arms our timerfd with a struct we own.
+        let rc = unsafe {
+            libc::timerfd_settime(self.timer.as_raw_fd(), 0, &spec, std::ptr::null_mut())
+        };
+        if rc != 0 {
+            return Err(format!("timerfd_settime: {}", io::Error::last_os_error()));
+        }
+        self.timer_armed_for = Some(self.start);
+        Ok(())
     }
 
     /// Arms the timer for `at` (at once if it is past).
@@ -503,7 +547,8 @@ impl OpenLoop {
         for (i, &b) in stamp.iter().enumerate().take(size) {
             conn.c.frame[conn.c.payload_at + i] = b ^ conn.c.mask[i % 4];
         }
-        conn.in_flight.push_back((conn.seq, at, measured));
+        conn.in_flight
+            .push_back((conn.seq, at, Instant::now(), measured));
         if conn.out_at < conn.out.len() {
             // Still writing an earlier one: queue behind it.
             conn.out.extend_from_slice(&conn.c.frame);
@@ -596,7 +641,7 @@ impl OpenLoop {
             if rest.len() < total {
                 break;
             }
-            let Some(&(seq, scheduled, measured)) = conn.in_flight.front() else {
+            let Some(&(seq, scheduled, sent_at, measured)) = conn.in_flight.front() else {
                 return Err(format!("{total} bytes with no message in flight"));
             };
             let stamp = Self::stamp(conn.c.id, seq);
@@ -670,6 +715,8 @@ impl OpenLoop {
                     self.counts.received += 1;
                     self.latency
                         .record(now.saturating_duration_since(scheduled).as_nanos() as u64);
+                    self.rtt
+                        .record(now.saturating_duration_since(sent_at).as_nanos() as u64);
                 }
             }
         }
@@ -686,7 +733,8 @@ impl OpenLoop {
         format!(
             ",\"rate_per_conn\":{:.1},\"target_msgs_per_sec\":{:.1},\"scheduled\":{},\
              \"sent\":{},\"received\":{},\"unanswered\":{unanswered},\"skipped\":{},\
-             \"missed\":{},\"latency_us\":{},\"gen_lag_us\":{},\"gen_late_1ms\":{},\
+             \"missed\":{},\"latency_us\":{},\"rtt_from_actual_send_us\":{},\"gen_lag_us\":{},\
+             \"gen_late_1ms\":{},\
              \"gen_kept_up\":{kept_up},\"seconds_window\":{seconds:.3}",
             self.settings.rate,
             self.settings.rate * self.conns.len() as f64,
@@ -696,6 +744,7 @@ impl OpenLoop {
             c.skipped,
             unanswered + c.skipped,
             self.latency.json_us(),
+            self.rtt.json_us(),
             self.lag.json_us(),
             c.late_1ms,
         )

@@ -97,6 +97,9 @@ loadgen: closed-loop WebSocket echo load generator (prints one JSON line)
                           the generator's own lag. Binary pattern payloads only.
   --max-in-flight N       open loop: skip (and count) sends on a connection with N
                           messages outstanding                [1000]
+  --tick-us N             open loop: wake for sends at most once per N µs; the
+                          sends due in a tick go out at its end (≤ N µs late, and
+                          counted in their latency), for fewer wake-ups   [0: exact]
   --drain-time S          open loop: after the window, wait up to S for the echoes
                           of measured messages                [2]
 ";
@@ -927,6 +930,7 @@ struct Options {
     rate: Option<f64>,
     max_in_flight: usize,
     drain_secs: Duration,
+    tick: Duration,
 }
 
 #[derive(Clone)]
@@ -976,6 +980,7 @@ fn options() -> Result<Options, String> {
         "--rate",
         "--max-in-flight",
         "--drain-time",
+        "--tick-us",
     ])?;
     let host: String = args.get("--addr", "127.0.0.1:9998".to_owned())?;
     let addr: SocketAddr = host
@@ -1033,6 +1038,7 @@ fn options() -> Result<Options, String> {
         },
         max_in_flight: args.get("--max-in-flight", 1000)?,
         drain_secs: args.seconds("--drain-time", 2.0)?,
+        tick: Duration::from_micros(args.get("--tick-us", 0)?),
     };
     if options.rate.is_some() && (options.json || options.deflate.is_some() || options.idle) {
         return Err(
@@ -1405,6 +1411,7 @@ fn run_open(
         rate,
         raw: options.raw,
         max_in_flight: options.max_in_flight,
+        tick: options.tick,
     };
     let mut ol = openloop::OpenLoop::new(&gen.poll, conns, settings, start)?;
     let t0 = start + options.warmup;
