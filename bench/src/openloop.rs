@@ -432,6 +432,11 @@ impl OpenLoop {
                         self.error(slot, why);
                     }
                 }
+                // Sends that came due while echoes were read go now, not after the
+                // whole batch of events: a burst of echoes (after a server's stall)
+                // would otherwise delay them by the time it takes to read them all,
+                // and that lag is the generator's, not the server's.
+                self.send_due(poll, Instant::now());
             }
         }
     }
