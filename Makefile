@@ -232,6 +232,8 @@ test-browser: venv-test redis-server openssl
 #   make bench BENCH_QUICK=1      1 run x 1 s per cell, 1,000 idle connections
 #   make bench BENCH_SECONDS=3 BENCH_RUNS=5 BENCH_WORKLOADS=a,b BENCH_SERVERS=wsreactor,rawecho
 #   make bench-cluster            two nodes linked through redis-server (bench/cluster.py)
+#   make bench BENCH_WORKLOADS=g  compressed echo vs Python websockets (from .venv: make venv-bench)
+#   make bench BENCH_WORKLOADS=h BENCH_TAIL_RT=1   open-loop tail (loadgen --rate), SCHED_FIFO
 #
 # bench/run.py lists every knob; results land in bench/target/results/.
 .PHONY: bench bench-cluster venv-bench
