@@ -234,9 +234,20 @@ test-browser: venv-test redis-server openssl
 #   make bench BENCH_QUICK=1      1 run x 1 s per cell, 1,000 idle connections
 #   make bench BENCH_SECONDS=3 BENCH_RUNS=5 BENCH_WORKLOADS=a,b BENCH_SERVERS=wsreactor,rawecho
 #   make bench-cluster            two nodes linked through redis-server (bench/cluster.py)
+#   make bench BENCH_WORKLOADS=g  compressed echo vs Python websockets (from .venv: make venv-bench)
+#   make bench BENCH_WORKLOADS=h BENCH_TAIL_RT=1   open-loop tail (loadgen --rate), SCHED_FIFO
 #
 # bench/run.py lists every knob; results land in bench/target/results/.
-.PHONY: bench bench-cluster
+.PHONY: bench bench-cluster venv-bench
+
+# (g)'s peer, Python `websockets`, runs from .venv; run.py makes it when missing.
+BENCH_REQUIREMENTS := bench/requirements.txt
+BENCH_STAMP        := $(VENV)/.bench-requirements.stamp
+$(BENCH_STAMP): $(BENCH_REQUIREMENTS) | $(VENV)/bin/pip
+	$(VENV)/bin/pip install --disable-pip-version-check --quiet -r $(BENCH_REQUIREMENTS)
+	touch $@
+
+venv-bench: $(BENCH_STAMP)
 
 bench:
 	$(PYTHON) bench/run.py

@@ -15,7 +15,12 @@ Workloads: (a) 100 conns x 20 B, (b) 500 x 512 B, (c) 10 x 64 KiB, (d) 1 x 16 Mi
 1,000 / 10,000 subscribers on one topic, 100 B messages (bench/src/bin/fanout.rs), against
 wsreactor's pub/sub endpoint and the tokio-tungstenite and fastwebsockets pub/sub peers
 (bench/src/bin/*-pubsub.rs) -> deliveries/s, server CPU per delivery, publish->deliver
-latency, messages missed.
+latency, messages missed, (g) compressed echo: 100 conns x 1 KiB and 16 KiB of JSON-like
+text, permessage-deflate without and with context takeover, against the Python `websockets`
+peer (bench/websockets_echo.py, C zlib), beside each server's plain echo of the same
+messages -> server CPU per message, its ratio to the plain echo, bytes on the wire,
+(h) open-loop tail: 100 conns x 20 B at a fixed send rate (50% and 80% of the saturated
+rate) -> latency p50/p99/p99.9/p99.99/max from the scheduled send time.
 
 Then the criterion micro benches (short times) and the allocation count per echoed
 message (benches/alloc_per_message.rs).
@@ -27,7 +32,7 @@ Knobs (environment):
   BENCH_QUICK=1       1 run x 1 s, 1,000 idle connections, very short criterion
   BENCH_SERVERS=wsreactor,rawecho,tokio-tungstenite,fastwebsockets
   BENCH_BASELINE=PATH another wsreactor binary, run side by side as server "baseline"
-  BENCH_WORKLOADS=a,b,c,d,e,f
+  BENCH_WORKLOADS=a,b,c,d,e,f,g,h
   BENCH_IDLE_CONNS=10000
   BENCH_FANOUT_SUBS=1000,10000   (f): subscriber counts, one row each
   BENCH_FANOUT_RUNS=3 BENCH_FANOUT_SECONDS=3 BENCH_FANOUT_WARMUP=1   (f)'s own (1 x 1 s
@@ -40,6 +45,18 @@ Knobs (environment):
   BENCH_FANOUT_WSREACTOR_ARGS=""   (f): more arguments for that server (e.g. "--threads 2")
   BENCH_FANOUT_BATCH=0     1 adds the peers' tuned variants (tokio-tungstenite-batch,
                       fastwebsockets-batch: every waiting message in one write) to (f)
+  BENCH_COMPRESS_SERVERS=wsreactor,websockets-py   (g)'s servers
+  BENCH_COMPRESS_SIZES=1024,16384   BENCH_COMPRESS_MODES=plain,no-takeover,takeover
+  BENCH_COMPRESS_CONNS=100   BENCH_COMPRESS_RUNS=3   BENCH_COMPRESS_SECONDS=3   (g)'s own
+                      (1 x 1 s with BENCH_QUICK=1); the peer runs from .venv (made by
+                      `make venv-bench` when missing; skipped, saying so, if that fails)
+  BENCH_TAIL_SERVERS=wsreactor,tokio-tungstenite,fastwebsockets,rawecho   (h)'s servers
+  BENCH_TAIL_LOADS=50%,80%   (h): fractions of the saturated rate, or N/conn (msgs/s
+                      per connection, e.g. 1000/conn: the issue's reference point)
+  BENCH_TAIL_SATURATED=N   (h): the saturated rate in msgs/s (default: measured, as
+                      wsreactor's closed-loop msgs/s on the same connections and size)
+  BENCH_TAIL_CONNS=100 BENCH_TAIL_SIZE=20 BENCH_TAIL_RUNS=3 BENCH_TAIL_SECONDS=5
+  BENCH_TAIL_WSREACTOR_ARGS=""   (h): more arguments for wsreactor (e.g. --stats-interval 0)
   BENCH_CRITERION=1   0 skips the criterion benches   BENCH_ALLOCS=1   0 skips the alloc count
   BENCH_BUILD=1       0 skips the cargo builds (use what is built)
   BENCH_SERVER_CPU=0  BENCH_CLIENT_CPU=1   the cores to pin to
@@ -149,6 +166,47 @@ FANOUT_SIZE = 100
 FANOUT_TOPIC = "/topic/bench"
 FANOUT_BATCH = os.environ.get("BENCH_FANOUT_BATCH", "0") not in ("", "0")
 WSREACTOR_BIN = os.path.join(ROOT_TARGET, "release", "wsreactor")
+
+# (g) compressed echo: every server's plain echo of the same JSON-like messages runs in
+# the same rounds, so the cost of compression is a ratio to its own plain echo.
+COMPRESS_SIZES = [int(n) for n in os.environ.get("BENCH_COMPRESS_SIZES", "1024,16384").split(",")
+                  if n.strip()]
+COMPRESS_MODES = [m.strip() for m in os.environ.get(
+    "BENCH_COMPRESS_MODES", "plain,no-takeover,takeover").split(",") if m.strip()]
+for _m in COMPRESS_MODES:
+    if _m not in ("plain", "no-takeover", "takeover"):
+        sys.exit(f"run.py: BENCH_COMPRESS_MODES: {_m!r}: plain, no-takeover or takeover")
+COMPRESS_CONNS = env_num("BENCH_COMPRESS_CONNS", 100, int)
+COMPRESS_RUNS = env_num("BENCH_COMPRESS_RUNS", 1 if QUICK else 3, int)
+COMPRESS_SECONDS = env_num("BENCH_COMPRESS_SECONDS", 1.0 if QUICK else 3.0)
+VENV_PYTHON = os.path.join(ROOT, ".venv", "bin", "python")
+WEBSOCKETS_ECHO = os.path.join(BENCH, "websockets_echo.py")
+
+# (h) open-loop tail.
+TAIL_CONNS = env_num("BENCH_TAIL_CONNS", 100, int)
+TAIL_SIZE = env_num("BENCH_TAIL_SIZE", 20, int)
+TAIL_RUNS = env_num("BENCH_TAIL_RUNS", 1 if QUICK else 3, int)
+TAIL_SECONDS = env_num("BENCH_TAIL_SECONDS", 1.0 if QUICK else 5.0)
+TAIL_LOADS = [x.strip() for x in os.environ.get("BENCH_TAIL_LOADS", "50%,80%").split(",")
+              if x.strip()]
+TAIL_SATURATED = env_num("BENCH_TAIL_SATURATED", 0.0)
+TAIL_WSREACTOR_ARGS = os.environ.get("BENCH_TAIL_WSREACTOR_ARGS", "").split()
+# The generator wakes for sends once per tick (a periodic timer): every send is up to a
+# tick late, counted in its latency, for a fraction of the wake-ups; 0 = each send at its
+# own time (the timer re-armed per send, which costs the generator ~15% more CPU).
+TAIL_TICK_US = env_num("BENCH_TAIL_TICK_US", 50, int)
+# 1: server and generator under SCHED_FIFO (chrt -f 1, root only), ahead of every other
+# process on their cores, so that the tail is the servers' and not the other builds on
+# a shared machine (they wait while a run lasts; the kernel still keeps 5% of each
+# second for them).
+TAIL_RT = os.environ.get("BENCH_TAIL_RT", "0") not in ("", "0")
+# wsreactor variants run beside the others in (h): "NAME=ARGS;NAME=ARGS", e.g.
+# "wsreactor-nostats=--stats-interval 0 --no-stats-endpoints".
+TAIL_VARIANTS = {}
+for _v in os.environ.get("BENCH_TAIL_VARIANTS", "").split(";"):
+    if "=" in _v:
+        _name, _args = _v.split("=", 1)
+        TAIL_VARIANTS[_name.strip()] = _args.split()
 BROADCAST_EXAMPLE = os.path.join(ROOT_TARGET, "release", "examples", "broadcast")
 FANOUT_WSREACTOR_ARGS = os.environ.get("BENCH_FANOUT_WSREACTOR_ARGS", "").split()
 
@@ -202,9 +260,52 @@ WORKLOADS = {
     "e": {"label": f"(e) {IDLE_CONNS:,} idle conns", "conns": IDLE_CONNS, "idle": True},
     # (f) is one row per subscriber count: the keys f1000, f10000, ... (CASES below).
     "f": {"label": "(f) fan-out", "fanout": True},
+    # (g) is one row per size and mode (COMPRESS_CASES), (h) one per load (TAIL_CASES).
+    "g": {"label": "(g) compressed echo", "compress": True},
+    "h": {"label": "(h) open-loop tail", "tail": True},
 }
 FANOUT_CASES = {f"f{n}": {"label": f"(f) 1 → {n:,} subs × {FANOUT_SIZE} B", "subs": n,
                           "fanout": True} for n in FANOUT_SUBS}
+
+
+MODE_LABEL = {"plain": "plain", "no-takeover": "deflate, no takeover",
+              "takeover": "deflate, takeover"}
+COMPRESS_CASES = {
+    f"g{size}-{mode}": {"label": f"(g) {COMPRESS_CONNS} × {size // 1024 if size % 1024 == 0 else size}"
+                                 f"{' KiB' if size % 1024 == 0 else ' B'} JSON, {MODE_LABEL[mode]}",
+                        "conns": COMPRESS_CONNS, "size": size, "mode": mode, "compress": True}
+    for size in COMPRESS_SIZES for mode in COMPRESS_MODES}
+TAIL_CASES = {f"h{load}": {"label": f"(h) {TAIL_CONNS} × {TAIL_SIZE} B open loop at {load}",
+                           "load": load, "tail": True} for load in TAIL_LOADS}
+
+
+def compress_argv(name, mode):
+    """(g): the argv builder of server `name` in `mode`."""
+    if name == "wsreactor":
+        extra = {"plain": [], "no-takeover": ["--deflate"], "takeover": ["--deflate-takeover"]}[mode]
+        return lambda port: [WSREACTOR_BIN, "--listen", f"127.0.0.1:{port}", *extra]
+    if name == "websockets-py":
+        off = "off" if mode == "plain" else mode
+        return lambda port: [VENV_PYTHON, WEBSOCKETS_ECHO, "--listen", f"127.0.0.1:{port}",
+                             "--deflate", off]
+    sys.exit(f"run.py: BENCH_COMPRESS_SERVERS: unknown {name!r} (wsreactor, websockets-py)")
+
+
+def tail_argv(name):
+    """(h): the argv builder of server `name` (wsreactor with BENCH_TAIL_WSREACTOR_ARGS,
+    or a BENCH_TAIL_VARIANTS variant)."""
+    if name in TAIL_VARIANTS:
+        return rt(lambda port: [WSREACTOR_BIN, "--listen", f"127.0.0.1:{port}",
+                                *TAIL_VARIANTS[name]])
+    if name == "wsreactor" and TAIL_WSREACTOR_ARGS:
+        return rt(lambda port: [WSREACTOR_BIN, "--listen", f"127.0.0.1:{port}",
+                                *TAIL_WSREACTOR_ARGS])
+    return rt(SERVERS[name][0])
+
+
+def rt(argv_of):
+    """`argv_of` under SCHED_FIFO when BENCH_TAIL_RT=1."""
+    return (lambda port: ["chrt", "-f", "1", *argv_of(port)]) if TAIL_RT else argv_of
 
 
 def pick(env, known):
@@ -217,9 +318,17 @@ def pick(env, known):
 
 SERVER_NAMES = pick("BENCH_SERVERS", list(SERVERS))
 WORKLOAD_NAMES = pick("BENCH_WORKLOADS", list(WORKLOADS))
-# The echo workloads, then (f)'s rows.
-ECHO_NAMES = [w for w in WORKLOAD_NAMES if w != "f"]
+# The echo workloads, then (f)'s, (g)'s and (h)'s rows.
+ECHO_NAMES = [w for w in WORKLOAD_NAMES if w not in ("f", "g", "h")]
 FANOUT_NAMES = list(FANOUT_CASES) if "f" in WORKLOAD_NAMES else []
+COMPRESS_NAMES = list(COMPRESS_CASES) if "g" in WORKLOAD_NAMES else []
+TAIL_NAMES = list(TAIL_CASES) if "h" in WORKLOAD_NAMES else []
+COMPRESS_SERVERS = [n.strip() for n in os.environ.get(
+    "BENCH_COMPRESS_SERVERS", "wsreactor,websockets-py").split(",") if n.strip()]
+TAIL_SERVERS = pick("BENCH_TAIL_SERVERS", [n for n in SERVERS if n in
+                                            ("wsreactor", "tokio-tungstenite",
+                                             "fastwebsockets", "rawecho", "baseline")]
+                    + list(TAIL_VARIANTS))
 
 def raise_nofile():
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -281,6 +390,82 @@ def run_loadgen(name, workload, port, pid, raw):
     if raw:
         argv.append("--raw")
     return run_client(argv, pid, timeout)
+
+
+def run_compressed(case, port, pid):
+    """(g): the closed loop of JSON-like text, compressed or not, as the case says."""
+    argv = [LOADGEN, "--addr", f"127.0.0.1:{port}", "--conns", str(case["conns"]),
+            "--server-pid", str(pid), "--size", str(case["size"]), "--payload", "json",
+            "--seconds", str(COMPRESS_SECONDS), "--warmup", str(WARMUP),
+            "--connect-timeout", "30"]
+    argv += {"plain": [], "no-takeover": ["--deflate"],
+             "takeover": ["--deflate-takeover"]}[case["mode"]]
+    return run_client(pinned(CLIENT_CPU, argv), pid, COMPRESS_SECONDS + WARMUP + 90)
+
+
+def run_tail(rate_per_conn, port, pid, raw, seconds=None):
+    """(h): the open loop at `rate_per_conn` msgs/s on each connection."""
+    seconds = seconds or TAIL_SECONDS
+    argv = [LOADGEN, "--addr", f"127.0.0.1:{port}", "--conns", str(TAIL_CONNS),
+            "--server-pid", str(pid), "--size", str(TAIL_SIZE), "--rate", f"{rate_per_conn:.3f}",
+            "--tick-us", str(TAIL_TICK_US),
+            "--seconds", str(seconds), "--warmup", str(WARMUP),
+            "--drain-time", "1" if QUICK else "5",
+            "--connect-timeout", "30"]
+    if raw:
+        argv.append("--raw")
+    argv = pinned(CLIENT_CPU, argv)
+    return run_client(["chrt", "-f", "1", *argv] if TAIL_RT else argv, pid,
+                      seconds + WARMUP + 90)
+
+
+def saturated_rate(outdir):
+    """(h)'s reference: BENCH_TAIL_SATURATED, or wsreactor's closed-loop msgs/s on the
+    tail's connections and size (one run of BENCH_TAIL_SECONDS)."""
+    if TAIL_SATURATED > 0:
+        return TAIL_SATURATED, "given (BENCH_TAIL_SATURATED)", None
+    # With BENCH_TAIL_RT=1 under SCHED_FIFO too, or a busy machine's builds would set
+    # the rate; both sides saturate their cores, so the kernel's RT throttling (95% of
+    # each second) takes up to ~5% off the figure.
+    proc, port, _ = start_server("wsreactor", outdir, "h-saturation", tail_argv("wsreactor"))
+    try:
+        argv = pinned(CLIENT_CPU, [LOADGEN, "--addr", f"127.0.0.1:{port}", "--conns",
+                                   str(TAIL_CONNS), "--server-pid", str(proc.pid), "--size",
+                                   str(TAIL_SIZE), "--seconds", str(TAIL_SECONDS), "--warmup",
+                                   str(WARMUP), "--connect-timeout", "30"])
+        result = run_client(["chrt", "-f", "1", *argv] if TAIL_RT else argv, proc.pid,
+                            TAIL_SECONDS + WARMUP + 90)
+    finally:
+        stop(proc)
+    rate = result.get("msgs_per_sec")
+    if not rate or result.get("errors"):
+        sys.exit(f"run.py: (h): the saturation run failed: {result.get('error_samples')}")
+    return rate, (f"measured: wsreactor closed loop, {TAIL_CONNS} conns × {TAIL_SIZE} B"
+                  f"{', SCHED_FIFO' if TAIL_RT else ''}, "
+                  f"server CPU {result.get('server_cpu_util') or 0:.0%}, client CPU "
+                  f"{result.get('client_cpu_util') or 0:.0%}"), result
+
+
+def tail_rate_per_conn(load, saturated):
+    """A BENCH_TAIL_LOADS entry (`80%` or `1000/conn`) as msgs/s per connection."""
+    if load.endswith("%"):
+        return float(load[:-1]) / 100 * saturated / TAIL_CONNS
+    if load.endswith("/conn"):
+        return float(load[:-len("/conn")])
+    sys.exit(f"run.py: BENCH_TAIL_LOADS: {load!r}: e.g. 80% or 1000/conn")
+
+
+def ensure_venv_peer():
+    """True when .venv has `websockets` for (g)'s peer, making it (`make venv-bench`) if
+    need be."""
+    check = [VENV_PYTHON, "-c", "import websockets"]
+    ok = lambda: os.access(VENV_PYTHON, os.X_OK) and subprocess.run(
+        check, capture_output=True, timeout=30).returncode == 0
+    if ok():
+        return True
+    log("== (g): making .venv for the websockets peer (make venv-bench)")
+    subprocess.run(["make", "--no-print-directory", "venv-bench"], cwd=ROOT)
+    return ok()
 
 
 def run_client(argv, pid, timeout):
@@ -359,6 +544,21 @@ def summarize(runs):
         "missed": sum(int(r.get("missed") or 0) for r in runs),
         "undelivered": sum(int(r.get("undelivered_at_end") or 0) for r in runs),
         "given_up": sum(int(r.get("given_up") or 0) for r in runs),
+        # (g)
+        "wire_sent": m("wire", "sent_frame_bytes_per_msg"),
+        "wire_echo": m("wire", "echo_frame_bytes_per_msg"),
+        "echo_ratio": m("wire", "echo_ratio"),
+        # (h)
+        "target_rate": m("target_msgs_per_sec"),
+        "lat": {q: m("latency_us", q) for q in ("p50", "p99", "p999", "p9999", "max")},
+        "lat_p999_runs": [(r.get("latency_us") or {}).get("p999") for r in runs],
+        "rtt_p999": m("rtt_from_actual_send_us", "p999"),
+        "lag_p999": m("gen_lag_us", "p999"),
+        "lag_max": max(((r.get("gen_lag_us") or {}).get("max") or 0.0 for r in runs),
+                       default=None),
+        "kept_up": all(r.get("gen_kept_up") for r in runs),
+        "sent": sum(int(r.get("sent") or 0) for r in runs),
+        "received": sum(int(r.get("received") or 0) for r in runs),
         "other_load": m("other_load_cores"),
         "max_other_load": max((r.get("other_load_cores") or 0.0 for r in runs), default=0.0),
     }
@@ -416,6 +616,56 @@ def fanout_table(results, servers):
                 fmt(s["cpu_per_msg"], 3), fmt(s["msgs_per_cpu_sec"], 0),
                 pct(s["server_util"]), pct(s["client_util"]),
                 fmt_ratio(r), str(s["missed"]), str(s["errors"]),
+            ]) + " |")
+    return "\n".join(lines)
+
+
+def compress_table(results, servers):
+    head = ("| workload | server | msgs/s | srv CPU µs/msg | ×own plain | sent B/msg "
+            "| echo B/msg | echo ÷ plain bytes | RTT p50 µs | p99 µs | srv CPU | client CPU "
+            "| errors |")
+    lines = [head, "|---|---|" + "---:|" * (head.count("|") - 3)]
+    pct = lambda v: "—" if v is None else f"{v * 100:.0f}%"
+    for wkey in COMPRESS_NAMES:
+        case = COMPRESS_CASES[wkey]
+        for server in servers:
+            s = results.get((wkey, server))
+            if s is None:
+                continue
+            plain = results.get((f"g{case['size']}-plain", server), {}).get("cpu_per_msg")
+            r = (s["cpu_per_msg"] / plain if plain and s["cpu_per_msg"] is not None
+                 and case["mode"] != "plain" else None)
+            lines.append("| " + " | ".join([
+                case["label"], server, fmt(s["msgs_per_sec"], 0), fmt(s["cpu_per_msg"], 2),
+                fmt_ratio(r), fmt(s["wire_sent"], 0), fmt(s["wire_echo"], 0),
+                "—" if s["echo_ratio"] is None else f"{s['echo_ratio']:.3f}",
+                fmt(s["p50"]), fmt(s["p99"]), pct(s["server_util"]), pct(s["client_util"]),
+                str(s["errors"]),
+            ]) + " |")
+    return "\n".join(lines)
+
+
+def tail_table(results, servers, rates):
+    head = ("| workload | server | target msgs/s | echoed msgs/s | p50 µs | p99 µs | p99.9 µs "
+            "| p99.99 µs | max µs | p99.9 per run µs | p99.9 from actual send µs | sent / echoed "
+            "| gen lag p99.9 µs "
+            "| gen kept up | srv CPU | srv CPU µs/msg | errors |")
+    lines = [head, "|---|---|" + "---:|" * (head.count("|") - 3)]
+    pct = lambda v: "—" if v is None else f"{v * 100:.0f}%"
+    for wkey in TAIL_NAMES:
+        for server in servers:
+            s = results.get((wkey, server))
+            if s is None:
+                continue
+            lat = s["lat"]
+            runs = " / ".join(fmt(v, 0) for v in s["lat_p999_runs"])
+            lines.append("| " + " | ".join([
+                TAIL_CASES[wkey]["label"] + f" ({rates[wkey]:,.0f}/s per conn)", server,
+                fmt(s["target_rate"], 0), fmt(s["msgs_per_sec"], 0),
+                fmt(lat["p50"]), fmt(lat["p99"]), fmt(lat["p999"]), fmt(lat["p9999"]),
+                fmt(lat["max"]), runs, fmt(s["rtt_p999"]), f"{s['sent']:,} / {s['received']:,}",
+                fmt(s["lag_p999"]), "yes" if s["kept_up"] else "NO",
+                pct(s["server_util"]), fmt(s["cpu_per_msg"], 2), str(s["errors"]),
             ]) + " |")
     return "\n".join(lines)
 
@@ -480,6 +730,26 @@ def targets(results):
     if rss is not None:
         check(f"{WORKLOADS['e']['label']}: ≤ 256 B of RSS per idle connection: {rss:,.0f} B",
               rss <= 256)
+    for size in COMPRESS_SIZES:
+        plain = get(f"g{size}-plain", "wsreactor", "cpu_per_msg")
+        comp = get(f"g{size}-no-takeover", "wsreactor", "cpu_per_msg")
+        if size == 1024 and plain and comp:
+            check(f"{COMPRESS_CASES[f'g{size}-no-takeover']['label']}: server CPU per message "
+                  f"≤ 5× the plain echo's (issue 17): {comp:.2f} / {plain:.2f} µs = "
+                  f"{comp / plain:.2f}×", comp <= 5 * plain)
+    for w in TAIL_NAMES:
+        mine = (results.get((w, "wsreactor")) or {}).get("lat", {}).get("p999")
+        peers = [((results.get((w, n)) or {}).get("lat", {}).get("p999"), n)
+                 for n in ("tokio-tungstenite", "fastwebsockets")]
+        peers = [(v, n) for v, n in peers if v is not None]
+        if mine is not None and peers:
+            best, name = min(peers)
+            kept = all((results.get((w, n)) or {}).get("kept_up", True)
+                       for n in ("wsreactor", name))
+            check(f"{TAIL_CASES[w]['label']}: p99.9 no worse than the best WebSocket peer's "
+                  f"({name}, {best:,.0f} µs): {mine:,.0f} µs"
+                  + ("" if kept else " (the generator fell behind in these runs: its own "
+                     "lag is in both figures, see gen lag)"), mine <= best)
     for w in FANOUT_NAMES:
         mine = get(w, "wsreactor", "cpu_per_msg")
         peer, best = best_peer(results, w)
@@ -621,7 +891,15 @@ def main():
     # (f) runs the selected servers that have a pub/sub side (not rawecho), and the
     # peers' batch variants when asked for.
     fanout_names = [n for n in fanout_argv if n.removesuffix("-batch") in SERVER_NAMES]
+    compress_servers = list(COMPRESS_SERVERS) if COMPRESS_NAMES else []
+    notes = []
+    if "websockets-py" in compress_servers and not ensure_venv_peer():
+        compress_servers.remove("websockets-py")
+        notes.append("(g): the websockets peer did not run: .venv could not be made "
+                     "(`make venv-bench`).")
     checks = [SERVERS[name][0](0)[0] for name in SERVER_NAMES if ECHO_NAMES]
+    checks += [[a for a in tail_argv(name)(0) if a not in ("chrt", "-f", "1")][0]
+               for name in TAIL_SERVERS if TAIL_NAMES]
     checks += [fanout_argv[name](0)[0] for name in fanout_names]
     checks += [FANOUT] if FANOUT_NAMES else []
     for path in checks:
@@ -643,6 +921,7 @@ def main():
     all_runs = []
     plan = [(w, RUNS, SERVER_NAMES, WORKLOADS[w]) for w in ECHO_NAMES]
     plan += [(w, FANOUT_RUNS, fanout_names, FANOUT_CASES[w]) for w in FANOUT_NAMES]
+    plan += [(w, COMPRESS_RUNS, compress_servers, COMPRESS_CASES[w]) for w in COMPRESS_NAMES]
     if FANOUT_NAMES:
         log(f"== (f): wsreactor side = {fanout_mode}; {FANOUT_RUNS} run(s) x {FANOUT_SECONDS:g} s "
             f"(+{FANOUT_WARMUP:g} s warm-up) per server and subscriber count; window "
@@ -652,10 +931,18 @@ def main():
             for run in range(runs):
                 for name in names:
                     tag = f"{wkey}{run}"
-                    proc, port, raw = start_server(name, outdir, tag, fanout_argv.get(name)
-                                                   if workload.get("fanout") else None)
+                    if workload.get("compress"):
+                        argv_of = compress_argv(name, workload["mode"])
+                    elif workload.get("fanout"):
+                        argv_of = fanout_argv.get(name)
+                    else:
+                        argv_of = None
+                    proc, port, raw = start_server(name, outdir, tag, argv_of)
                     try:
-                        result = run_loadgen(name, workload, port, proc.pid, raw)
+                        if workload.get("compress"):
+                            result = run_compressed(workload, port, proc.pid)
+                        else:
+                            result = run_loadgen(name, workload, port, proc.pid, raw)
                     finally:
                         stop(proc)
                     result.update({"server": name, "workload": wkey, "run": run})
@@ -669,6 +956,13 @@ def main():
                                  f"{fmt(result.get('server_cpu_us_per_delivery'), 3)} "
                                  f"CPU-µs/delivery, p50 {fmt(lat.get('p50'))} µs, p99 "
                                  f"{fmt(lat.get('p99'))} µs, missed {result.get('missed')}")
+                    elif workload.get("compress"):
+                        wire = result.get("wire") or {}
+                        brief = (f"{fmt(result.get('msgs_per_sec'), 0)} msgs/s, "
+                                 f"{fmt(result.get('server_cpu_us_per_msg'), 2)} CPU-µs/msg, "
+                                 f"wire {fmt(wire.get('sent_frame_bytes_per_msg'), 0)} / "
+                                 f"{fmt(wire.get('echo_frame_bytes_per_msg'), 0)} B/msg, "
+                                 f"deflate {result.get('deflate')}")
                     else:
                         brief = (f"{fmt(result.get('msgs_per_sec'), 0)} msgs/s, "
                                  f"{fmt(result.get('server_cpu_us_per_msg'), 2)} CPU-µs/msg, "
@@ -677,6 +971,43 @@ def main():
                     if errs:
                         brief += f"; ERRORS {errs}: {result.get('error_samples')}"
                     log(f"   {workload['label']:<26} {name:<18} run {run + 1}: {brief}")
+        tail_rates = {}
+        if TAIL_NAMES:
+            saturated, how, sat_run = saturated_rate(outdir)
+            if sat_run:
+                sat_run.update({"server": "wsreactor", "workload": "h-saturation", "run": 0})
+                all_runs.append(sat_run)
+            notes.append(f"(h): saturated rate {saturated:,.0f} msgs/s ({how}).")
+            log(f"== (h): saturated rate {saturated:,.0f} msgs/s ({how}); {TAIL_RUNS} run(s) x "
+                f"{TAIL_SECONDS:g} s per server and load; servers {', '.join(TAIL_SERVERS)}")
+            for wkey in TAIL_NAMES:
+                rate = tail_rate_per_conn(TAIL_CASES[wkey]["load"], saturated)
+                tail_rates[wkey] = rate
+                for run in range(TAIL_RUNS):
+                    # A different server goes first in each round.
+                    k = run % len(TAIL_SERVERS)
+                    for name in TAIL_SERVERS[k:] + TAIL_SERVERS[:k]:
+                        tag = wkey.replace("/", "per").replace("%", "pct") + str(run)
+                        proc, port, raw = start_server(name, outdir, tag,
+                                                       tail_argv(name))
+                        raw = name in SERVERS and SERVERS[name][1]
+                        try:
+                            result = run_tail(rate, port, proc.pid, raw)
+                        finally:
+                            stop(proc)
+                        result.update({"server": name, "workload": wkey, "run": run})
+                        all_runs.append(result)
+                        raw_runs.setdefault((wkey, name), []).append(result)
+                        lat = result.get("latency_us") or {}
+                        brief = (f"{fmt(result.get('msgs_per_sec'), 0)} msgs/s, p50/p99/p99.9/"
+                                 f"p99.99 {fmt(lat.get('p50'))} / {fmt(lat.get('p99'))} / "
+                                 f"{fmt(lat.get('p999'))} / {fmt(lat.get('p9999'))} µs, gen lag "
+                                 f"p99.9 {fmt((result.get('gen_lag_us') or {}).get('p999'))} µs, "
+                                 f"other load {result.get('other_load_cores', 0):.2f}")
+                        errs = result.get("errors") or 0
+                        if errs:
+                            brief += f"; ERRORS {errs}: {result.get('error_samples')}"
+                        log(f"   {TAIL_CASES[wkey]['label']:<26} {name:<18} run {run + 1}: {brief}")
     finally:
         stop_all()
         with open(os.path.join(outdir, "runs.json"), "w") as f:
@@ -730,6 +1061,42 @@ def main():
             fanout_table(results, fanout_names),
             "",
         ]
+    if COMPRESS_NAMES:
+        report += [
+            f"(g) compressed echo: medians of {COMPRESS_RUNS} run(s) of {COMPRESS_SECONDS:g} s "
+            f"(after {WARMUP:g} s) per server and row; closed loop, {COMPRESS_CONNS} connections, "
+            "text frames of JSON-like text (`loadgen --payload json`: new content every "
+            "message), level 6 and 15-bit windows on both sides. no takeover = "
+            "server_ and client_no_context_takeover (wsreactor `--deflate`); takeover = "
+            "context kept both ways (`--deflate-takeover`). ×own plain = server CPU per "
+            "message ÷ the same server's plain echo of the same messages in this run "
+            "(issue 17's target for wsreactor at 1 KiB without takeover: ≤ 5×). Bytes are "
+            "per message, frame headers included; echo ÷ plain = compressed echo payload ÷ "
+            "message size. websockets-py: Python `websockets` 17.4 on asyncio and C zlib "
+            "(bench/websockets_echo.py), one process.",
+            "",
+            compress_table(results, compress_servers),
+            "",
+        ]
+    if TAIL_NAMES:
+        report += [
+            f"(h) open-loop tail: medians of {TAIL_RUNS} run(s) of {TAIL_SECONDS:g} s (after "
+            f"{WARMUP:g} s) per server and load, a different server first in each round; "
+            f"{TAIL_CONNS} connections × {TAIL_SIZE} B binary, each sending at a fixed rate on "
+            "a timetable spread evenly over the connections (`loadgen --rate`), several "
+            "messages in flight if need be; latency from the *scheduled* send to the whole "
+            "echo (coordinated omission corrected); from actual send = the same without "
+            "the generator's own lag; gen lag = how late the generator "
+            f"itself sent (kept up = no send over 1 ms late, none skipped); sends go out "
+            f"once per {TAIL_TICK_US} µs tick (up to a tick late, in the latency: the same "
+            "for every server)"
+            + ("; server and generator under SCHED_FIFO (BENCH_TAIL_RT=1), ahead of the "
+               "machine's other work." if TAIL_RT else "."),
+            "",
+            tail_table(results, TAIL_SERVERS, tail_rates),
+            "",
+        ]
+    report += [n for n in notes] + ([""] if notes else [])
     if other:
         report.append(f"Other load on the machine during the runs (not ours): median "
                       f"{statistics.median(other):.2f} cores, max {max(other):.2f} cores.")
@@ -740,7 +1107,7 @@ def main():
                    "minor page faults / context switches):", ""] + diag + [""]
     checks = targets(results)
     if checks:
-        report += ["Targets (issue 3; (f): issue 13) for wsreactor in this run:", ""] + checks + [""]
+        report += ["Targets (issue 3; (f): issue 13; (g), (h): issue 17) for wsreactor in this run:", ""] + checks + [""]
     if criterion:
         report += ["Micro benches (criterion medians, short runs):", ""] + criterion_lines(criterion) + [""]
     if allocs:

@@ -590,6 +590,10 @@ pub mod json {
     }
 }
 
+/// `loadgen --rate`: the open-loop mode (fixed send timetable, latency from the
+/// scheduled send time).
+pub mod openloop;
+
 /// `/proc` readers for the server being measured (Linux only).
 pub mod procfs {
     /// Clock ticks per second for `/proc/PID/stat` times.

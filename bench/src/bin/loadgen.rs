@@ -55,6 +55,7 @@ use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
+use wsreactor_bench::openloop;
 use wsreactor_bench::pmd::{self, ClientDeflate};
 use wsreactor_bench::{
     check_upgrade_response, client_header, client_key, head_end, header_values, json, json_string,
@@ -89,6 +90,18 @@ loadgen: closed-loop WebSocket echo load generator (prints one JSON line)
                           [permessage-deflate; client_max_window_bits]
   --deflate-level N       our zlib level, 0..9                [6]
   --idle-prime            idle: exchange one message per connection before the hold
+  --rate R                open loop: every connection sends R msgs/s on a fixed
+                          timetable whatever the replies (several may be in flight);
+                          latency from the *scheduled* send time (coordinated omission
+                          corrected), p50..p99.99 and max, sent/received/missed, and
+                          the generator's own lag. Binary pattern payloads only.
+  --max-in-flight N       open loop: skip (and count) sends on a connection with N
+                          messages outstanding                [1000]
+  --tick-us N             open loop: wake for sends at most once per N µs; the
+                          sends due in a tick go out at its end (≤ N µs late, and
+                          counted in their latency), for fewer wake-ups   [0: exact]
+  --drain-time S          open loop: after the window, wait up to S for the echoes
+                          of measured messages                [2]
 ";
 
 const READ_BUF: usize = 256 * 1024;
@@ -913,6 +926,11 @@ struct Options {
     json: bool,
     deflate: Option<DeflateOptions>,
     idle_prime: bool,
+    /// Open loop: messages per second per connection.
+    rate: Option<f64>,
+    max_in_flight: usize,
+    drain_secs: Duration,
+    tick: Duration,
 }
 
 #[derive(Clone)]
@@ -959,6 +977,10 @@ fn options() -> Result<Options, String> {
         "--deflate-offer",
         "--deflate-level",
         "--idle-prime",
+        "--rate",
+        "--max-in-flight",
+        "--drain-time",
+        "--tick-us",
     ])?;
     let host: String = args.get("--addr", "127.0.0.1:9998".to_owned())?;
     let addr: SocketAddr = host
@@ -1009,7 +1031,23 @@ fn options() -> Result<Options, String> {
         json,
         deflate,
         idle_prime: args.has("--idle-prime"),
+        rate: match args.get("--rate", 0.0f64)? {
+            r if r > 0.0 && r.is_finite() => Some(r),
+            0.0 => None,
+            r => return Err(format!("--rate must be positive, not {r}")),
+        },
+        max_in_flight: args.get("--max-in-flight", 1000)?,
+        drain_secs: args.seconds("--drain-time", 2.0)?,
+        tick: Duration::from_micros(args.get("--tick-us", 0)?),
     };
+    if options.rate.is_some() && (options.json || options.deflate.is_some() || options.idle) {
+        return Err(
+            "--rate: binary pattern payloads only (no --payload json, --deflate, --idle)".into(),
+        );
+    }
+    if options.max_in_flight == 0 {
+        return Err("--max-in-flight must be positive".into());
+    }
     if options.raw && options.deflate.is_some() {
         return Err("--raw and --deflate exclude each other (rawecho negotiates nothing)".into());
     }
@@ -1170,6 +1208,8 @@ fn run(options: &Options) -> Result<u64, String> {
     let open_secs = connect_start.elapsed().as_secs_f64();
     let line = if options.idle {
         run_idle(&mut gen, options, &mut events, rss_before, open_secs)?
+    } else if let Some(rate) = options.rate {
+        run_open(&mut gen, options, &mut events, open_secs, rate)?
     } else {
         run_load(&mut gen, options, &mut events, open_secs)?
     };
@@ -1327,6 +1367,127 @@ fn run_load(
         opt(server_wait),
         opt(client_wait),
         errors_json(stats),
+    ))
+}
+
+/// Open loop (`--rate`): hands the open connections to `openloop::OpenLoop`, warms up,
+/// measures the sends scheduled in the window, drains their echoes, and reports.
+fn run_open(
+    gen: &mut Gen,
+    options: &Options,
+    events: &mut Events,
+    open_secs: f64,
+    rate: f64,
+) -> Result<String, String> {
+    let conns: Vec<openloop::OpenConn> = gen
+        .conns
+        .drain(..)
+        .filter(|c| c.phase == Phase::Open)
+        .map(|c| {
+            let payload = if gen.raw {
+                // The frame is masked: unmask the pattern for the checks.
+                c.frame[c.frame_payload_at..]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| b ^ c.mask[i % 4])
+                    .collect()
+            } else {
+                c.expected[c.expected_payload_at..].to_vec()
+            };
+            openloop::OpenConn {
+                token: c.id as usize,
+                id: c.id,
+                payload_at: c.frame_payload_at,
+                frame: c.frame,
+                mask: c.mask,
+                payload,
+                stream: c.stream,
+            }
+        })
+        .collect();
+    let live = conns.len();
+    let start = Instant::now() + Duration::from_millis(1);
+    let settings = openloop::Settings {
+        rate,
+        raw: options.raw,
+        max_in_flight: options.max_in_flight,
+        tick: options.tick,
+    };
+    let mut ol = openloop::OpenLoop::new(&gen.poll, conns, settings, start)?;
+    let t0 = start + options.warmup;
+    let t1 = t0 + options.seconds;
+    ol.set_window(t0, t1);
+    ol.run_until(&mut gen.poll, events, t0, false)?;
+    let server0 = server_sample(options.server_pid);
+    let client0 = procfs::self_cpu_us();
+    let client_delay0 = procfs::run_delay_ns(0);
+    let w0 = Instant::now();
+    ol.run_until(&mut gen.poll, events, t1, false)?;
+    let elapsed = w0.elapsed().as_secs_f64();
+    let server1 = server_sample(options.server_pid);
+    let client1 = procfs::self_cpu_us();
+    let client_delay1 = procfs::run_delay_ns(0);
+    // Nothing is sent after t1; wait for the window's echoes.
+    ol.run_until(
+        &mut gen.poll,
+        events,
+        Instant::now() + options.drain_secs,
+        true,
+    )?;
+    gen.stopping = true;
+    for stream in ol.streams() {
+        set_linger_zero(stream);
+    }
+    let msgs = ol.counts.received as f64;
+    let server_cpu_us = diff(server0.cpu_us, server1.cpu_us);
+    // Server CPU per message over the window: echoes of the window's sends, which is
+    // the rate the server handled in it (the edges differ by at most a latency).
+    let per_msg = server_cpu_us.filter(|_| msgs > 0.0).map(|us| us / msgs);
+    let ctxsw_per_msg = diff(server0.ctxsw, server1.ctxsw)
+        .filter(|_| msgs > 0.0)
+        .map(|d| d / msgs);
+    let server_wait = diff(server0.run_delay_ns, server1.run_delay_ns).map(|ns| ns / 1e9 / elapsed);
+    let client_wait = diff(client_delay0, client_delay1).map(|ns| ns / 1e9 / elapsed);
+    let mut errors = Stats {
+        errors: gen.stats.errors + ol.errors,
+        error_samples: gen.stats.error_samples.clone(),
+        msgs: 0,
+        payload_bytes: 0,
+        measuring: false,
+        samples_ns: Vec::new(),
+        completed: 0,
+        sent_frame_bytes: 0,
+        sent_payload_bytes: 0,
+        echo_frame_bytes: 0,
+        echo_payload_bytes: 0,
+        echoes_compressed: 0,
+    };
+    errors
+        .error_samples
+        .extend(ol.error_samples.iter().cloned());
+    errors.error_samples.truncate(5);
+    let mode = if options.raw { "open-raw" } else { "open" };
+    Ok(format!(
+        "{{\"mode\":\"{mode}\",\"conns\":{},\"opened\":{},\"live_at_end\":{},\"size\":{},\
+         \"open_secs\":{open_secs:.3},\"seconds\":{elapsed:.3},\"msgs\":{},\"msgs_per_sec\":{:.1}{},\
+         \"server_cpu_us\":{},\"server_cpu_us_per_msg\":{},\"server_cpu_util\":{},\
+         \"client_cpu_util\":{:.3},\"server_ctxsw_per_msg\":{},\"server_run_wait\":{},\
+         \"client_run_wait\":{},{}}}",
+        options.conns,
+        live,
+        ol.live(),
+        options.size,
+        ol.counts.received,
+        msgs / options.seconds.as_secs_f64(),
+        ol.json_fields(options.seconds.as_secs_f64()),
+        opt(server_cpu_us),
+        opt(per_msg),
+        opt(server_cpu_us.map(|us| us / 1e6 / elapsed)),
+        (client1 - client0) as f64 / 1e6 / elapsed,
+        opt(ctxsw_per_msg),
+        opt(server_wait),
+        opt(client_wait),
+        errors_json(&errors),
     ))
 }
 
