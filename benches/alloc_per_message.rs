@@ -1,8 +1,12 @@
 //! Allocations per echoed message, measured: a `wsreactor::Server` with an echo
-//! handler (the same one-liner as the `make run` binary) runs on its own thread under a
-//! counting `#[global_allocator]` that counts only that thread's allocations (a
-//! thread-local flag), while a hand-written blocking client on the main thread sends
-//! N messages, one at a time, and checks every echo.
+//! handler runs on its own thread under a counting `#[global_allocator]` that counts
+//! only that thread's allocations (a thread-local flag), while a hand-written blocking
+//! client on the main thread sends N messages, one at a time, and checks every echo.
+//! Two echoes, as the `make run` binary has them: on `/echo`, whole messages
+//! (`on_message` → `send`, the embedder's one-liner); on `/stream`, the binary's own
+//! echo on a connection without permessage-deflate, which receives in parts and sends
+//! each part on as it arrives (`on_part` → `send_part`), so a large message is echoed
+//! in several frames (the "streamed" cases).
 //!
 //! For each case: open a connection, warm up, snapshot the counters, echo N messages,
 //! snapshot again; allocations per message = delta / N. The client takes the second
@@ -21,7 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wsreactor::proto::handshake::accept_key;
-use wsreactor::{Config, Ctx, Handler, Message, Server};
+use wsreactor::{Config, Ctx, Decision, Handler, Message, Part, Request, SendStatus, Server};
 
 struct Counting;
 
@@ -100,14 +104,35 @@ fn snapshot() -> Counts {
     }
 }
 
-/// The `make run` binary's echo handler.
+/// The `make run` binary's echo handler: whole messages, or (the session is `true`,
+/// on `/stream`) in parts as the binary's `Echo::on_part` does.
 struct Echo;
 
 impl Handler for Echo {
-    type Session = ();
+    type Session = bool;
 
-    fn on_message(&mut self, cx: &mut Ctx<'_>, message: Message<'_>) {
+    fn on_request(&mut self, request: &Request<'_>, _peer: SocketAddr) -> Decision<bool> {
+        Decision::accept_with(request.path() == "/stream")
+    }
+
+    fn on_open(&mut self, cx: &mut Ctx<'_, bool>) {
+        let streams = *cx.session();
+        cx.receive_in_parts(streams);
+    }
+
+    fn on_message(&mut self, cx: &mut Ctx<'_, bool>, message: Message<'_>) {
         let _ = cx.send(message);
+    }
+
+    fn on_part(&mut self, cx: &mut Ctx<'_, bool>, part: Part<'_>) {
+        if part.first && part.last {
+            let _ = cx.send(part.data);
+            return;
+        }
+        match cx.send_part(part) {
+            Ok(SendStatus::Written | SendStatus::Queued(_)) => {}
+            other => panic!("a part was not sent: {other:?}"),
+        }
     }
 }
 
@@ -119,7 +144,7 @@ struct Client {
 }
 
 impl Client {
-    fn connect(addr: SocketAddr) -> Client {
+    fn connect(addr: SocketAddr, path: &str) -> Client {
         let mut stream = TcpStream::connect(addr).expect("connect");
         stream.set_nodelay(true).expect("nodelay");
         stream
@@ -127,7 +152,7 @@ impl Client {
             .expect("timeout");
         let key = "dGhlIHNhbXBsZSBub25jZQ==";
         let request = format!(
-            "GET /echo HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
              Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n\
              Sec-WebSocket-Version: 13\r\n\r\n"
         );
@@ -194,6 +219,50 @@ impl Client {
         self.stream.read_exact(&mut got).expect("echo");
         assert!(got == expected, "echo differs");
     }
+
+    /// Sends one message and reads its echo as the frames of one message (the
+    /// streaming echo sends a large one in several), checking opcodes and payload.
+    /// The frame is written from another thread while this one reads: a streaming
+    /// server echoes the start of a large message before its end is in.
+    fn echo_streamed(&mut self, opcode: u8, size: usize) {
+        let (frame, expected) = self.frame(opcode, size);
+        let header_len = expected.len() - size;
+        let payload = &expected[header_len..];
+        let mut writer = self.stream.try_clone().expect("clone");
+        let mut got = Vec::with_capacity(size);
+        std::thread::scope(|scope| {
+            scope.spawn(move || writer.write_all(&frame).expect("send"));
+            let mut first = true;
+            loop {
+                let mut head = [0u8; 2];
+                self.stream.read_exact(&mut head).expect("echo header");
+                let want = if first { opcode } else { 0 };
+                assert_eq!(head[0] & 0x0f, want, "opcode");
+                assert_eq!(head[1] & 0x80, 0, "masked echo");
+                let len = match head[1] & 0x7f {
+                    126 => {
+                        let mut b = [0u8; 2];
+                        self.stream.read_exact(&mut b).expect("length");
+                        u16::from_be_bytes(b) as usize
+                    }
+                    127 => {
+                        let mut b = [0u8; 8];
+                        self.stream.read_exact(&mut b).expect("length");
+                        u64::from_be_bytes(b) as usize
+                    }
+                    n => n as usize,
+                };
+                let start = got.len();
+                got.resize(start + len, 0);
+                self.stream.read_exact(&mut got[start..]).expect("echo");
+                first = false;
+                if head[0] & 0x80 != 0 {
+                    break;
+                }
+            }
+        });
+        assert!(got == payload, "echo differs");
+    }
 }
 
 struct Case {
@@ -201,6 +270,8 @@ struct Case {
     opcode: u8,
     size: usize,
     burst: usize,
+    /// On `/stream`: the binary's echo, in parts.
+    streamed: bool,
 }
 
 fn main() {
@@ -220,20 +291,18 @@ fn main() {
         (20, 200)
     };
 
-    let mut server =
-        Server::bind("127.0.0.1:0".parse().unwrap(), Config::default(), Echo).expect("bind");
-    let addr = server.local_addr();
+    // As the binary sets it: --max-message-size is also the largest message streamed.
+    let config = Config {
+        max_streamed_message_size: Config::default().max_message_size as u64,
+        ..Config::default()
+    };
     let stop = Arc::new(AtomicBool::new(false));
-    let server_stop = Arc::clone(&stop);
-    let server_thread = std::thread::spawn(move || {
-        COUNT_THIS_THREAD.with(|c| c.set(true));
-        while !server_stop.load(Relaxed) {
-            server
-                .turn(Some(Duration::from_millis(5)))
-                .expect("server turn");
-        }
-        COUNT_THIS_THREAD.with(|c| c.set(false));
-    });
+    let (addr, server_thread) = start_server(config.clone(), None, &stop);
+    // The streamed cases run against a second server whose sockets have small kernel
+    // send buffers (inherited from its listener), as a loaded server's are in effect:
+    // its writes of a large part are often partial, and the rest waits in the
+    // connection's queue — the path that allocated per message.
+    let (small_addr, small_thread) = start_server(config, Some(32 * 1024), &stop);
 
     let cases = [
         Case {
@@ -241,18 +310,21 @@ fn main() {
             opcode: 0x2,
             size: 20,
             burst: 1,
+            streamed: false,
         },
         Case {
             label: "binary 512 B",
             opcode: 0x2,
             size: 512,
             burst: 1,
+            streamed: false,
         },
         Case {
             label: "binary 16 KiB",
             opcode: 0x2,
             size: 16 * 1024,
             burst: 1,
+            streamed: false,
         },
         // Past the 16 KiB target, for information: a frame larger than the 64 KiB read
         // buffer always straddles reads, so it is assembled in a per-connection buffer.
@@ -261,18 +333,51 @@ fn main() {
             opcode: 0x2,
             size: 64 * 1024,
             burst: 1,
+            streamed: false,
+        },
+        Case {
+            label: "binary 1 MiB",
+            opcode: 0x2,
+            size: 1 << 20,
+            burst: 1,
+            streamed: false,
+        },
+        // The binary's echo: a message that straddles reads goes out in parts as it
+        // arrives, its echo in several frames; partial writes queue the rest.
+        Case {
+            label: "binary 64 KiB, streamed",
+            opcode: 0x2,
+            size: 64 * 1024,
+            burst: 1,
+            streamed: true,
+        },
+        Case {
+            label: "text 64 KiB, streamed",
+            opcode: 0x1,
+            size: 64 * 1024,
+            burst: 1,
+            streamed: true,
+        },
+        Case {
+            label: "binary 1 MiB, streamed",
+            opcode: 0x2,
+            size: 1 << 20,
+            burst: 1,
+            streamed: true,
         },
         Case {
             label: "text 20 B",
             opcode: 0x1,
             size: 20,
             burst: 1,
+            streamed: false,
         },
         Case {
             label: "binary 20 B, 16 per write",
             opcode: 0x2,
             size: 20,
             burst: 16,
+            streamed: false,
         },
     ];
     let mut json = Vec::new();
@@ -282,23 +387,42 @@ fn main() {
     );
     for case in &cases {
         let before_connect = snapshot();
-        let mut client = Client::connect(addr);
-        client.echo(case.opcode, case.size, 1);
+        let mut client = if case.streamed {
+            let client = Client::connect(small_addr, "/stream");
+            shrink_socket_buffers(&client.stream, 32 * 1024);
+            client
+        } else {
+            Client::connect(addr, "/echo")
+        };
+        let echo = |client: &mut Client| {
+            if case.streamed {
+                client.echo_streamed(case.opcode, case.size);
+            } else {
+                client.echo(case.opcode, case.size, case.burst);
+            }
+        };
+        if case.streamed {
+            client.echo_streamed(case.opcode, case.size);
+        } else {
+            client.echo(case.opcode, case.size, 1);
+        }
         // Let the server finish the turn that wrote the first echo.
         std::thread::sleep(Duration::from_millis(20));
         let handshake = delta(before_connect, snapshot());
-        for _ in 0..warmup / case.burst {
-            client.echo(case.opcode, case.size, case.burst);
+        // Fewer rounds of large messages (the server's work per byte is the same).
+        let scale = match case.size {
+            n if n > 256 * 1024 => 40,
+            n if n > 16 * 1024 => 10,
+            _ => case.burst,
+        };
+        for _ in 0..warmup / scale {
+            echo(&mut client);
         }
         let start = snapshot();
         let t0 = Instant::now();
-        let rounds = if case.size > 16 * 1024 {
-            messages / 10
-        } else {
-            messages / case.burst
-        };
+        let rounds = messages / scale;
         for _ in 0..rounds {
-            client.echo(case.opcode, case.size, case.burst);
+            echo(&mut client);
         }
         let elapsed = t0.elapsed();
         let d = delta(start, snapshot());
@@ -335,9 +459,11 @@ fn main() {
     // the server reserves at start-up are not counted). 400 connections keep client +
     // server sockets under a 1024 open-file limit.
     let idle = if messages > 1000 { 400 } else { 50 };
-    std::thread::sleep(Duration::from_millis(50));
+    // Long enough for the loop to give back the buffers it pools for large messages
+    // (after a second unused), which would otherwise show as a negative figure here.
+    std::thread::sleep(Duration::from_millis(1500));
     let live0 = LIVE.load(Relaxed);
-    let clients: Vec<Client> = (0..idle).map(|_| Client::connect(addr)).collect();
+    let clients: Vec<Client> = (0..idle).map(|_| Client::connect(addr, "/echo")).collect();
     std::thread::sleep(Duration::from_millis(50));
     let live1 = LIVE.load(Relaxed);
     let per_conn = (live1 - live0) as f64 / idle as f64;
@@ -352,6 +478,56 @@ fn main() {
     println!("ALLOCS_JSON [{}]", json.join(","));
     stop.store(true, Relaxed);
     server_thread.join().expect("server thread");
+    small_thread.join().expect("server thread");
+}
+
+/// Runs a server with the echo handler on its own (counted) thread until `stop`;
+/// `sndbuf` caps its sockets' kernel send buffers.
+fn start_server(
+    config: Config,
+    sndbuf: Option<usize>,
+    stop: &Arc<AtomicBool>,
+) -> (SocketAddr, std::thread::JoinHandle<()>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    if let Some(bytes) = sndbuf {
+        set_buffer(&listener, libc::SO_SNDBUF, bytes);
+    }
+    let mut server = Server::from_listener(listener, config, Echo).expect("server");
+    let addr = server.local_addr();
+    let stop = Arc::clone(stop);
+    let thread = std::thread::spawn(move || {
+        COUNT_THIS_THREAD.with(|c| c.set(true));
+        while !stop.load(Relaxed) {
+            server
+                .turn(Some(Duration::from_millis(5)))
+                .expect("server turn");
+        }
+        COUNT_THIS_THREAD.with(|c| c.set(false));
+    });
+    (addr, thread)
+}
+
+/// Caps a socket's kernel buffers (both ways) at about `bytes`.
+fn shrink_socket_buffers(stream: &TcpStream, bytes: usize) {
+    set_buffer(stream, libc::SO_RCVBUF, bytes);
+    set_buffer(stream, libc::SO_SNDBUF, bytes);
+}
+
+/// Sets a socket's `SO_SNDBUF` or `SO_RCVBUF` (Linux doubles it for bookkeeping).
+fn set_buffer(socket: &impl std::os::fd::AsRawFd, option: libc::c_int, bytes: usize) {
+    let size = libc::c_int::try_from(bytes).expect("a buffer size that fits a c_int");
+    // SAFETY: setsockopt reads `size` (a c_int that outlives the call) for the
+    // descriptor of a socket we own.
+    let set = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            option,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(set, 0, "setsockopt");
 }
 
 fn delta(a: Counts, b: Counts) -> Counts {

@@ -95,10 +95,27 @@ fn utf8(c: &mut Criterion) {
     while std::str::from_utf8(&mixed).is_err() {
         mixed.pop();
     }
-    for (name, text) in [("ascii_64KiB", &ascii), ("mixed_64KiB", &mixed)] {
+    // A 1 KiB message of JSON-like text (as `loadgen --payload json` sends).
+    let object = r#"{"id":1000000042,"name":"Wireless Kettle 417","category":"kitchen","price":123.45,"qty":17,"in_stock":true,"updated_at":1767225600000,"tags":["sale","gift"]}"#;
+    let mut json = format!("[{}", object).into_bytes();
+    while json.len() + object.len() + 2 <= 1024 {
+        json.push(b',');
+        json.extend_from_slice(object.as_bytes());
+    }
+    json.push(b']');
+    json.resize(1024, b' ');
+    for (name, text) in [
+        ("ascii_64KiB", &ascii),
+        ("mixed_64KiB", &mixed),
+        ("json_1KiB", &json),
+    ] {
         group.throughput(Throughput::Bytes(text.len() as u64));
         group.bench_function(BenchmarkId::new("std_from_utf8_whole", name), |b| {
             b.iter(|| std::str::from_utf8(black_box(text)).is_ok())
+        });
+        // What the receiver uses: SIMD validation, std's only to describe a failure.
+        group.bench_function(BenchmarkId::new("from_utf8_whole", name), |b| {
+            b.iter(|| wsreactor::proto::utf8::from_utf8(black_box(text)).is_ok())
         });
         group.bench_function(BenchmarkId::new("validator_whole", name), |b| {
             b.iter(|| {

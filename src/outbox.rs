@@ -15,11 +15,18 @@
 //! Every byte a queue holds is counted in a [`Meter`] the whole loop shares, so the
 //! total over all connections can be bounded (`Config::outgoing_budget`); a shared
 //! frame counts once, for as long as any queue holds it.
+//!
+//! Buffers: a queue that drained keeps one small buffer (up to 64 KiB) for its next
+//! sends while traffic flows, and gives it up when the connection goes quiet. The
+//! larger buffers that a partial write of a large frame or of a streamed part needs
+//! (up to a read buffer's worth) go back, once written, to a small pool the whole loop
+//! shares ([`POOL_BYTES`] at most), so that a steady stream of large messages
+//! allocates nothing per message, and an idle connection still holds nothing.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// A queue that drained keeps a buffer of up to this size for the next sends, so the
 /// steady echo path allocates nothing; larger ones are released.
@@ -31,6 +38,32 @@ const CHUNK_TARGET: usize = 64 * 1024;
 /// Chunks handed to one vectored write.
 const MAX_IOVECS: usize = 64;
 
+/// The loop's pool of drained queue buffers holds at most this many bytes (of
+/// capacity): a bound of its own, beside the outgoing budget, like the read buffer.
+pub(crate) const POOL_BYTES: usize = 2 << 20;
+
+/// ... and at most this many buffers.
+const POOL_BUFFERS: usize = 32;
+
+/// The pool is emptied at the first turn after it has gone unused this long (ms):
+/// a loop whose large messages stopped gives the memory back.
+const POOL_IDLE: u64 = 1000;
+
+/// Buffers from this size up to [`POOL_MAX_BUFFER`] are pooled (the tail of a
+/// streamed message that finds the queue busy is often small); smaller ones are not
+/// worth a slot.
+const POOL_MIN_BUFFER: usize = 1024;
+
+/// The largest pooled buffer: a part streamed from a full read (128 KiB by default)
+/// with its header, with room to spare; larger frames are rare and not pooled.
+const POOL_MAX_BUFFER: usize = 256 * 1024;
+
+/// New queue buffers of 16 KiB or more are allocated in multiples of this, so that
+/// a pooled one fits requests a little larger than the one it was made for (at most
+/// a quarter wasted; smaller buffers, of which a slow reader's queue may hold many,
+/// are made to measure).
+const POOL_GRANULE: usize = 4096;
+
 /// Bytes held for sending by the whole loop, and the loop's clock as of this turn.
 /// Shared with the queues and frames it counts, which give their bytes back when they
 /// are dropped, and which stamp with the clock when a socket last took their bytes.
@@ -41,6 +74,69 @@ pub(crate) struct Meter(Arc<MeterState>);
 struct MeterState {
     bytes: AtomicUsize,
     now: AtomicU64,
+    /// Drained queue buffers for the loop's next partial writes (behind a mutex only
+    /// because the meter is shared with frames that may be dropped elsewhere: one
+    /// thread takes it, uncontended).
+    pool: Mutex<Pool>,
+    /// What the pool holds (its `bytes`, readable without the lock).
+    pooled: AtomicUsize,
+    /// When the pool was last used (the loop's time).
+    pool_used: AtomicU64,
+}
+
+/// Drained queue buffers kept for reuse, at most [`POOL_BUFFERS`] of them and
+/// [`POOL_BYTES`] in all.
+#[derive(Debug, Default)]
+struct Pool {
+    buffers: Vec<Vec<u8>>,
+    bytes: usize,
+}
+
+impl Pool {
+    /// The smallest pooled buffer that holds `len` bytes, emptied.
+    fn take(&mut self, len: usize) -> Option<Vec<u8>> {
+        let (index, _) = self
+            .buffers
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.capacity() >= len)
+            .min_by_key(|(_, b)| b.capacity())?;
+        let buffer = self.buffers.swap_remove(index);
+        self.bytes -= buffer.capacity();
+        Some(buffer)
+    }
+
+    /// Keeps `buffer` if it is of a pooled size and fits the bounds, replacing a
+    /// smaller one if need be (a larger buffer serves more requests); otherwise it is
+    /// freed.
+    fn give(&mut self, mut buffer: Vec<u8>) {
+        let capacity = buffer.capacity();
+        if !(POOL_MIN_BUFFER..=POOL_MAX_BUFFER).contains(&capacity) {
+            return;
+        }
+        if self.buffers.len() == POOL_BUFFERS || self.bytes + capacity > POOL_BYTES {
+            let Some((index, _)) = self
+                .buffers
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, b)| b.capacity())
+                .filter(|(_, b)| b.capacity() < capacity)
+            else {
+                return;
+            };
+            let smaller = self.buffers.swap_remove(index);
+            self.bytes -= smaller.capacity();
+            if self.bytes + capacity > POOL_BYTES {
+                return;
+            }
+        }
+        if self.buffers.capacity() == 0 {
+            self.buffers.reserve_exact(POOL_BUFFERS);
+        }
+        buffer.clear();
+        self.bytes += capacity;
+        self.buffers.push(buffer);
+    }
 }
 
 impl Meter {
@@ -51,6 +147,12 @@ impl Meter {
     /// Sets the loop's time (once per turn).
     pub fn set_now(&self, now: u64) {
         self.0.now.store(now, Ordering::Relaxed);
+        if self.pooled() > 0 && now >= self.0.pool_used.load(Ordering::Relaxed) + POOL_IDLE {
+            let mut pool = self.pool();
+            pool.buffers = Vec::new();
+            pool.bytes = 0;
+            self.0.pooled.store(0, Ordering::Relaxed);
+        }
     }
 
     /// The loop's time as of this turn.
@@ -64,6 +166,49 @@ impl Meter {
 
     fn sub(&self, bytes: usize) {
         self.0.bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    /// A buffer for `len` bytes: a pooled one if one is large enough, else a new one
+    /// (of a size the pool will take back, if `len` is in its range).
+    fn buffer(&self, len: usize) -> Vec<u8> {
+        if len > POOL_MAX_BUFFER || (len < POOL_MIN_BUFFER && self.pooled() == 0) {
+            return Vec::with_capacity(len);
+        }
+        let mut pool = self.pool();
+        let buffer = pool.take(len);
+        self.pool_used(&pool);
+        buffer.unwrap_or_else(|| {
+            Vec::with_capacity(if len < 16 * 1024 {
+                len
+            } else {
+                len.next_multiple_of(POOL_GRANULE)
+            })
+        })
+    }
+
+    /// Gives a buffer nobody needs any more to the pool (which may free it).
+    fn recycle(&self, buffer: Vec<u8>) {
+        if (POOL_MIN_BUFFER..=POOL_MAX_BUFFER).contains(&buffer.capacity()) {
+            let mut pool = self.pool();
+            pool.give(buffer);
+            self.pool_used(&pool);
+        }
+    }
+
+    fn pool_used(&self, pool: &Pool) {
+        self.0.pooled.store(pool.bytes, Ordering::Relaxed);
+        self.0.pool_used.store(self.now(), Ordering::Relaxed);
+    }
+
+    /// Bytes of capacity the loop's buffer pool holds.
+    pub fn pooled(&self) -> usize {
+        self.0.pooled.load(Ordering::Relaxed)
+    }
+
+    fn pool(&self) -> std::sync::MutexGuard<'_, Pool> {
+        // A panic while it was held cannot leave the pool inconsistent enough to
+        // matter: it is only a cache.
+        self.0.pool.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -173,9 +318,9 @@ impl Queue {
             return;
         }
         match self.chunks.back_mut() {
-            // Append to the last buffer while it stays small: corked frames leave in
-            // one write.
-            Some(Chunk::Owned(last)) if last.len() + len <= CHUNK_TARGET => {
+            // Append to the last buffer while it stays small, or has room already (a
+            // pooled one): corked frames leave in one write, and nothing is allocated.
+            Some(Chunk::Owned(last)) if last.len() + len <= CHUNK_TARGET.max(last.capacity()) => {
                 self.owned -= last.capacity();
                 for part in parts {
                     last.extend_from_slice(part);
@@ -200,12 +345,13 @@ impl Queue {
         self.recount();
     }
 
-    /// A new buffer holding `parts` (`len` bytes): the spare one if it fits.
+    /// A new buffer holding `parts` (`len` bytes): the spare one if it fits, else one
+    /// from the loop's pool.
     fn buffer(&mut self, parts: &[&[u8]], len: usize) -> Vec<u8> {
-        let mut buffer = if self.chunks.is_empty() && len <= self.spare.capacity() {
+        let mut buffer = if len <= self.spare.capacity() {
             std::mem::take(&mut self.spare)
         } else {
-            Vec::with_capacity(len)
+            self.meter.buffer(len)
         };
         for part in parts {
             buffer.extend_from_slice(part);
@@ -303,8 +449,9 @@ impl Queue {
                         && buffer.capacity() > self.spare.capacity()
                     {
                         buffer.clear();
-                        self.spare = buffer;
+                        buffer = std::mem::replace(&mut self.spare, buffer);
                     }
+                    self.meter.recycle(buffer);
                 }
             }
         }
@@ -314,6 +461,13 @@ impl Queue {
 impl Drop for Queue {
     fn drop(&mut self) {
         self.meter.sub(self.counted);
+        // Shed (the connection went quiet) or dropped: its buffers serve the others.
+        self.meter.recycle(std::mem::take(&mut self.spare));
+        for chunk in self.chunks.drain(..) {
+            if let Chunk::Owned(buffer) | Chunk::Whole(buffer) = chunk {
+                self.meter.recycle(buffer);
+            }
+        }
     }
 }
 
@@ -432,7 +586,8 @@ impl Outbox {
             Some(queue) => {
                 let done = queue.write_to(socket)?;
                 if done && queue.spare.capacity() > RETAINED_CAPACITY {
-                    queue.spare = Vec::new();
+                    let spare = std::mem::take(&mut queue.spare);
+                    queue.meter.recycle(spare);
                     queue.recount();
                 }
                 Ok(done)
@@ -568,6 +723,102 @@ mod tests {
         assert!(out.write_to(&mut socket).unwrap());
         out.shed();
         assert_eq!(meter.get(), 0);
+    }
+
+    /// Where the front chunk's bytes are (to tell a reused buffer from a new one).
+    fn front_ptr(out: &Outbox) -> *const u8 {
+        out.queue.as_ref().unwrap().chunks[0].bytes().as_ptr()
+    }
+
+    #[test]
+    fn a_large_drained_buffer_goes_to_the_loops_pool_and_serves_the_next_queue() {
+        let meter = Meter::default();
+        let mut a = Outbox::default();
+        // The rest of a large frame the socket did not take: too large to be kept
+        // as a's spare, so it goes to the pool once written.
+        a.push(&meter, &[&[1; 100_000]]);
+        let buffer = front_ptr(&a);
+        assert_eq!(drain(&mut a), [1; 100_000]);
+        assert_eq!(meter.pooled(), 100_000usize.next_multiple_of(POOL_GRANULE));
+        // Another connection's queue (or a's again) takes it: no allocation.
+        let mut b = Outbox::default();
+        b.push(&meter, &[&[2; 3], &[3; 90_000]]);
+        assert_eq!(front_ptr(&b), buffer);
+        assert_eq!(meter.pooled(), 0);
+        // The pool is not counted against the outgoing budget; a queue is.
+        assert!(meter.get() >= 90_003);
+        b.clear();
+        a.clear();
+        assert_eq!(meter.get(), 0);
+        assert!(meter.pooled() > 0);
+    }
+
+    #[test]
+    fn a_small_send_behind_a_large_one_takes_a_pooled_buffer() {
+        let meter = Meter::default();
+        let mut a = Outbox::default();
+        a.push(&meter, &[&[1; 40_000]]);
+        a.push(&meter, &[&[2; 40_000]]);
+        drain(&mut a);
+        // One became the spare, the other is pooled.
+        assert!(meter.pooled() >= 40_000);
+        let mut b = Outbox::default();
+        b.push(&meter, &[&[3; 65_000]]);
+        let pooled = meter.pooled();
+        // The tail of a streamed message, behind a full chunk: served from the pool.
+        b.push(&meter, &[&[4; 900]]);
+        assert!(meter.pooled() < pooled);
+        b.clear();
+        a.clear();
+    }
+
+    #[test]
+    fn the_pool_is_bounded_and_takes_only_buffers_of_pooled_sizes() {
+        let meter = Meter::default();
+        for _ in 0..2 * POOL_BUFFERS {
+            meter.recycle(Vec::with_capacity(POOL_MAX_BUFFER));
+        }
+        assert!(meter.pooled() <= POOL_BYTES);
+        assert!(meter.pool().buffers.len() <= POOL_BUFFERS);
+        let full = meter.pooled();
+        // Smaller buffers do not push larger ones out; larger than the largest pooled
+        // size and smaller than the smallest are freed.
+        meter.recycle(Vec::with_capacity(POOL_MIN_BUFFER));
+        meter.recycle(Vec::with_capacity(POOL_MAX_BUFFER + 1));
+        meter.recycle(Vec::with_capacity(POOL_MIN_BUFFER - 1));
+        assert_eq!(meter.pooled(), full);
+        // A request larger than any pooled buffer is a new allocation, not a pooled one.
+        let big = meter.buffer(POOL_MAX_BUFFER + 1);
+        assert_eq!(big.capacity(), POOL_MAX_BUFFER + 1);
+        assert_eq!(meter.pooled(), full);
+    }
+
+    #[test]
+    fn the_pool_is_emptied_once_unused_for_a_while() {
+        let meter = Meter::default();
+        meter.set_now(10);
+        let mut out = Outbox::default();
+        out.push(&meter, &[&[0; 70_000]]);
+        drain(&mut out);
+        assert!(meter.pooled() > 0);
+        meter.set_now(10 + POOL_IDLE - 1);
+        assert!(meter.pooled() > 0);
+        meter.set_now(10 + POOL_IDLE);
+        assert_eq!(meter.pooled(), 0);
+        assert!(meter.pool().buffers.is_empty());
+    }
+
+    #[test]
+    fn a_shed_queue_gives_its_spare_to_the_pool() {
+        let meter = Meter::default();
+        let mut out = Outbox::default();
+        out.push(&meter, &[&[0; 20_000]]);
+        drain(&mut out);
+        // Kept as the queue's spare while traffic flows.
+        assert_eq!(meter.pooled(), 0);
+        out.shed();
+        assert_eq!(meter.get(), 0);
+        assert!(meter.pooled() >= 20_000);
     }
 
     /// Writes everything the queue holds into a byte vector.

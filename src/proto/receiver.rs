@@ -494,7 +494,7 @@ impl Receiver {
                         // Validated piece by piece above; re-checking the whole is cheap
                         // next to the copy that assembled it, and keeps this code free
                         // of `unsafe`.
-                        let text = std::str::from_utf8(&self.assembled)
+                        let text = super::utf8::from_utf8(&self.assembled)
                             .map_err(|_| ProtocolError::InvalidUtf8)?;
                         Message::Text(text)
                     }
@@ -734,9 +734,9 @@ impl Receiver {
         let data = match found.kind {
             // Short pieces and code points validated in `read_part`; checked again
             // (at most a few bytes) to stay free of `unsafe`.
-            DataKind::Text => {
-                Message::Text(std::str::from_utf8(bytes).map_err(|_| ProtocolError::InvalidUtf8)?)
-            }
+            DataKind::Text => Message::Text(
+                super::utf8::from_utf8(bytes).map_err(|_| ProtocolError::InvalidUtf8)?,
+            ),
             DataKind::Binary => Message::Binary(bytes),
         };
         Ok(Event::Part(Part {
@@ -883,7 +883,7 @@ impl Receiver {
     fn event(opcode: Opcode, payload: &[u8]) -> Result<Event<'_>, ProtocolError> {
         Ok(match opcode {
             Opcode::Text => Event::Message(Message::Text(
-                std::str::from_utf8(payload).map_err(|_| ProtocolError::InvalidUtf8)?,
+                super::utf8::from_utf8(payload).map_err(|_| ProtocolError::InvalidUtf8)?,
             )),
             Opcode::Binary | Opcode::Continuation => Event::Message(Message::Binary(payload)),
             Opcode::Ping => Event::Ping(payload),

@@ -87,6 +87,8 @@ impl<S> Core<S> {
                 // echo path allocates nothing per message).
                 conn.flush(&self.io, Token(slot));
                 conn.out.shed();
+                // And the extras a message sent in parts left (nothing else in them).
+                conn.shed_extras();
                 let held = conn.rx.held();
                 conn.rx.shed_buffers();
                 let after = conn.rx.held();
