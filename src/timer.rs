@@ -34,7 +34,12 @@ impl Clock {
 
     /// Never 0, so that [`When`] can use 0 for "none".
     pub fn now(&self) -> Millis {
-        self.epoch.elapsed().as_millis() as Millis + 1
+        self.at(Instant::now())
+    }
+
+    /// The loop-clock millisecond of `instant` (a reading taken for something else too).
+    pub fn at(&self, instant: Instant) -> Millis {
+        instant.saturating_duration_since(self.epoch).as_millis() as Millis + 1
     }
 
     /// Microseconds since the same epoch, read now (not once per turn): for the

@@ -384,9 +384,11 @@ impl<H: Handler> Server<H> {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
-        self.core.now = self.core.clock.now();
+        // One reading for the loop's clock and the turn's timing.
+        let started = std::time::Instant::now();
+        self.core.now = self.core.clock.at(started);
         self.core.io.meter.set_now(self.core.now);
-        self.core.stalls.turn_started();
+        self.core.stalls.turn_started(started);
         for slot in std::mem::take(&mut self.core.backlog) {
             self.read(slot, true);
             self.settle_conn(slot);

@@ -66,8 +66,9 @@ impl StallWatch {
         }
     }
 
-    pub fn turn_started(&mut self) {
-        self.turn_started = self.start();
+    /// A turn began at `at` (the reading the loop takes for its clock anyway).
+    pub fn turn_started(&mut self, at: Instant) {
+        self.turn_started = at;
         self.counted_this_turn = false;
     }
 
