@@ -10,7 +10,7 @@
 //! 256 KiB of zlib state, an inflater about 40 KiB. Without context takeover neither
 //! needs to live between messages, so the reactor shares them across connections.
 
-mod encoder;
+pub mod encoder;
 
 pub use encoder::MessageEncoder;
 
