@@ -87,6 +87,9 @@ pub struct MessageEncoder {
     prev: Box<[u16]>,
     /// `head` entries below this belong to earlier segments.
     base: u32,
+    /// The hash's shift for this segment: a short one uses only the start of `head`,
+    /// so its lookups stay in the cache lines it touched.
+    shift: u32,
     /// The current block: its tokens, and the counts of the symbols they send.
     block: Block,
 }
@@ -145,6 +148,7 @@ impl MessageEncoder {
             head: vec![0; HASH_SIZE].into_boxed_slice(),
             prev: vec![0; SEGMENT].into_boxed_slice(),
             base: 1,
+            shift: 32 - HASH_BITS,
             block: Block {
                 tokens: Vec::with_capacity(BLOCK_TOKENS),
                 lit_freq: [0; LIT_CODES],
@@ -177,6 +181,8 @@ impl MessageEncoder {
             self.base = 1;
         }
         let n = data.len();
+        // About one slot per byte, 512 to HASH_SIZE.
+        self.shift = 32 - (usize::BITS - n.leading_zeros()).clamp(9, HASH_BITS);
         let mut block_start = 0;
         // Bytes of `data` that tokens (written or buffered) cover.
         let mut covered = 0;
@@ -243,7 +249,7 @@ impl MessageEncoder {
     /// Records position `p` (with at least 4 bytes from it) in the hash chains.
     #[inline]
     fn insert(&mut self, data: &[u8], p: usize) -> u32 {
-        let h = hash(data, p);
+        let h = hash(data, p, self.shift);
         let stamp = self.base + p as u32;
         let old = std::mem::replace(&mut self.head[h], stamp);
         self.prev[p] = if old >= self.base {
@@ -294,9 +300,9 @@ impl MessageEncoder {
 }
 
 #[inline]
-fn hash(data: &[u8], p: usize) -> usize {
+fn hash(data: &[u8], p: usize, shift: u32) -> usize {
     let word = u32::from_le_bytes(data[p..p + 4].try_into().unwrap_or([0; 4]));
-    (word.wrapping_mul(0x9E37_79B1) >> (32 - HASH_BITS)) as usize
+    (word.wrapping_mul(0x9E37_79B1) >> shift) as usize
 }
 
 /// How many bytes from `a` equal those from `b` (`a < b`), up to `max`.
