@@ -421,8 +421,8 @@ struct Code<const N: usize> {
 impl<const N: usize> Code<N> {
     fn from_freqs(freqs: &[u32; N], limit: u8) -> Code<N> {
         let mut len = [0u8; N];
-        code_lengths(freqs, limit, &mut len);
-        Code::from_lengths(len)
+        let count = code_lengths(freqs, limit, &mut len);
+        Code::canonical(len, &count)
     }
 
     /// Canonical codes for `len` (RFC 1951 §3.2.2).
@@ -433,12 +433,17 @@ impl<const N: usize> Code<N> {
             count[len[sym] as usize] += 1;
             sym += 1;
         }
-        count[0] = 0;
+        Code::canonical(len, &count)
+    }
+
+    /// Canonical codes for `len`, given how many codes have each length (`count[0]`
+    /// is ignored).
+    const fn canonical(len: [u8; N], count: &[u16; 16]) -> Code<N> {
         let mut next = [0u16; 16];
         let mut code = 0u16;
         let mut bits = 1;
         while bits < 16 {
-            code = (code + count[bits - 1]) << 1;
+            code = (code + if bits > 1 { count[bits - 1] } else { 0 }) << 1;
             next[bits] = code;
             bits += 1;
         }
@@ -484,17 +489,16 @@ const FIXED_DIST: Code<DIST_CODES> = Code::from_lengths([5; DIST_CODES]);
 
 /// Optimal code lengths for `freqs`, none longer than `limit`, into `len`. At least two
 /// symbols get a code (an unused one is added if needed), so every code is complete,
-/// which every inflater accepts.
-fn code_lengths<const N: usize>(freqs: &[u32; N], limit: u8, len: &mut [u8; N]) {
+/// which every inflater accepts. Returns how many codes have each length.
+fn code_lengths<const N: usize>(freqs: &[u32; N], limit: u8, len: &mut [u8; N]) -> [u16; 16] {
     // The used symbols as `frequency << 16 | symbol`, to sort by frequency. A block's
     // counts stay below 2^16 (BLOCK_TOKENS); a larger one would only cost optimality.
     let mut keys = [0u32; N];
     let mut used = 0;
     for (sym, &f) in freqs.iter().enumerate() {
-        if f != 0 {
-            keys[used] = f.min(0xffff) << 16 | sym as u32;
-            used += 1;
-        }
+        // Branch-free: which symbols are used is anyone's guess.
+        keys[used] = f.min(0xffff) << 16 | sym as u32;
+        used += usize::from(f != 0);
     }
     let mut sym = 0;
     while used < 2 {
@@ -536,13 +540,16 @@ fn code_lengths<const N: usize>(freqs: &[u32; N], limit: u8, len: &mut [u8; N]) 
     }
     // The least frequent symbols (first in `keys`) get the longest codes.
     let mut next = keys.iter();
+    let mut counts = [0u16; 16];
     for l in (1..=limit).rev() {
         for _ in 0..count[l] {
             if let Some(&k) = next.next() {
                 len[(k & 0xffff) as usize] = l as u8;
+                counts[l] += 1;
             }
         }
     }
+    counts
 }
 
 /// Moffat and Katajainen's in-place computation of minimum-redundancy code lengths:
