@@ -35,7 +35,7 @@ pub(crate) struct Compression {
     /// Shared compressors, by window bits 9..=15, reset after every message.
     shared: [Option<Box<Deflater>>; 7],
     /// The encoder for small messages without context takeover, any window size;
-    /// made on first use (about 100 KiB).
+    /// made on first use (about 160 KiB, where a zlib compressor holds 256 KiB).
     small: Option<Box<MessageEncoder>>,
     /// Boxed: receivers hold them as `Option<Box<Inflater>>` (small when empty), and
     /// lending moves the box, not the inflater.
