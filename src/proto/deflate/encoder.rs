@@ -82,9 +82,9 @@ fn effort(level: u32) -> Effort {
 pub struct MessageEncoder {
     effort: Effort,
     /// Most recent position (as `base + pos`) with each hash.
-    head: Box<[u32]>,
+    head: Box<[u32; HASH_SIZE]>,
     /// Distance from each position back to the previous one with its hash, 0 for none.
-    prev: Box<[u16]>,
+    prev: Box<[u16; SEGMENT]>,
     /// `head` entries below this belong to earlier segments.
     base: u32,
     /// The hash's shift for this segment: a short one uses only the start of `head`,
@@ -145,8 +145,14 @@ impl MessageEncoder {
     pub fn new(level: u32) -> MessageEncoder {
         MessageEncoder {
             effort: effort(level),
-            head: vec![0; HASH_SIZE].into_boxed_slice(),
-            prev: vec![0; SEGMENT].into_boxed_slice(),
+            head: vec![0; HASH_SIZE]
+                .into_boxed_slice()
+                .try_into()
+                .unwrap_or_else(|_| unreachable!()),
+            prev: vec![0; SEGMENT]
+                .into_boxed_slice()
+                .try_into()
+                .unwrap_or_else(|_| unreachable!()),
             base: 1,
             shift: 32 - HASH_BITS,
             block: Block {
@@ -251,8 +257,9 @@ impl MessageEncoder {
     fn insert(&mut self, data: &[u8], p: usize) -> u32 {
         let h = hash(data, p, self.shift);
         let stamp = self.base + p as u32;
-        let old = std::mem::replace(&mut self.head[h], stamp);
-        self.prev[p] = if old >= self.base {
+        // The masks cost nothing and spare the bounds checks (`h` and `p` are in range).
+        let old = std::mem::replace(&mut self.head[h & (HASH_SIZE - 1)], stamp);
+        self.prev[p & (SEGMENT - 1)] = if old >= self.base {
             (stamp - old) as u16
         } else {
             0
@@ -289,7 +296,7 @@ impl MessageEncoder {
                 }
             }
             chain -= 1;
-            let step = usize::from(self.prev[cand]);
+            let step = usize::from(self.prev[cand & (SEGMENT - 1)]);
             if chain == 0 || step == 0 {
                 break;
             }
