@@ -191,8 +191,10 @@ impl MessageEncoder {
             self.base = 1;
         }
         let n = data.len();
-        // About one slot per byte, 512 to HASH_SIZE.
-        self.shift = 32 - (usize::BITS - n.leading_zeros()).clamp(9, HASH_BITS);
+        // Two to four slots per byte, 512 to HASH_SIZE. Fewer (a quarter of this, to
+        // touch fewer cache lines) cost a 1 KiB message 1.7 µs more in the server in
+        // collisions; this many saved about 0.5 µs over one slot per byte.
+        self.shift = 32 - (usize::BITS - n.leading_zeros() + 1).clamp(9, HASH_BITS);
         let mut block_start = 0;
         // Bytes of `data` that tokens (written or buffered) cover.
         let mut covered = 0;
