@@ -160,7 +160,7 @@ clean:
 # so the repo stays clean while coverage accumulates across runs. Crash reproducers
 # land in fuzz/artifacts/TARGET/.
 FUZZ_SECONDS    ?= 60
-FUZZ_TARGETS    ?= handshake frames frames_split_equivalence utf8
+FUZZ_TARGETS    ?= handshake frames frames_split_equivalence utf8 deflate_encoder
 FUZZ_TOOLCHAIN  ?= nightly
 # Overflow checks on; no sanitizer: the crate has no `unsafe`, and ASan cost 3x the
 # exec/s here. Use FUZZ_BUILD_ARGS=--debug-assertions for ASan (cargo-fuzz's default).

@@ -1,12 +1,16 @@
 //! Criterion micro benches of the sans-I/O core, through the public `wsreactor::proto`
 //! API: frame header decode, unmasking (against `copy_from_slice` of the same size,
 //! i.e. memcpy, as the bandwidth baseline), incremental UTF-8 validation, the opening
-//! handshake, and the streaming receiver on a buffer of many small frames.
+//! handshake, the streaming receiver on a buffer of many small frames, and
+//! permessage-deflate without context takeover: compressing one JSON-like message with
+//! zlib (level 1 to 6, reset after it, as the server did for every message) against
+//! `MessageEncoder`, which the server now uses up to 32 KiB, and inflating one.
 //!
 //! `cargo bench --bench proto` (or `make bench`, which runs these with short times).
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use std::hint::black_box;
+use wsreactor::proto::deflate::{Deflater, Inflater, MessageEncoder};
 use wsreactor::proto::frame::MAX_HEADER_LEN;
 use wsreactor::proto::handshake::{accept_response, HeadReader, Request};
 use wsreactor::proto::mask;
@@ -262,8 +266,85 @@ fn receiver(c: &mut Criterion) {
     group.finish();
 }
 
+/// JSON-like text of `size` bytes: product-like objects with repeated keys and varied
+/// values (as the bench crate's `--payload json`).
+fn json_like(size: usize) -> Vec<u8> {
+    let (names, tags) = (
+        [
+            "Blue Widget",
+            "Smart Kettle",
+            "Eco Lamp",
+            "Pro Drill",
+            "Mini Camera",
+        ],
+        ["sale", "new", "bestseller", "gift", "clearance"],
+    );
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut out = b"[".to_vec();
+    let mut id = 1000;
+    while out.len() < size {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let r = state;
+        out.extend_from_slice(
+            format!(
+                "{{\"id\":{id},\"name\":\"{} {}\",\"price\":{}.{:02},\"qty\":{},\
+                 \"updated_at\":{},\"tags\":[\"{}\",\"{}\"]}},",
+                names[(r % 5) as usize],
+                100 + (r >> 8) % 900,
+                (r >> 20) % 1000,
+                (r >> 30) % 100,
+                (r >> 40) % 500,
+                1_767_225_600_000 - (r >> 12) % 86_400_000,
+                tags[(r >> 50) as usize % 5],
+                tags[(r >> 55) as usize % 5],
+            )
+            .as_bytes(),
+        );
+        id += 1;
+    }
+    out.truncate(size);
+    out
+}
+
+fn deflate(c: &mut Criterion) {
+    let mut group = c.benchmark_group("deflate_no_takeover");
+    for size in [1024usize, 16 * 1024] {
+        let message = json_like(size);
+        group.throughput(Throughput::Bytes(size as u64));
+        let mut out = Vec::new();
+        for level in [1u32, 6] {
+            let mut zlib = Deflater::new(level, 15);
+            group.bench_function(BenchmarkId::new(format!("zlib_level{level}"), size), |b| {
+                b.iter(|| zlib.compress(black_box(&message), &mut out, true))
+            });
+            let mut ours = MessageEncoder::new(level);
+            group.bench_function(
+                BenchmarkId::new(format!("message_encoder_level{level}"), size),
+                |b| b.iter(|| ours.compress(black_box(&message), 15, &mut out)),
+            );
+        }
+        let mut wire = Vec::new();
+        Deflater::new(6, 15).compress(&message, &mut wire, true);
+        let mut inflater = Inflater::new();
+        let mut plain = Vec::with_capacity(size);
+        group.bench_function(BenchmarkId::new("inflate", size), |b| {
+            b.iter(|| {
+                plain.clear();
+                inflater
+                    .inflate(black_box(&wire), &mut plain, size)
+                    .unwrap();
+                inflater.finish(&mut plain, size, true).unwrap();
+            })
+        });
+    }
+    group.finish();
+}
+
 criterion_group!(
     benches,
+    deflate,
     frame_header_decode,
     unmask,
     utf8,

@@ -10,6 +10,10 @@
 //! 256 KiB of zlib state, an inflater about 40 KiB. Without context takeover neither
 //! needs to live between messages, so the reactor shares them across connections.
 
+pub mod encoder;
+
+pub use encoder::MessageEncoder;
+
 use super::extension::Offer;
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 use std::fmt;
