@@ -8,6 +8,7 @@ mod common;
 
 use common::*;
 use std::net::SocketAddr;
+#[cfg(feature = "cli")]
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -387,7 +388,9 @@ fn a_handle_sends_parts_and_a_broken_sequence_closes_with_1011() {
     raw.expect_close(1011);
 }
 
-/// The echo binary as a child process, for messages of up to 64 MiB.
+/// The echo binary as a child process, for messages of up to 64 MiB (built only with
+/// the `cli` feature, as `make test` builds it).
+#[cfg(feature = "cli")]
 fn spawn_echo_binary() -> (std::process::Child, SocketAddr) {
     let port = {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -413,6 +416,7 @@ fn spawn_echo_binary() -> (std::process::Child, SocketAddr) {
 /// message before they read: the streaming echo, paused for the echo it queued,
 /// must read on rather than wait for a reader that waits for it.
 #[test]
+#[cfg(feature = "cli")]
 fn the_echo_binary_serves_a_client_that_writes_the_whole_message_before_reading() {
     let (mut child, addr) = spawn_echo_binary();
     let mut raw = Raw::open(addr);
@@ -445,6 +449,7 @@ fn the_echo_binary_serves_a_client_that_writes_the_whole_message_before_reading(
 }
 
 #[test]
+#[cfg(feature = "cli")]
 fn the_echo_binary_streams_a_large_message_with_flat_memory() {
     let (mut child, addr) = spawn_echo_binary();
     let pid = child.id();
