@@ -758,7 +758,7 @@ impl OpenLoop {
 
 /// The length of the frame at the front of `buf` (header and mask key included), once
 /// its header is in.
-fn frame_len(buf: &[u8]) -> Option<u64> {
+pub fn frame_len(buf: &[u8]) -> Option<u64> {
     let b1 = *buf.get(1)?;
     let (ext, len) = match b1 & 0x7f {
         126 => (

@@ -55,7 +55,7 @@ use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
-use wsreactor_bench::openloop;
+use wsreactor_bench::openloop::{self, frame_len};
 use wsreactor_bench::pmd::{self, ClientDeflate};
 use wsreactor_bench::{
     check_upgrade_response, client_header, client_key, head_end, header_values, json, json_string,
@@ -359,22 +359,6 @@ impl EchoFrames {
     }
 }
 
-/// The length of the frame at the front of `buf` (header included), once its header
-/// is in.
-fn frame_len(buf: &[u8]) -> Option<u64> {
-    let b1 = *buf.get(1)?;
-    let (ext, len) = match b1 & 0x7f {
-        126 => (
-            2,
-            u64::from(u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?)),
-        ),
-        127 => (8, u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?)),
-        n => (0, u64::from(n)),
-    };
-    let mask = if b1 & 0x80 != 0 { 4 } else { 0 };
-    Some(2 + ext + mask + len)
-}
-
 impl Conn {
     /// Puts a fresh stamp in the payload (and so in the frame and the expected echo).
     fn stamp(&mut self, raw: bool) {
@@ -389,6 +373,7 @@ impl Conn {
     }
 }
 
+#[derive(Default)]
 struct Stats {
     errors: u64,
     error_samples: Vec<String>,
@@ -1183,20 +1168,7 @@ fn run(options: &Options) -> Result<u64, String> {
         poll: Poll::new().map_err(|e| format!("poll: {e}"))?,
         conns: Vec::with_capacity(options.conns),
         buf: vec![0; READ_BUF],
-        stats: Stats {
-            errors: 0,
-            error_samples: Vec::new(),
-            msgs: 0,
-            payload_bytes: 0,
-            measuring: false,
-            samples_ns: Vec::new(),
-            completed: 0,
-            sent_frame_bytes: 0,
-            sent_payload_bytes: 0,
-            echo_frame_bytes: 0,
-            echo_payload_bytes: 0,
-            echoes_compressed: 0,
-        },
+        stats: Stats::default(),
         stopping: false,
         opened: 0,
         in_handshake: 0,
@@ -1451,16 +1423,7 @@ fn run_open(
     let mut errors = Stats {
         errors: gen.stats.errors + ol.errors,
         error_samples: gen.stats.error_samples.clone(),
-        msgs: 0,
-        payload_bytes: 0,
-        measuring: false,
-        samples_ns: Vec::new(),
-        completed: 0,
-        sent_frame_bytes: 0,
-        sent_payload_bytes: 0,
-        echo_frame_bytes: 0,
-        echo_payload_bytes: 0,
-        echoes_compressed: 0,
+        ..Stats::default()
     };
     errors
         .error_samples
