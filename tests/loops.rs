@@ -46,17 +46,24 @@ struct Running {
     thread: JoinHandle<std::io::Result<()>>,
 }
 
-fn start(loops: usize) -> Running {
+/// A reactor of `loops` loops of `Room`s on a free port, not yet running, and where
+/// its rooms report their opens.
+fn bind(loops: usize) -> (Reactor<Room>, Receiver<ConnId>) {
     let (opens, opened) = mpsc::channel();
     let config = Config {
         threads: loops,
         ..Config::default()
     };
-    let mut reactor = Reactor::bind("127.0.0.1:0".parse().unwrap(), config, |_| Room {
+    let reactor = Reactor::bind("127.0.0.1:0".parse().unwrap(), config, |_| Room {
         opens: opens.clone(),
         deferred: 0,
     })
     .expect("bind");
+    (reactor, opened)
+}
+
+fn start(loops: usize) -> Running {
+    let (mut reactor, opened) = bind(loops);
     assert_eq!(reactor.loops(), loops);
     let addr = reactor.local_addr();
     let handle = reactor.handle();
@@ -339,16 +346,7 @@ fn own_cpus() -> String {
 #[test]
 fn pinned_loops_run_on_their_own_core() {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let (opens, _opened) = mpsc::channel();
-    let config = Config {
-        threads: 2,
-        ..Config::default()
-    };
-    let mut reactor = Reactor::bind("127.0.0.1:0".parse().unwrap(), config, |_| Room {
-        opens: opens.clone(),
-        deferred: 0,
-    })
-    .unwrap();
+    let (mut reactor, _opened) = bind(2);
     reactor.pin_to_cores(true);
     let handle = reactor.handle();
     let thread = std::thread::spawn(move || reactor.run());
@@ -376,16 +374,7 @@ fn pinned_loops_run_on_their_own_core() {
 #[test]
 fn the_cluster_bridge_is_refused_on_a_loop_of_several() {
     use wsreactor::cluster::{ClusterConfig, ClusterError};
-    let (opens, _opened) = mpsc::channel();
-    let config = Config {
-        threads: 2,
-        ..Config::default()
-    };
-    let mut reactor = Reactor::bind("127.0.0.1:0".parse().unwrap(), config, |_| Room {
-        opens: opens.clone(),
-        deferred: 0,
-    })
-    .unwrap();
+    let (mut reactor, _opened) = bind(2);
     let attached = reactor
         .server(0)
         .unwrap()
