@@ -159,21 +159,29 @@ def test_article_page_unchanged(servers, new_page):
     assert code == 0, f"exit status {code}; log tail:\n{server.log_tail()}"
 
 
-def test_chat_message_typed_in_one_page_appears_in_the_other(servers, new_page):
+def _ada_greets_bob(ada_server, bob_server, new_page):
+    """examples/chat.html: ada opens the chat on one server, bob on the other (or the
+    same); ada sees bob join, types a line, and both see it. Returns both pages."""
     from playwright.sync_api import expect
 
-    chat = servers("chat")
     ada, bob = new_page(), new_page()
-    ada.goto(chat.http("/?name=ada"))
+    ada.goto(ada_server.http("/?name=ada"))
     expect(ada.locator("#state")).to_have_text("open")
-    bob.goto(chat.http("/?name=bob"))
+    bob.goto(bob_server.http("/?name=bob"))
     expect(bob.locator("#state")).to_have_text("open")
     expect(ada.locator("#log li", has_text="* bob joined")).to_have_count(1)
-
     ada.fill("#text", "hello bob")
     ada.click("#form button[type=submit]")
     expect(bob.locator("#log li", has_text="ada: hello bob")).to_have_count(1)
     expect(ada.locator("#log li", has_text="ada: hello bob")).to_have_count(1)
+    return ada, bob
+
+
+def test_chat_message_typed_in_one_page_appears_in_the_other(servers, new_page):
+    from playwright.sync_api import expect
+
+    chat = servers("chat")
+    ada, bob = _ada_greets_bob(chat, chat, new_page)
     expect(ada.locator("#text")).to_have_value("")
 
     bob.fill("#text", "hi ada")
@@ -308,18 +316,7 @@ def test_demo_topic_room_spans_two_servers_through_redis(servers, new_page, redi
 
 def test_chat_spans_two_servers_through_redis(servers, new_page, redis_url):
     """examples/chat.rs on two ports with --redis: one conversation."""
-    from playwright.sync_api import expect
-
     a = servers("chat", None, "--redis", redis_url)
     b = servers("chat", None, "--redis", redis_url)
-    ada, bob = new_page(), new_page()
-    ada.goto(a.http("/?name=ada"))
-    expect(ada.locator("#state")).to_have_text("open")
-    bob.goto(b.http("/?name=bob"))
-    expect(bob.locator("#state")).to_have_text("open")
     # Broadcasts need no subscription: bob's arrival on B reaches ada on A.
-    expect(ada.locator("#log li", has_text="* bob joined")).to_have_count(1)
-    ada.fill("#text", "hello bob")
-    ada.click("#form button[type=submit]")
-    expect(bob.locator("#log li", has_text="ada: hello bob")).to_have_count(1)
-    expect(ada.locator("#log li", has_text="ada: hello bob")).to_have_count(1)
+    _ada_greets_bob(a, b, new_page)
