@@ -561,7 +561,13 @@ impl TlsStream {
             // Asked of rustls, not inferred from the states we met: a small reader can
             // stop at the first application data, before a WriteTraffic shows.
             self.handshaking = self.conn.is_handshaking();
-            if stop {
+            // Plaintext given and every byte read taken: one more turn of the session
+            // would only report the state it is in (WriteTraffic), a third of the
+            // session work of a small echo. Anything it holds for the peer meanwhile (a
+            // KeyUpdate's answer) goes out at our next write, which turns the session
+            // first, and TLS 1.3 asks for it no sooner than our next application data.
+            let drained = written > 0 && at == input.len() && !self.handshaking;
+            if stop || drained {
                 return Ok((written, at));
             }
         }

@@ -209,6 +209,22 @@ fn wss_echoes_small_and_large_messages_with_alpn_http11() {
     assert_eq!(stats(&handle).tls_handshake_failures, 0);
 }
 
+/// A client that rolls its keys (TLS 1.3 KeyUpdate, asking for ours to roll too) between
+/// messages: the KeyUpdate and the message after it, under the new keys, usually come
+/// in one read; the server must decrypt the message with the new keys, and whatever it
+/// owes (its own KeyUpdate) must go out ahead of the echo's record, not after it.
+#[test]
+fn key_updates_from_the_client_are_answered_before_the_next_echo() {
+    let (_pki, addr, _handle, client) = server_with_pki(Config::default());
+    let mut ws = wss(addr, &client);
+    echo(&mut ws, Message::text("before"));
+    for round in 0..3 {
+        ws.get_mut().conn.refresh_traffic_keys().unwrap();
+        echo(&mut ws, Message::text(format!("after key update {round}")));
+        echo(&mut ws, Message::binary(common::pattern(round, 100_000)));
+    }
+}
+
 #[test]
 fn the_page_is_served_over_https() {
     let (_pki, addr, _handle, client) = server_with_pki(Config::default());
