@@ -16,8 +16,15 @@
 //! (handshake, keepalive, close) carries its own start: the loop asks, it does not poke.
 //! Flushing ends in a half-close: the peer reads our last bytes, then EOF, instead of a
 //! reset.
+//!
+//! This file keeps the connection itself: its phases, the transitions between them,
+//! and what only some connections have ([`Extras`]). Its rooms: `send` writes
+//! (write-through, corking, the queue, WRITABLE interest); `flow` rules the queue's
+//! cap and reading (the queue policy, pausing for backpressure and resuming, the
+//! send stall, the relay that reads on, a drain owed); `deadline` says what the
+//! connection waits for and when; `peer` keeps the peer's address small.
 
-use crate::config::{Config, Timeouts};
+use crate::config::Config;
 use crate::handler::CloseReason;
 use crate::outbox::{Meter, Outbox};
 use crate::proto::closing::CloseState;
@@ -25,18 +32,20 @@ use crate::proto::deflate::{DeflateParams, Deflater};
 use crate::proto::frame::Opcode;
 use crate::proto::frame::MAX_CONTROL_PAYLOAD;
 use crate::proto::handshake::HeadReader;
-use crate::proto::keepalive::KeepaliveDue;
 use crate::proto::{CloseCode, Receiver};
 use crate::proto::{CloseFrame, CloseHandshake, Keepalive, ProtocolError};
-use crate::timer::{deadline_after, Millis, When};
+use crate::timer::{Millis, When};
 use crate::transport::Transport;
 
+mod deadline;
 mod flow;
 mod peer;
 mod send;
 
+pub(crate) use deadline::Wait;
 pub(crate) use flow::low_water;
 pub use flow::QueuePolicy;
+pub(crate) use flow::RELAY_PATIENCE;
 use mio::{Registry, Token};
 pub(crate) use peer::PeerAddr;
 use std::io::{self, Read};
@@ -48,32 +57,6 @@ pub(crate) struct Io {
     pub registry: Registry,
     pub meter: Meter,
 }
-
-/// What a connection is waiting for when its deadline comes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Wait {
-    /// The upgrade request to complete (`handshake_timeout`).
-    Handshake,
-    /// Any sign of life, after which a keepalive ping is sent (`idle_timeout`).
-    Idle,
-    /// An answer to our keepalive ping (`pong_timeout`).
-    Pong,
-    /// Room in a send queue that is over its cap (`send_stall_timeout`).
-    SendStall,
-    /// More of a message that is half received (`message_timeout`).
-    MessageProgress,
-    /// The peer's side of the close (`close_timeout`).
-    Close,
-    /// A relay paused for a full queue, for a peer that reads none of it
-    /// ([`RELAY_PATIENCE`]; see [`Conn::is_relaying`]).
-    RelayStuck,
-}
-
-/// How long a relay paused for a full queue waits for its peer to read before it
-/// reads on (see [`Conn::is_relaying`]): long enough for a reading peer to show it
-/// reads (any write the socket takes restarts it), short next to a whole message's
-/// transfer.
-pub(crate) const RELAY_PATIENCE: Millis = 100;
 
 /// permessage-deflate state of one connection.
 #[derive(Debug)]
@@ -219,55 +202,6 @@ impl<S> Conn<S> {
 }
 
 impl<S> Conn<S> {
-    /// The message sent in parts that is open on this connection, if any: whether
-    /// it is text.
-    pub fn sending_part(&self) -> Option<bool> {
-        self.extras.as_ref()?.sending_part
-    }
-
-    /// Whether a message is half received while one sent in parts is open: the
-    /// pattern of a streaming echo or proxy, relaying a message as it arrives.
-    ///
-    /// Reading pauses above `write_high_water` as usual, which keeps memory flat for
-    /// a peer that reads while it writes. But most clients write a whole message
-    /// before they read anything: paused in the middle, we would wait for a reader
-    /// that waits for us. So a relay whose output has not moved for
-    /// [`RELAY_PATIENCE`] while reading is paused is read on
-    /// ([`unpause_relay`](Self::unpause_relay)) until its message ends, bounded by
-    /// `max_send_queue` (which refuses a part): such a peer makes us hold one
-    /// message's output, as much as assembling the message whole would.
-    pub fn is_relaying(&self) -> bool {
-        self.rx.is_mid_message() && self.sending_part().is_some()
-    }
-
-    /// Whether reading may pause for a full queue: not while relaying a message
-    /// whose peer was found not to read (see [`is_relaying`](Self::is_relaying)).
-    pub fn may_pause_reading(&self) -> bool {
-        !(self.is_relaying() && self.extras.as_ref().is_some_and(|e| e.relay_unpaused))
-    }
-
-    /// Since when a relay has waited, paused, for a peer that takes none of its
-    /// output (`None` if it is not such a relay).
-    pub fn relay_waiting_since(&self) -> Option<Millis> {
-        (self.is_read_paused() && self.is_relaying() && self.may_pause_reading())
-            .then(|| self.out.last_moved())
-    }
-
-    /// Reads on to the end of the message being relayed, whatever its echo queues.
-    pub fn unpause_relay(&mut self) {
-        self.extras_mut().relay_unpaused = true;
-        self.flow.set_read_paused(false);
-    }
-
-    /// Opens (`Some(is_text)`) or finishes (`None`) a message sent in parts.
-    pub fn set_sending_part(&mut self, open: Option<bool>) {
-        if open.is_some() || self.extras.is_some() {
-            let extras = self.extras_mut();
-            extras.sending_part = open;
-            extras.relay_unpaused = false;
-        }
-    }
-
     /// Bytes the socket has not taken yet: the backlog a slow reader causes. Small
     /// frames corked for the write at the end of the event are not a backlog.
     pub fn backlog(&self) -> usize {
@@ -383,59 +317,6 @@ impl<S> Conn<S> {
     /// Takes the connection out of the poller (it is being removed).
     pub fn deregister(&mut self, registry: &Registry) {
         let _ = self.transport.deregister(registry);
-    }
-
-    /// Stops reading: the send queue is over the high-water mark, so a peer that sends
-    /// without reading feels TCP backpressure instead of growing our memory.
-    pub fn pause_reading(&mut self) {
-        self.flow.set_read_paused(true);
-    }
-
-    pub fn is_read_paused(&self) -> bool {
-        self.flow.read_paused()
-    }
-
-    /// The socket took queued bytes: ends a send stall once the queue is down to half
-    /// its cap, and returns whether reading, paused above the high-water mark, may
-    /// resume: once the queue is empty.
-    ///
-    /// Not at half of the mark: a peer that streams to us while we stream back (the
-    /// echo of a large message in parts) would then be read about half a mark per
-    /// pause, less than Linux waits for before it reopens a receive window it closed
-    /// (1/16 of a buffer autotuned up to `tcp_rmem`'s 32 MiB), so the peer's sends sat
-    /// until a zero-window probe (200 ms, backing off past a second). Measured: (d)
-    /// echo stalls of 0.1–1.5 s at half, none when resuming empty, where the echo is
-    /// written straight to the socket and each pause is followed by megabytes read.
-    pub fn queue_drained(&mut self, max_queue: usize) -> bool {
-        let pending = self.out.pending();
-        if self.stalled_since.is_some() && pending <= max_queue / 2 {
-            self.stalled_since = When::NONE;
-        }
-        let resume = self.flow.read_paused() && pending == 0;
-        if resume {
-            self.flow.set_read_paused(false);
-        }
-        resume
-    }
-
-    /// A send was refused: the send-stall clock starts, unless it runs already.
-    /// Returns whether it started now.
-    pub fn send_refused(&mut self, now: Millis) -> bool {
-        let starts = self.is_open() && self.stalled_since.is_none();
-        if starts {
-            self.stalled_since = When::at(now);
-        }
-        starts
-    }
-
-    /// The half-received message grew (or began): its stall clock starts again.
-    pub fn message_grew(&mut self, now: Millis) {
-        self.progress = When::at(now);
-    }
-
-    /// When the half-received message last grew.
-    pub fn message_progress(&self) -> Option<Millis> {
-        self.progress.get()
     }
 
     /// Whether sends were corked and wait for [`flush`](Self::flush).
@@ -581,48 +462,6 @@ impl<S> Conn<S> {
         // A close frame is never refused for the queue cap: it ends the queue's growth.
         let _ = self.send_frame(io, token, Opcode::Close, &payload[..len], usize::MAX);
         true
-    }
-
-    /// The next moment something must happen on this connection if nothing else does,
-    /// and what it waits for then.
-    pub fn next_deadline(&self, timeouts: &Timeouts) -> Option<(Millis, Wait)> {
-        let after = |start: Millis, timeout: Option<Millis>, wait: Wait| {
-            Some((deadline_after(start, timeout?), wait))
-        };
-        match self.phase {
-            Phase::Handshake { accepted } => after(accepted, timeouts.handshake, Wait::Handshake),
-            Phase::Answered { since, .. } => after(since, timeouts.close, Wait::Close),
-            Phase::WebSocket { close, .. } if close.may_send() => {
-                let keepalive =
-                    self.keepalive
-                        .next(timeouts.idle, timeouts.pong)
-                        .map(|(at, due)| match due {
-                            KeepaliveDue::Ping => (at, Wait::Idle),
-                            KeepaliveDue::PongOverdue => (at, Wait::Pong),
-                        });
-                let stall = self
-                    .stalled_since
-                    .get()
-                    .and_then(|since| after(since, timeouts.send_stall, Wait::SendStall));
-                let message = match self.progress.get() {
-                    Some(progress) if self.rx.is_mid_message() => {
-                        after(progress, timeouts.message, Wait::MessageProgress)
-                    }
-                    _ => None,
-                };
-                let relay = self
-                    .relay_waiting_since()
-                    .map(|since| (since.saturating_add(RELAY_PATIENCE), Wait::RelayStuck));
-                [keepalive, stall, message, relay]
-                    .into_iter()
-                    .flatten()
-                    .min_by_key(|(at, _)| *at)
-            }
-            Phase::WebSocket { closing_since, .. } => {
-                after(closing_since.get()?, timeouts.close, Wait::Close)
-            }
-            Phase::Closed => None,
-        }
     }
 }
 

@@ -453,6 +453,7 @@ impl Stats {
             deadline_entries,
             incoming_bytes,
             outgoing_bytes,
+            send_pool_bytes,
             topic_memberships,
             inflaters_lent,
             timers_pending,
@@ -500,6 +501,7 @@ impl Stats {
         self.deadline_entries += deadline_entries;
         self.incoming_bytes += incoming_bytes;
         self.outgoing_bytes += outgoing_bytes;
+        self.send_pool_bytes += send_pool_bytes;
         self.topic_memberships += topic_memberships;
         self.inflaters_lent += inflaters_lent;
         self.timers_pending += timers_pending;

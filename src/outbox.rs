@@ -47,7 +47,7 @@ const POOL_BUFFERS: usize = 32;
 
 /// The pool is emptied at the first turn after it has gone unused this long (ms):
 /// a loop whose large messages stopped gives the memory back.
-const POOL_IDLE: u64 = 1000;
+pub(crate) const POOL_IDLE: u64 = 1000;
 
 /// Buffers from this size up to [`POOL_MAX_BUFFER`] are pooled (the tail of a
 /// streamed message that finds the queue busy is often small); smaller ones are not

@@ -86,6 +86,10 @@ pub struct Stats {
     /// Gauge: bytes queued for sending over all connections (a shared broadcast frame
     /// once), against `outgoing_budget`.
     pub outgoing_bytes: u64,
+    /// Gauge: bytes of capacity held by the loop's pool of drained send buffers (at
+    /// most 32 buffers and 2 MiB per loop, emptied after a second unused): the
+    /// loop's memory, outside `outgoing_budget`.
+    pub send_pool_bytes: u64,
     /// Gauge: topic subscriptions, over all topics and connections.
     pub topic_memberships: u64,
     /// Gauge: inflaters held by connections (lent from the loop's pool, or kept with
@@ -207,6 +211,7 @@ impl Stats {
         Gauge deadline_entries: "Entries in the loop's deadline queue.";
         Gauge incoming_bytes: "Bytes held for incoming messages that are not complete yet.";
         Gauge outgoing_bytes: "Bytes queued for sending over all connections.";
+        Gauge send_pool_bytes: "Bytes held in the loop's pool of drained send buffers, outside the outgoing budget.";
         Gauge topic_memberships: "Topic subscriptions, over all topics and connections.";
         Gauge inflaters_lent: "Inflaters held by connections.";
         Gauge timers_pending: "Application timers pending, per connection and server-level.";
@@ -437,6 +442,7 @@ mod tests {
                 "deadline_entries" => stats.deadline_entries = value,
                 "incoming_bytes" => stats.incoming_bytes = value,
                 "outgoing_bytes" => stats.outgoing_bytes = value,
+                "send_pool_bytes" => stats.send_pool_bytes = value,
                 "topic_memberships" => stats.topic_memberships = value,
                 "inflaters_lent" => stats.inflaters_lent = value,
                 "timers_pending" => stats.timers_pending = value,
@@ -620,7 +626,7 @@ mod tests {
             "{json}"
         );
         assert!(json.contains(",\"closes\":{\"1000\":2,\"1006\":1},\"open_connections\":124,"));
-        assert!(json.contains(",\"inflaters_lent\":130,"), "{json}");
+        assert!(json.contains(",\"inflaters_lent\":131,"), "{json}");
         let zeros = |n: usize| vec!["0"; n].join(",");
         assert!(
             json.ends_with(&format!(

@@ -1,10 +1,13 @@
 //! Flow control of one connection's sends: what happens at its queue cap (its
-//! [`QueuePolicy`]), and the notes the loop keeps for the handler — reading paused
-//! for backpressure, a drain owed — all in one byte of the connection.
+//! [`QueuePolicy`]), when reading pauses for backpressure and when it resumes (the
+//! send stall, and the relay that reads on: [`Conn::is_relaying`]), and the notes the
+//! loop keeps for the handler — reading paused, a drain owed — all in one byte of the
+//! connection.
 
 use super::{Conn, Io};
 use crate::handler::CloseReason;
 use crate::proto::CloseCode;
+use crate::timer::{Millis, When};
 use mio::Token;
 
 /// What happens when a send would take a connection's queue past
@@ -188,6 +191,106 @@ impl<S> Conn<S> {
                 self.set_close_reason(CloseReason::QueueFull);
                 false
             }
+        }
+    }
+}
+
+/// How long a relay paused for a full queue waits for its peer to read before it
+/// reads on (see [`Conn::is_relaying`]): long enough for a reading peer to show it
+/// reads (any write the socket takes restarts it), short next to a whole message's
+/// transfer.
+pub(crate) const RELAY_PATIENCE: Millis = 100;
+
+impl<S> Conn<S> {
+    /// Stops reading: the send queue is over the high-water mark, so a peer that sends
+    /// without reading feels TCP backpressure instead of growing our memory.
+    pub fn pause_reading(&mut self) {
+        self.flow.set_read_paused(true);
+    }
+
+    pub fn is_read_paused(&self) -> bool {
+        self.flow.read_paused()
+    }
+
+    /// The socket took queued bytes: ends a send stall once the queue is down to half
+    /// its cap, and returns whether reading, paused above the high-water mark, may
+    /// resume: once the queue is empty.
+    ///
+    /// Not at half of the mark: a peer that streams to us while we stream back (the
+    /// echo of a large message in parts) would then be read about half a mark per
+    /// pause, less than Linux waits for before it reopens a receive window it closed
+    /// (1/16 of a buffer autotuned up to `tcp_rmem`'s 32 MiB), so the peer's sends sat
+    /// until a zero-window probe (200 ms, backing off past a second). Measured: (d)
+    /// echo stalls of 0.1–1.5 s at half, none when resuming empty, where the echo is
+    /// written straight to the socket and each pause is followed by megabytes read.
+    pub fn queue_drained(&mut self, max_queue: usize) -> bool {
+        let pending = self.out.pending();
+        if self.stalled_since.is_some() && pending <= max_queue / 2 {
+            self.stalled_since = When::NONE;
+        }
+        let resume = self.flow.read_paused() && pending == 0;
+        if resume {
+            self.flow.set_read_paused(false);
+        }
+        resume
+    }
+
+    /// A send was refused: the send-stall clock starts, unless it runs already.
+    /// Returns whether it started now.
+    pub fn send_refused(&mut self, now: Millis) -> bool {
+        let starts = self.is_open() && self.stalled_since.is_none();
+        if starts {
+            self.stalled_since = When::at(now);
+        }
+        starts
+    }
+
+    /// The message sent in parts that is open on this connection, if any: whether
+    /// it is text.
+    pub fn sending_part(&self) -> Option<bool> {
+        self.extras.as_ref()?.sending_part
+    }
+
+    /// Whether a message is half received while one sent in parts is open: the
+    /// pattern of a streaming echo or proxy, relaying a message as it arrives.
+    ///
+    /// Reading pauses above `write_high_water` as usual, which keeps memory flat for
+    /// a peer that reads while it writes. But most clients write a whole message
+    /// before they read anything: paused in the middle, we would wait for a reader
+    /// that waits for us. So a relay whose output has not moved for
+    /// [`RELAY_PATIENCE`] while reading is paused is read on
+    /// ([`unpause_relay`](Self::unpause_relay)) until its message ends, bounded by
+    /// `max_send_queue` (which refuses a part): such a peer makes us hold one
+    /// message's output, as much as assembling the message whole would.
+    pub fn is_relaying(&self) -> bool {
+        self.rx.is_mid_message() && self.sending_part().is_some()
+    }
+
+    /// Whether reading may pause for a full queue: not while relaying a message
+    /// whose peer was found not to read (see [`is_relaying`](Self::is_relaying)).
+    pub fn may_pause_reading(&self) -> bool {
+        !(self.is_relaying() && self.extras.as_ref().is_some_and(|e| e.relay_unpaused))
+    }
+
+    /// Since when a relay has waited, paused, for a peer that takes none of its
+    /// output (`None` if it is not such a relay).
+    pub fn relay_waiting_since(&self) -> Option<Millis> {
+        (self.is_read_paused() && self.is_relaying() && self.may_pause_reading())
+            .then(|| self.out.last_moved())
+    }
+
+    /// Reads on to the end of the message being relayed, whatever its echo queues.
+    pub fn unpause_relay(&mut self) {
+        self.extras_mut().relay_unpaused = true;
+        self.flow.set_read_paused(false);
+    }
+
+    /// Opens (`Some(is_text)`) or finishes (`None`) a message sent in parts.
+    pub fn set_sending_part(&mut self, open: Option<bool>) {
+        if open.is_some() || self.extras.is_some() {
+            let extras = self.extras_mut();
+            extras.sending_part = open;
+            extras.relay_unpaused = false;
         }
     }
 }

@@ -90,8 +90,9 @@ def test_metrics_count_known_traffic(servers):
                     "cluster_received_dropped", "tls_handshake_failures", "closes"):
         assert types.get(f"wsreactor_{counter}") == "counter", counter
     for gauge in ("open_connections", "handshakes_in_progress", "deadline_entries",
-                  "incoming_bytes", "outgoing_bytes", "topic_memberships",
-                  "inflaters_lent", "timers_pending", "cluster_connected"):
+                  "incoming_bytes", "outgoing_bytes", "send_pool_bytes",
+                  "topic_memberships", "inflaters_lent", "timers_pending",
+                  "cluster_connected"):
         assert types.get(f"wsreactor_{gauge}") == "gauge", gauge
     for histogram in ("turn_seconds", "callback_seconds", "ping_rtt_seconds",
                       "flush_bytes"):
