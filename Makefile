@@ -63,6 +63,8 @@ lint:
 	$(CARGO) clippy --lib --features cluster -- -D warnings
 	# The API docs: a broken intra-doc link is a broken page for embedders.
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --features tls,signals,cluster
+	# And the internals' docs, which the next reader of the code goes by.
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --document-private-items --features tls,signals,cluster
 
 # The cluster tests start Debian's redis-server (7): install it when missing and we
 # can (root with apt), as python3-venv below; otherwise say so and go on (the

@@ -210,7 +210,7 @@ impl Inbox {
 /// [`QueuePolicy`](crate::QueuePolicy); see [`SendStatus`](crate::SendStatus)). The
 /// call's `Ok` says only that the command was queued: what receivers missed is counted
 /// in [`Stats::messages_dropped`](crate::Stats::messages_dropped) and reported to
-/// [`Handler::on_dropped`](crate::Handler::on_dropped) for each of them. Sends to a connection that has closed are
+/// [`Handler::on_dropped`] for each of them. Sends to a connection that has closed are
 /// dropped silently: ids are never reused, so they cannot reach a newer connection.
 ///
 /// ```no_run

@@ -57,7 +57,7 @@ pub enum QueuePolicy {
     /// one frame the socket has taken part of. A peer that reads gets the close
     /// promptly and can reconnect and resynchronize; one that does not read is
     /// dropped after `close_timeout`. The triggering send is refused. Reported as
-    /// [`CloseReason::QueueFull`](crate::CloseReason::QueueFull) and counted in
+    /// [`CloseReason::QueueFull`] and counted in
     /// [`Stats::queue_full_closes`](crate::Stats::queue_full_closes). Suits feeds
     /// whose clients must see every message or know they missed some.
     Close,

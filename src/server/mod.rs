@@ -88,7 +88,7 @@ const WAKER: Token = Token(usize::MAX - 1);
 /// The loop as a handler sees it when no connection is in question: other
 /// connections by id, broadcast, topics, stats, shutdown, and server-level timers.
 ///
-/// A handler meets it in [`Handler::on_loop_timer`](crate::Handler::on_loop_timer)
+/// A handler meets it in [`Handler::on_loop_timer`]
 /// and in closures run through [`Handle::defer`]; a [`Ctx`] dereferences to it, so
 /// every method here works on a `Ctx` too.
 ///

@@ -2,7 +2,7 @@
 //! frames without assembling it.
 //!
 //! Outbound, a connection has at most one message in parts open at a time (a bit of
-//! its state: [`Conn::sending_part`]). While it is open, the frames of that message
+//! its state: [`Conn::sending_part`](crate::conn::Conn::sending_part)). While it is open, the frames of that message
 //! are the only data frames that may go out on the connection — RFC 6455 §5.4 allows
 //! control frames between fragments, so pongs, keepalive pings and a close still do —
 //! and any other message is turned away with [`SendStatus::Busy`] (a broadcast or
@@ -144,7 +144,7 @@ impl<S> super::Core<S> {
         Ok(status)
     }
 
-    /// A part from a [`Handle`]: nobody can hear about a refusal or a misuse, and
+    /// A part from a [`Handle`](crate::Handle): nobody can hear about a refusal or a misuse, and
     /// the message it belongs to would arrive with a piece missing, so either ends the
     /// connection (1011) rather than let the stream go on wrong.
     pub(super) fn send_part_from_handle(
