@@ -352,6 +352,9 @@ impl Echoer {
                 126 | 127 => break false,
                 n => (0, n as usize),
             };
+            // A masked frame is our own sent back verbatim (`rawecho`, the ceiling): its
+            // key is 0, so past the key the payload reads as sent.
+            let ext = ext + if rest[1] & 0x80 != 0 { 4 } else { 0 };
             if rest.len() < 2 + ext + len {
                 break false;
             }
