@@ -262,7 +262,8 @@ bench-cluster: redis-server
 	$(PYTHON) bench/run_tls.py
 
 # wss:// only: (a), (b), (c), (e) over TLS for wsreactor and the peers behind tokio-rustls,
-# and wsreactor over ws:// with the same client (bench/run_tls.py; BENCH_QUICK=1 for ~1 min).
+# and wsreactor over ws:// and rawecho (the floor) with the same client (bench/run_tls.py;
+# BENCH_QUICK=1 for ~1 min).
 .PHONY: bench-tls
 bench-tls:
 	$(PYTHON) bench/run_tls.py

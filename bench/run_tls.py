@@ -2,7 +2,8 @@
 """wss:// figures (`make bench-tls`, also the last step of `make bench`): workloads (a), (b),
 (c) and (e) over TLS for wsreactor (--tls-cert) and the tokio-tungstenite and
 fastwebsockets peers behind tokio-rustls (BENCH_TLS_CERT/BENCH_TLS_KEY), plus wsreactor
-over plain ws:// driven by the same client, for the TLS cost.
+over plain ws:// driven by the same client, for the TLS cost, and `rawecho` (TCP echo, no
+protocol) as the floor under all of them. Servers alternate within each round.
 
 The client is bench's `tlsclient` (rustls + ring, every connection on one thread over
 mio, one message in flight per connection, echoes compared), not `loadgen` (plain
@@ -61,6 +62,9 @@ def servers(cert, key):
                                          "--listen", f"127.0.0.1:{port}"], True),
         "wsreactor (plain ws)": (lambda port: [wsreactor, "--listen", f"127.0.0.1:{port}",
                                                "--stats-interval", "0"], False),
+        # The floor under every row: TCP echo with no protocol, no TLS, same client.
+        "rawecho (plain, no protocol)": (lambda port: [os.path.join(release, "rawecho"),
+                                                       "--listen", f"127.0.0.1:{port}"], False),
     }
 
 
@@ -86,7 +90,8 @@ def build():
                     "wsreactor"], cwd=ROOT, check=True)
     subprocess.run([bench.CARGO, "build", "--release", "--manifest-path",
                     os.path.join(HERE, "Cargo.toml"), "--bin", "tlsclient", "--bin",
-                    "tokio-tungstenite-echo", "--bin", "fastwebsockets-echo"], cwd=ROOT,
+                    "tokio-tungstenite-echo", "--bin", "fastwebsockets-echo", "--bin",
+                    "rawecho"], cwd=ROOT,
                    check=True)
 
 
@@ -99,8 +104,10 @@ def main():
     cert, key = certificate(outdir)
     os.environ["BENCH_TLS_CERT"], os.environ["BENCH_TLS_KEY"] = cert, key
     results = {}
-    for name, (argv_of, tls) in servers(cert, key).items():
-        for run in range(RUNS):
+    # Runs outside, servers inside: every server is measured once per round, side by
+    # side, so a machine that drifts between rounds (a shared VM does) moves them all.
+    for run in range(RUNS):
+        for name, (argv_of, tls) in servers(cert, key).items():
             proc, port, _ = bench.start_server(name, outdir, f"tls-{run}", argv_of)
             try:
                 for wkey, conns, size in WORKLOADS:
@@ -111,7 +118,7 @@ def main():
                     print(f"{name} ({wkey}) run {run + 1}: {r}", flush=True)
             finally:
                 processes.stop(proc)
-            if run == 0:
+            if run == 0 and not name.startswith("rawecho"):
                 proc, port, _ = bench.start_server(name, outdir, "idle", argv_of)
                 try:
                     r = client(port, proc.pid, tls, ["--idle", str(IDLE_CONNS)], 180)
@@ -137,6 +144,8 @@ def main():
                          f"{bench.fmt(rate.get(n), 0)} | {bench.fmt(per.get(n), 2)} | {vs} |")
     lines += ["", f"(e) {IDLE_CONNS:,} idle connections, server VmRSS delta / N:", ""]
     for n in names:
+        if n.startswith("rawecho"):
+            continue
         r = (results.get((n, "e")) or [{}])[0]
         lines.append(f"- {n}: {bench.fmt(r.get('rss_per_conn'), 0, ' B')}"
                      + (f" ({r['error']})" if "error" in r else ""))
