@@ -1706,6 +1706,35 @@ fn check_echo(
     Ok(payload.len())
 }
 
+/// The echo so far of a message the server sends in fragments: the first frame's
+/// first byte, the payloads joined, and how many frames.
+type Partial = Option<(u8, Vec<u8>, usize)>;
+
+/// Takes one data frame of an echo: `None` while a fragmented message goes on, else the
+/// whole message as one frame would carry it (FIN set, the first frame's opcode and
+/// RSV bits) and how many frames it came in. What is not a fragment sequence (a
+/// continuation with nothing begun, a new message inside one) comes back as it came,
+/// for `check_echo` to reject.
+fn join_fragments(partial: &mut Partial, b0: u8, payload: Vec<u8>) -> Option<(u8, Vec<u8>, usize)> {
+    let fin = b0 & 0x80 != 0;
+    match (b0 & 0x0f, partial.take()) {
+        (0, Some((first, mut joined, pieces))) => {
+            joined.extend_from_slice(&payload);
+            if fin {
+                Some((0x80 | first, joined, pieces + 1))
+            } else {
+                *partial = Some((first, joined, pieces + 1));
+                None
+            }
+        }
+        (op, None) if op != 0 && !fin => {
+            *partial = Some((b0, payload, 1));
+            None
+        }
+        _ => Some((b0, payload, 1)),
+    }
+}
+
 fn good(args: &Args, c: &Common) -> Result<String, String> {
     let conns: usize = args.get("--conns", 1)?;
     let size = bytes_arg(args, "--size", 1 << 20)? as usize;
@@ -1728,6 +1757,9 @@ fn good(args: &Args, c: &Common) -> Result<String, String> {
         deflate: Option<ClientDeflate>,
         msg: Option<Outgoing>,
         next_json_id: u64,
+        /// The echo so far when the server sends it in fragments (RFC 6455 §5.4 lets
+        /// it; the wsreactor binary streams an uncompressed echo part by part).
+        partial: Partial,
     }
     let mut live: HashMap<u64, G> = HashMap::new();
     let mut next_tag = 0u64;
@@ -1748,6 +1780,7 @@ fn good(args: &Args, c: &Common) -> Result<String, String> {
                 deflate: None,
                 msg: None,
                 next_json_id: (tag + 1) * 1_000_000_000,
+                partial: None,
             },
         );
         Ok::<(), String>(())
@@ -1759,7 +1792,7 @@ fn good(args: &Args, c: &Common) -> Result<String, String> {
     let t0 = Instant::now();
     let end = t0 + seconds;
     let mut rtts: Vec<u64> = Vec::new();
-    let (mut ok, mut connects) = (0u64, 0u64);
+    let (mut ok, mut connects, mut fragmented) = (0u64, 0u64, 0u64);
     let mut failures: BTreeMap<String, u64> = BTreeMap::new();
     let mut fail_times: Vec<f64> = Vec::new();
     let (mut wire_sent, mut plain_sent) = (0u64, 0u64);
@@ -1833,6 +1866,15 @@ fn good(args: &Args, c: &Common) -> Result<String, String> {
                     let Some(g) = live.get_mut(&id.tag) else {
                         continue;
                     };
+                    // A fragmented echo is joined before it is checked: fragments are
+                    // a legal way to send it, not a failure.
+                    let Some((b0, payload, pieces)) = join_fragments(&mut g.partial, b0, payload)
+                    else {
+                        continue;
+                    };
+                    if pieces > 1 {
+                        fragmented += 1;
+                    }
                     let Some(msg) = g.msg.take() else {
                         tally(&mut failures, "frame with no message in flight".into());
                         continue;
@@ -1904,6 +1946,7 @@ fn good(args: &Args, c: &Common) -> Result<String, String> {
         .set("deflate", net.offer.is_some())
         .set("seconds", elapsed)
         .set("ok", ok)
+        .set("fragmented_echoes", fragmented)
         .set("msgs_per_sec", ok as f64 / elapsed)
         .set("failed", failed)
         .set("failures", tally_json(&failures))
@@ -3135,6 +3178,37 @@ mod tests {
         assert_ne!(status, flate2::Status::StreamEnd);
         assert_eq!(out.len(), size);
         assert!(out.iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn a_fragmented_echo_is_joined_before_it_is_checked() {
+        let mut partial = None;
+        // Binary, compressed (RSV1) first fragment, then two continuations.
+        assert_eq!(join_fragments(&mut partial, 0x42, b"ab".to_vec()), None);
+        assert_eq!(join_fragments(&mut partial, 0x00, b"cd".to_vec()), None);
+        let whole = join_fragments(&mut partial, 0x80, b"e".to_vec());
+        assert_eq!(whole, Some((0xc2, b"abcde".to_vec(), 3)));
+        assert!(partial.is_none());
+        // A whole frame passes as it is.
+        let whole = join_fragments(&mut partial, 0x81, b"hi".to_vec());
+        assert_eq!(whole, Some((0x81, b"hi".to_vec(), 1)));
+        // A continuation with nothing begun comes back for check_echo to refuse.
+        let stray = join_fragments(&mut partial, 0x80, b"x".to_vec());
+        assert_eq!(stray, Some((0x80, b"x".to_vec(), 1)));
+        let msg = Outgoing {
+            opcode: 2,
+            plain: b"x".to_vec(),
+            sent_at: Instant::now(),
+        };
+        let mut shared = pmd::Shared::new(6);
+        let checked = check_echo(0x80, b"x", &msg, None, &mut shared, &mut Vec::new());
+        assert!(checked.is_err());
+        // A new message inside a fragmented one: as it came (FIN clear), refused too.
+        assert_eq!(join_fragments(&mut partial, 0x02, b"a".to_vec()), None);
+        let nested = join_fragments(&mut partial, 0x02, b"b".to_vec());
+        assert_eq!(nested, Some((0x02, b"b".to_vec(), 1)));
+        let checked = check_echo(0x02, b"b", &msg, None, &mut shared, &mut Vec::new());
+        assert!(checked.is_err());
     }
 
     #[test]
