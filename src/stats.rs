@@ -25,7 +25,8 @@ pub struct Stats {
     pub bytes_in: u64,
     /// Payload bytes of data messages sent (before compression).
     pub bytes_out: u64,
-    /// Frames encoded for broadcast or publish: one per call, however many receive it.
+    /// Frames encoded for broadcast or publish: one per call that has receivers on the
+    /// loop, however many they are (none for a topic nobody here joined).
     pub fanout_frames_encoded: u64,
     /// Receivers a broadcast or published frame was handed to (sent or queued).
     pub fanout_deliveries: u64,
@@ -190,7 +191,7 @@ impl Stats {
         Counter messages_out: "Data messages sent or queued, broadcast receivers counted one by one.";
         Counter bytes_in: "Payload bytes of data messages received (inflated size if compressed).";
         Counter bytes_out: "Payload bytes of data messages sent (before compression).";
-        Counter fanout_frames_encoded: "Frames encoded for broadcast or publish, one per call.";
+        Counter fanout_frames_encoded: "Frames encoded for broadcast or publish, one per call that has receivers on the loop.";
         Counter fanout_deliveries: "Receivers a broadcast or published frame was handed to.";
         Counter protocol_errors: "Connections failed because the peer broke the protocol.";
         Counter handler_panics: "Handler panics caught (in a connection's callback it closed the connection with 1011; in a server-level timer or deferred closure it was logged).";

@@ -46,6 +46,11 @@ impl<S> Core<S> {
     /// compressed once, for receivers that can share a compressed frame). Receivers
     /// that are behind queue the one shared copy.
     pub(super) fn fanout(&mut self, slots: &[usize], opcode: Opcode, payload: &[u8]) -> Fanout {
+        if slots.is_empty() {
+            // Nobody here to send to (a topic no one on this loop joined, as the
+            // binary's stats stream is while no page watches): nothing to encode.
+            return Fanout::default();
+        }
         let encoded = FrameHeader::server(opcode, payload.len()).frame_with(payload);
         let plain = SharedFrame::new(encoded, &self.io.meter);
         self.stats.fanout_frames_encoded += 1;
