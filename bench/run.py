@@ -514,6 +514,11 @@ def fmt_ratio(value):
     return "—" if value is None else f"{value:.2f}×"
 
 
+def fmt_pct(value):
+    """A fraction (a core's utilization) as a whole percentage."""
+    return "—" if value is None else f"{value * 100:.0f}%"
+
+
 def summarize(runs):
     def m(key, sub=None):
         vals = []
@@ -600,7 +605,6 @@ def fanout_table(results, servers):
             "| ×best peer | missed | errors |")
     lines = [head, "|---|---|" + "---:|" * (head.count("|") - 3)]
     ms = lambda us: "—" if us is None else f"{us / 1000:,.2f}"
-    pct = lambda v: "—" if v is None else f"{v * 100:.0f}%"
     for wkey in FANOUT_NAMES:
         _, best = best_peer(results, wkey)
         for server in servers:
@@ -614,7 +618,7 @@ def fanout_table(results, servers):
                 fmt(s["msgs_per_sec"], 0), fmt(s["publish_per_sec"], 0),
                 ms(s["p50"]), ms(s["p99"]),
                 fmt(s["cpu_per_msg"], 3), fmt(s["msgs_per_cpu_sec"], 0),
-                pct(s["server_util"]), pct(s["client_util"]),
+                fmt_pct(s["server_util"]), fmt_pct(s["client_util"]),
                 fmt_ratio(r), str(s["missed"]), str(s["errors"]),
             ]) + " |")
     return "\n".join(lines)
@@ -625,7 +629,6 @@ def compress_table(results, servers):
             "| echo B/msg | echo ÷ plain bytes | RTT p50 µs | p99 µs | srv CPU | client CPU "
             "| errors |")
     lines = [head, "|---|---|" + "---:|" * (head.count("|") - 3)]
-    pct = lambda v: "—" if v is None else f"{v * 100:.0f}%"
     for wkey in COMPRESS_NAMES:
         case = COMPRESS_CASES[wkey]
         for server in servers:
@@ -639,7 +642,7 @@ def compress_table(results, servers):
                 case["label"], server, fmt(s["msgs_per_sec"], 0), fmt(s["cpu_per_msg"], 2),
                 fmt_ratio(r), fmt(s["wire_sent"], 0), fmt(s["wire_echo"], 0),
                 "—" if s["echo_ratio"] is None else f"{s['echo_ratio']:.3f}",
-                fmt(s["p50"]), fmt(s["p99"]), pct(s["server_util"]), pct(s["client_util"]),
+                fmt(s["p50"]), fmt(s["p99"]), fmt_pct(s["server_util"]), fmt_pct(s["client_util"]),
                 str(s["errors"]),
             ]) + " |")
     return "\n".join(lines)
@@ -651,7 +654,6 @@ def tail_table(results, servers, rates):
             "| gen lag p99.9 µs "
             "| gen kept up | srv CPU | srv CPU µs/msg | errors |")
     lines = [head, "|---|---|" + "---:|" * (head.count("|") - 3)]
-    pct = lambda v: "—" if v is None else f"{v * 100:.0f}%"
     for wkey in TAIL_NAMES:
         for server in servers:
             s = results.get((wkey, server))
@@ -665,7 +667,7 @@ def tail_table(results, servers, rates):
                 fmt(lat["p50"]), fmt(lat["p99"]), fmt(lat["p999"]), fmt(lat["p9999"]),
                 fmt(lat["max"]), runs, fmt(s["rtt_p999"]), f"{s['sent']:,} / {s['received']:,}",
                 fmt(s["lag_p999"]), "yes" if s["kept_up"] else "NO",
-                pct(s["server_util"]), fmt(s["cpu_per_msg"], 2), str(s["errors"]),
+                fmt_pct(s["server_util"]), fmt(s["cpu_per_msg"], 2), str(s["errors"]),
             ]) + " |")
     return "\n".join(lines)
 
@@ -681,7 +683,6 @@ def table(results):
             if s is None:
                 continue
             idle = WORKLOADS[wkey].get("idle")
-            pct = lambda v: "—" if v is None else f"{v * 100:.0f}%"
             lines.append("| " + " | ".join([
                 WORKLOADS[wkey]["label"],
                 server,
@@ -692,8 +693,8 @@ def table(results):
                 "—" if idle else fmt(s["p999"]),
                 "—" if idle else fmt(s["cpu_per_msg"], 2),
                 "—" if idle else fmt(s["msgs_per_cpu_sec"], 0),
-                "—" if idle else pct(s["server_util"]),
-                "—" if idle else pct(s["client_util"]),
+                "—" if idle else fmt_pct(s["server_util"]),
+                "—" if idle else fmt_pct(s["client_util"]),
                 fmt(s["rss_per_conn"], 0, " B") if idle else "—",
                 fmt_ratio(ratio(results, wkey, server, "rawecho")),
                 fmt_ratio(ratio(results, wkey, server, "fastwebsockets")),
