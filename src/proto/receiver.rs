@@ -18,6 +18,10 @@
 //! of the caller's buffer, or of the inflater's output chunk for a compressed message
 //! — so a message of any size costs the receiver nothing but the few bytes of a code
 //! point split between reads.
+//!
+//! The rooms: framing and whole-message assembly here, parts mode in `parts.rs`, and
+//! how the receiver asks before it holds more (the [`MemoryGrant`], buffer growth) in
+//! `memory.rs`.
 
 use super::close::parse_close_payload;
 use super::deflate::{InflateError, InflateStep, Inflater};
@@ -26,8 +30,11 @@ use super::frame::{FrameHeader, Opcode, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN};
 use super::mask;
 use super::message::{Event, Message, Part};
 use super::utf8::Utf8Validator;
+use memory::{append, grow};
+pub use memory::{MemoryGrant, Unlimited};
 use parts::*;
 
+mod memory;
 mod parts;
 
 /// Assembly buffers larger than this are released after their message is delivered,
@@ -38,32 +45,6 @@ const RETAINED_BUFFER_CAPACITY: usize = 64 * 1024;
 /// What an inflater costs while a receiver holds one (zlib state with its 32 KiB
 /// window, and our 16 KiB output chunk), counted in [`Receiver::held`].
 pub const INFLATER_BYTES: usize = 56 * 1024;
-
-/// Asked before a receiver holds more of a peer's bytes, so that the caller can bound
-/// the memory of every connection together (the reactor's incoming budget). `grant`
-/// returns whether `bytes` more may be held by a receiver that holds `held` bytes now;
-/// a refusal fails the read with [`ProtocolError::OverBudget`].
-pub trait MemoryGrant {
-    /// May the receiver, holding `held` bytes, hold `bytes` more?
-    fn grant(&mut self, held: usize, bytes: usize) -> bool;
-}
-
-/// Grants everything: for a receiver used on its own, bounded only by its message
-/// size limit.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Unlimited;
-
-impl MemoryGrant for Unlimited {
-    fn grant(&mut self, _held: usize, _bytes: usize) -> bool {
-        true
-    }
-}
-
-impl<F: FnMut(usize, usize) -> bool> MemoryGrant for F {
-    fn grant(&mut self, held: usize, bytes: usize) -> bool {
-        self(held, bytes)
-    }
-}
 
 /// The kind of data message being received.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -617,52 +598,6 @@ impl Receiver {
             Opcode::Close => Event::Close(parse_close_payload(payload)?),
         })
     }
-}
-
-/// Makes room in `buffer` for `extra` more bytes, asking `memory` for what the buffer
-/// grows by (the receiver holds `others` bytes besides the buffer). Growth doubles
-/// (capped at `max`, the most the buffer may ever need) so that a message arriving in
-/// many pieces is not copied once per piece; if the doubling is refused, exactly what
-/// is needed is asked for.
-fn grow(
-    buffer: &mut Vec<u8>,
-    extra: usize,
-    max: usize,
-    others: usize,
-    memory: &mut dyn MemoryGrant,
-) -> Result<(), ProtocolError> {
-    let needed = buffer.len() + extra;
-    let capacity = buffer.capacity();
-    if needed <= capacity {
-        return Ok(());
-    }
-    let held = others + capacity;
-    let doubled = capacity.saturating_mul(2).max(4096).min(max).max(needed);
-    if memory.grant(held, doubled - capacity) {
-        buffer.reserve_exact(doubled - buffer.len());
-        return Ok(());
-    }
-    if doubled > needed && memory.grant(held, needed - capacity) {
-        buffer.reserve_exact(extra);
-        return Ok(());
-    }
-    Err(ProtocolError::OverBudget)
-}
-
-/// Appends inflated output, within the message size limit and the memory granted.
-fn append(
-    buffer: &mut Vec<u8>,
-    piece: &[u8],
-    max: usize,
-    others: usize,
-    memory: &mut dyn MemoryGrant,
-) -> Result<(), InflateError> {
-    if buffer.len() + piece.len() > max {
-        return Err(InflateError::TooBig);
-    }
-    grow(buffer, piece.len(), max, others, memory).map_err(|_| InflateError::NoMemory)?;
-    buffer.extend_from_slice(piece);
-    Ok(())
 }
 
 fn inflate_error(error: InflateError) -> ProtocolError {
